@@ -1,0 +1,1 @@
+//! RFC 9111 HTTP caching for reqwest (being written).
