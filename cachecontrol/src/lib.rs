@@ -1,1 +1,114 @@
-//! RFC 9111 HTTP caching for reqwest (being written).
+//! RFC 9111 HTTP caching for [reqwest], as a [reqwest-middleware] middleware.
+//!
+//! ```no_run
+//! use cachecontrol::{CacheControl, CacheStatus, MemoryCache};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(CacheControl::new(MemoryCache::new(64 << 20)))
+//!     .build();
+//!
+//! let first = client.get("https://example.com/data.json").send().await?;
+//! let body = first.bytes().await?; // the body is stored as it is read
+//! let second = client.get("https://example.com/data.json").send().await?;
+//! if second.extensions().get::<CacheStatus>() == Some(&CacheStatus::Hit) {
+//!     // served from memory: no request went out
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Flow
+//!
+//! An HTTP cache keeps responses so that the next request for the same thing need
+//! not go to the origin server. The origin says how long a response stays *fresh*
+//! (`Cache-Control: max-age=3600`, or an `Expires` date); while it is fresh, the cache
+//! answers on its own. When it has gone *stale*, the cache does not throw it away if it
+//! has a *validator* (an `ETag`, a `Last-Modified` date): it asks the origin "has this
+//! changed?" with a conditional request (`If-None-Match`, `If-Modified-Since`), and
+//! the origin answers `304 Not Modified` with no body when it has not. The stored body
+//! is then served again, with its headers refreshed. For a large artifact this is the
+//! difference between moving gigabytes and moving a few hundred bytes.
+//!
+//! For each request, [`CacheControl`]:
+//!
+//! 1. looks up the stored response for the URL (and, when the response varied on
+//!    request headers, for this request's values of them);
+//! 2. asks the [policy](policy::CachePolicy) whether it may be reused: fresh → served
+//!    at once ([`CacheStatus::Hit`]); stale but acceptable (`max-stale`,
+//!    `stale-while-revalidate`) → served, and revalidated in the background
+//!    ([`CacheStatus::Stale`]); otherwise → revalidated with the origin, a 304 merged
+//!    into the stored response ([`CacheStatus::Revalidated`]);
+//! 3. on a miss, sends the request, and if the response may be stored, streams its
+//!    body to the caller while recording it; the entry is committed only when the
+//!    body is complete and as long as announced ([`CacheStatus::Miss`]). Concurrent
+//!    misses for one URL go to the origin once.
+//!
+//! Unsafe methods (POST, PUT, DELETE, ...) go straight through and, when they succeed,
+//! invalidate what is stored for their URL. Per-request modes ([`CacheMode`]) let a
+//! caller bypass, reload, revalidate or insist on the cache. Every response says how
+//! it was served: a [`CacheStatus`] in its extensions, and an `x-cache` header.
+//!
+//! # Scope
+//!
+//! A private cache by default, like the CacheControl library for Python this comes
+//! from: one user's client. `.shared(true)` makes it a shared cache (a proxy, or a
+//! service serving many users), which honours `s-maxage`, `proxy-revalidate`,
+//! `private` and the rules for authenticated requests, and optionally a targeted field
+//! such as `CDN-Cache-Control` (RFC 9213). Partial responses (206) are not stored, but
+//! a single byte range is served from a stored complete response.
+//!
+//! Not done on purpose: combining partial responses; the `Warning` header of RFC
+//! 7234 (obsolete in RFC 9111) except where a heuristic asks for it.
+//!
+//! # Security
+//!
+//! Keys are whole URLs, so one origin's responses are never stored under another's;
+//! redirects are cached under their own URL; invalidation through `Location` and
+//! `Content-Location` only reaches the same origin. A response to a request with
+//! `Authorization` is only ever served to a request with the same credentials (in a
+//! shared cache, unless the origin marked it `public`, `s-maxage` or
+//! `must-revalidate`). Only a digest of the credentials is kept.
+//!
+//! # The hit path
+//!
+//! Whether a stored response may be reused is decided from numbers computed once,
+//! when it was stored: its freshness lifetime, its corrected initial age, a few
+//! flags. Serving a fresh hit from [`MemoryCache`] parses no stored header and
+//! decodes nothing: it reads the clock, compares two numbers, clones a header map and
+//! shares the body ([`bytes::Bytes`], no copy).
+//!
+//! # Stores
+//!
+//! [`Cache`] is the store trait: async, object-safe, streaming bodies in and out,
+//! with `close()`. [`MemoryCache`] is here; a store failure never fails a request:
+//! it is logged and the network is used.
+//!
+//! # Reading
+//!
+//! - [RFC 9111](https://www.rfc-editor.org/rfc/rfc9111), HTTP Caching, which every
+//!   rule in [`policy`] cites by section.
+//! - [RFC 5861](https://www.rfc-editor.org/rfc/rfc5861): `stale-while-revalidate`,
+//!   `stale-if-error`. [RFC 8246](https://www.rfc-editor.org/rfc/rfc8246):
+//!   `immutable`. [RFC 9213](https://www.rfc-editor.org/rfc/rfc9213): targeted fields.
+//! - [cache-tests.fyi](https://cache-tests.fyi), how real caches behave.
+//!
+//! [reqwest]: https://docs.rs/reqwest
+//! [reqwest-middleware]: https://docs.rs/reqwest-middleware
+
+pub mod clock;
+pub mod error;
+pub mod heuristics;
+mod middleware;
+mod mode;
+pub mod policy;
+pub mod store;
+
+pub use error::Error;
+pub use middleware::{CacheControl, CacheControlBuilder, X_CACHE};
+pub use mode::{CacheMode, CacheStatus};
+pub use store::{Cache, MemoryCache, StoreError};
+
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

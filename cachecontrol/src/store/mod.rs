@@ -1,0 +1,145 @@
+//! Where responses are kept: the [`Cache`] trait and its implementations.
+//!
+//! A store maps keys to entries. An entry is small metadata (a [`CachePolicy`], or the
+//! marker that says a URL has variants) and a body. Stores know nothing of HTTP
+//! semantics: the middleware decides what to store and when an entry may be used;
+//! stores keep entries safe and hand them back.
+//!
+//! Bodies travel as streams so that a store can write a large body as it arrives and
+//! read it back without holding it whole in memory. A body stream that ends with an
+//! error must not be committed: that is how an interrupted download, a body whose
+//! length does not match its Content-Length, or a caller who dropped the response
+//! early leaves no entry behind.
+
+pub mod memory;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use http::HeaderName;
+
+use crate::policy::CachePolicy;
+
+pub use memory::MemoryCache;
+
+/// A stream of body chunks.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
+
+/// The body of an entry, as it goes into or comes out of a store.
+pub enum Body {
+    /// The whole body, in memory. Cloning [`Bytes`] shares it without copying.
+    Bytes(Bytes),
+    /// The body as a stream of chunks. When writing, a chunk that is an error means
+    /// "do not commit this entry".
+    Stream(BodyStream),
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Body {
+        Body::Bytes(Bytes::new())
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Bytes(bytes) => write!(f, "Body::Bytes({} bytes)", bytes.len()),
+            Body::Stream(_) => f.write_str("Body::Stream"),
+        }
+    }
+}
+
+/// The marker stored under a URL whose responses vary on request headers
+/// (RFC 9111 §4.1). Each variant is stored under its own key, derived from the URL,
+/// the request's values of `names` and `nonce`.
+///
+/// The nonce changes whenever the marker is created anew, so that variants stored
+/// before an invalidation can never be found again, even when the same variant is
+/// requested later: they are orphans, and the store's eviction or expiry removes
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variants {
+    /// The Vary'd request header names, lower-case.
+    pub names: Vec<HeaderName>,
+    /// A random number picked when the marker was created.
+    pub nonce: u64,
+}
+
+/// What an entry's metadata says.
+#[derive(Debug, Clone)]
+pub enum Meta {
+    /// A stored response: its policy (status, headers, what decisions need).
+    Response(Arc<CachePolicy>),
+    /// The URL has variants, each stored under its own key.
+    Variants(Arc<Variants>),
+}
+
+/// An entry read from a store.
+#[derive(Debug)]
+pub struct Entry {
+    /// Its metadata.
+    pub meta: Meta,
+    /// Its body (empty for a [`Meta::Variants`] marker).
+    pub body: Body,
+}
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store was closed; it answers nothing any more.
+    #[error("the cache store is closed")]
+    Closed,
+    /// The body stream was cut short or failed; the entry was not committed.
+    #[error("the body of {key} was incomplete, so it was not stored")]
+    Incomplete {
+        /// The entry's key.
+        key: String,
+    },
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The storage backend failed.
+    #[error("cache backend error: {0}")]
+    Backend(String),
+}
+
+/// A place to keep cache entries. Object-safe: the middleware holds an
+/// `Arc<dyn Cache>`.
+///
+/// Implementations must be safe to share between tasks and threads; concurrent
+/// `put`s to one key may finish in any order, but a reader must always see one
+/// whole entry, never a mix of two.
+#[async_trait]
+pub trait Cache: Send + Sync + fmt::Debug + 'static {
+    /// The entry under `key`, if any. An entry that cannot be read back (corrupt,
+    /// unknown format) is a miss, and should be removed.
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+
+    /// Stores an entry under `key`, replacing what was there once the body has been
+    /// read to its end. If the body stream yields an error, nothing is stored and the
+    /// previous entry stays.
+    async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError>;
+
+    /// Replaces the policy of the response stored under `key`, keeping its body (a 304
+    /// freshened it). Does nothing and returns `false` when the stored entry is not a
+    /// response with the same [`CachePolicy::body_id`].
+    async fn update(&self, key: &str, policy: Arc<CachePolicy>) -> Result<bool, StoreError>;
+
+    /// Removes the entry under `key`, if any.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Flushes what is pending and releases resources. Afterwards every operation
+    /// returns [`StoreError::Closed`] at once.
+    async fn close(&self) -> Result<(), StoreError>;
+}
