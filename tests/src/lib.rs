@@ -9,4 +9,5 @@
 //! The end-to-end tests across crates live in `tests/tests/`.
 
 pub mod net;
+pub mod origin;
 pub mod process;

@@ -18,7 +18,7 @@ use http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode};
 use parking_lot::Mutex;
 use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Middleware, Next};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
 use crate::clock::{Clock, SystemClock, unix_seconds};
@@ -84,6 +84,12 @@ impl CacheControl {
         CacheControlBuilder::from_arc(Arc::new(store))
     }
 
+    /// Starts configuring a cache over a store that is already shared, for example
+    /// one you keep a handle on to inspect or to share between clients.
+    pub fn builder_arc(store: Arc<dyn Cache>) -> CacheControlBuilder {
+        CacheControlBuilder::from_arc(store)
+    }
+
     /// The store this cache uses.
     pub fn store(&self) -> &Arc<dyn Cache> {
         &self.shared.store
@@ -97,8 +103,7 @@ impl CacheControl {
 }
 
 impl CacheControlBuilder {
-    /// Starts configuring a cache over a store that is already shared.
-    pub fn from_arc(store: Arc<dyn Cache>) -> CacheControlBuilder {
+    fn from_arc(store: Arc<dyn Cache>) -> CacheControlBuilder {
         CacheControlBuilder {
             store,
             policy: PolicyOptions::default(),
@@ -710,6 +715,7 @@ impl Shared {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let url = response.url().clone();
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let (stored, stored_signal) = oneshot::channel();
         let store = Arc::clone(&self.store);
         let key: Arc<str> = key.into();
         let meta = Meta::Response(Arc::new(policy));
@@ -723,10 +729,16 @@ impl Shared {
                 }
                 Err(error) => log_store_error("put", &key, &error),
             }
+            let _ = stored.send(());
         });
         let response: http::Response<reqwest::Body> = response.into();
         let (parts, body) = response.into_parts();
-        let body = reqwest::Body::wrap(RecordingBody::new(body, sender, expected_len));
+        let body = reqwest::Body::wrap(RecordingBody::new(
+            body,
+            sender,
+            stored_signal,
+            expected_len,
+        ));
         let mut rebuilt = with_url(&url).map(|()| body);
         *rebuilt.status_mut() = parts.status;
         *rebuilt.version_mut() = parts.version;

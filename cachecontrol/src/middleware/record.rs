@@ -7,21 +7,30 @@
 //! body ended normally and its length is the one announced; an error, a wrong length,
 //! or the caller dropping the body closes the channel without the end marker, and the
 //! store discards what it had.
+//!
+//! The end of the body reaches the caller only once the store has committed (or
+//! given up), so that a request made right after reading a response finds it in the
+//! cache: read-your-writes, within a bounded wait.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::PollSender;
 
 use crate::store::{BodyStream, StoreError};
 
 /// How many chunks may wait for the store.
 pub(crate) const CHANNEL_CAPACITY: usize = 16;
+
+/// How long the end of a body waits for the store to commit it.
+const COMMIT_WAIT: Duration = Duration::from_secs(30);
 
 /// A message from the recording body to the store task.
 pub(crate) enum Chunk {
@@ -36,12 +45,17 @@ pub(crate) struct RecordingBody {
     sink: Option<PollSender<Chunk>>,
     expected_len: Option<u64>,
     received: u64,
+    /// Resolves when the store task is done with the entry.
+    stored: Option<oneshot::Receiver<()>>,
+    /// Set once the origin's body has ended and the end marker was sent.
+    commit_wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl RecordingBody {
     pub(crate) fn new(
         inner: reqwest::Body,
         sender: mpsc::Sender<Chunk>,
+        stored: oneshot::Receiver<()>,
         expected_len: Option<u64>,
     ) -> Self {
         RecordingBody {
@@ -49,7 +63,24 @@ impl RecordingBody {
             sink: Some(PollSender::new(sender)),
             expected_len,
             received: 0,
+            stored: Some(stored),
+            commit_wait: None,
         }
+    }
+
+    /// After the end marker: waits for the store task, at most [`COMMIT_WAIT`].
+    fn poll_committed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(stored) = &mut self.stored {
+            let timed_out = self
+                .commit_wait
+                .as_mut()
+                .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+            if !timed_out && Pin::new(stored).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.stored = None;
+        }
+        Poll::Ready(())
     }
 }
 
@@ -62,6 +93,10 @@ impl HttpBody for RecordingBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if this.commit_wait.is_some() {
+            ready!(this.poll_committed(cx));
+            return Poll::Ready(None);
+        }
         // Reserve room for what comes next before taking it from the origin, so that
         // a chunk is never taken without a place to put it.
         if let Some(sink) = &mut this.sink
@@ -88,11 +123,17 @@ impl HttpBody for RecordingBody {
             }
             Some(Err(_)) => this.sink = None,
             None => {
-                if let Some(mut sink) = this.sink.take()
-                    && this.expected_len.is_none_or(|len| len == this.received)
-                {
-                    // Room was reserved above; a failure means the store task is gone.
-                    let _ = sink.send_item(Chunk::End);
+                let complete = this.expected_len.is_none_or(|len| len == this.received);
+                // Room was reserved above; a failure means the store task is gone.
+                let ended = this
+                    .sink
+                    .take()
+                    .is_some_and(|mut sink| complete && sink.send_item(Chunk::End).is_ok());
+                if ended {
+                    this.commit_wait = Some(Box::pin(tokio::time::sleep(COMMIT_WAIT)));
+                    ready!(this.poll_committed(cx));
+                } else {
+                    this.stored = None;
                 }
             }
         }

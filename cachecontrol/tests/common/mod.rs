@@ -1,0 +1,118 @@
+//! What the behaviour tests share: an origin, a client with the cache, a clock.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cachecontrol::clock::ManualClock;
+use cachecontrol::{CacheControl, CacheControlBuilder, CacheStatus, MemoryCache};
+use http::HeaderMap;
+use reqwest_middleware::{ClientWithMiddleware, RequestBuilder};
+use testbed::origin::Origin;
+
+/// A test's world: a scripted origin, and a client whose cache reads a manual clock.
+pub struct Fixture {
+    pub origin: Origin,
+    pub client: ClientWithMiddleware,
+    pub clock: ManualClock,
+    pub store: Arc<MemoryCache>,
+    pub cache: CacheControl,
+}
+
+/// A response, read to its end.
+#[derive(Debug)]
+pub struct Got {
+    pub status: u16,
+    pub cache: Option<CacheStatus>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    /// All lines of a header, joined with ", ".
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+}
+
+impl Fixture {
+    /// A private cache with the defaults.
+    pub async fn new() -> Fixture {
+        Fixture::with(|b| b).await
+    }
+
+    /// A shared cache.
+    pub async fn shared() -> Fixture {
+        Fixture::with(|b| b.shared(true)).await
+    }
+
+    /// A cache configured by `configure`.
+    pub async fn with(
+        configure: impl FnOnce(CacheControlBuilder) -> CacheControlBuilder,
+    ) -> Fixture {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("cachecontrol=debug")
+            .try_init();
+        let origin = Origin::start().await.unwrap();
+        let clock = ManualClock::starting_now();
+        let store = Arc::new(MemoryCache::new(64 << 20));
+        let cache =
+            configure(CacheControl::builder_arc(store.clone()).clock(clock.clone())).build();
+        let client = reqwest_middleware::ClientBuilder::new(
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        )
+        .with(cache.clone())
+        .build();
+        Fixture {
+            origin,
+            client,
+            clock,
+            store,
+            cache,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.origin.url(path)
+    }
+
+    /// GET `path`, read the whole body.
+    pub async fn get(&self, path: &str) -> Got {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    /// Sends a request, reads the whole body.
+    pub async fn send(&self, request: RequestBuilder) -> Got {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let cache = response.extensions().get::<CacheStatus>().copied();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap();
+        Got {
+            status,
+            cache,
+            headers,
+            body,
+        }
+    }
+
+    /// Moves the cache's clock forward.
+    pub fn advance(&self, seconds: u64) {
+        self.clock.advance(Duration::from_secs(seconds));
+    }
+}
