@@ -69,6 +69,7 @@ pub struct Reply {
     disconnect: bool,
     cut_after: Option<usize>,
     date: bool,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Reply {
@@ -84,6 +85,7 @@ impl Reply {
             disconnect: false,
             cut_after: None,
             date: true,
+            gate: None,
         }
     }
 
@@ -138,6 +140,13 @@ impl Reply {
     /// Announces the whole body's length but closes the connection after `bytes`.
     pub fn cut_after(mut self, bytes: usize) -> Reply {
         self.cut_after = Some(bytes);
+        self
+    }
+
+    /// With [`Reply::chunked`]: every chunk after the first waits for a permit of
+    /// `gate`, so that a test decides when the rest of the body is sent.
+    pub fn gate(mut self, gate: Arc<tokio::sync::Semaphore>) -> Reply {
+        self.gate = Some(gate);
         self
     }
 
@@ -347,14 +356,19 @@ async fn answer(
         (_, Some(cut)) => {
             builder = builder.header("content-length", reply.body.len().to_string());
             let first = reply.body.slice(..cut.min(reply.body.len()));
-            let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
-                Ok(Frame::data(first)),
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "scripted cut",
-                )),
-            ];
-            BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+            // The pause lets hyper send the head and the first part before the error
+            // aborts the connection; without it the client would see no response.
+            let frames = futures_util::stream::unfold(Some(Some(first)), |state| async move {
+                match state? {
+                    Some(first) => Some((Ok(Frame::data(first)), Some(None))),
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "scripted cut");
+                        Some((Err(cut), None))
+                    }
+                }
+            });
+            BodyExt::boxed(StreamBody::new(frames))
         }
         (Some(n), None) => {
             let size = reply.body.len().div_ceil(n).max(1);

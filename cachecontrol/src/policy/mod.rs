@@ -467,6 +467,31 @@ impl CachePolicy {
         self.etag.is_some() || self.last_modified.is_some()
     }
 
+    /// The response's `ETag`, when it has one.
+    pub fn etag(&self) -> Option<&HeaderValue> {
+        self.etag.as_ref()
+    }
+
+    /// The response's `Last-Modified`, when it has a valid one.
+    pub fn last_modified(&self) -> Option<&HeaderValue> {
+        self.last_modified.and(self.headers.get(header::LAST_MODIFIED))
+    }
+
+    /// Whether every reuse needs revalidation (`no-cache` without field names).
+    pub fn requires_revalidation(&self) -> bool {
+        self.no_cache
+    }
+
+    /// The `stale-while-revalidate` window, in seconds (0 when absent).
+    pub fn stale_while_revalidate(&self) -> u64 {
+        self.stale_while_revalidate
+    }
+
+    /// The `stale-if-error` window, in seconds (0 when absent).
+    pub fn stale_if_error(&self) -> u64 {
+        self.stale_if_error
+    }
+
     /// The stored response's Vary'd request values, when it has a Vary.
     pub fn vary(&self) -> Option<&VaryKey> {
         self.vary.as_ref()
