@@ -2,11 +2,12 @@
 //!
 //! ```text
 //! doesitcache https://example.com/ [--shared] [-H 'Accept: text/html']...
+//! doesitcache            # the demo: three resources of a built-in local origin
 //! ```
 //!
 //! It prints whether the first response may be stored and why, its freshness lifetime
 //! and where it comes from, its validators and Vary, and how the second request was
-//! served. The exit status is 0 when the second response came from the cache (a hit,
+//! served. For a URL, the exit status is 0 when the second response came from the cache (a hit,
 //! a stale response the cache may serve, or a stored body revalidated with a 304), 1
 //! when it did not, and 2 when the URL could not be fetched.
 
@@ -24,8 +25,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The URL to ask for.
-    url: reqwest::Url,
+    /// The URL to ask for. Without one, a demo runs against a small origin started
+    /// on a loopback port, serving a cacheable, a revalidatable and an uncacheable
+    /// resource.
+    url: Option<reqwest::Url>,
     /// Judge as a shared cache (a proxy or CDN) instead of a private one.
     #[arg(long)]
     shared: bool,
@@ -41,7 +44,11 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    match run(&args).await {
+    let result = match &args.url {
+        Some(url) => run(&args, url).await,
+        None => demo(&args).await,
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
@@ -51,7 +58,20 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &Args) -> Result<bool> {
+/// Runs the check on each resource of a built-in origin; succeeds when it could.
+async fn demo(args: &Args) -> Result<bool> {
+    let origin = demo::Origin::start().await.context("cannot start the demo origin")?;
+    println!("demo: an origin on {} serves three resources\n", origin.base);
+    for path in demo::PATHS {
+        let url = reqwest::Url::parse(&format!("{}{path}", origin.base)).context("demo URL")?;
+        run(args, &url).await?;
+        println!();
+    }
+    println!("(run `doesitcache URL` to ask about your own)");
+    Ok(true)
+}
+
+async fn run(args: &Args, url: &reqwest::Url) -> Result<bool> {
     let headers = parse_headers(&args.headers)?;
     let store = Arc::new(MemoryCache::new(256 << 20));
     let cache = CacheControl::builder_arc(store)
@@ -70,11 +90,11 @@ async fn run(args: &Args) -> Result<bool> {
 
     let request_time = SystemTime::now();
     let first = client
-        .get(args.url.clone())
+        .get(url.clone())
         .headers(headers.clone())
         .send()
         .await
-        .with_context(|| format!("cannot fetch {}", args.url))?;
+        .with_context(|| format!("cannot fetch {}", url))?;
     let response_time = SystemTime::now();
     let status = first.status();
     let final_url = first.url().clone();
@@ -88,11 +108,11 @@ async fn run(args: &Args) -> Result<bool> {
     explain(args, &headers, status, &response_headers, request_time, response_time);
 
     let second = client
-        .get(args.url.clone())
+        .get(url.clone())
         .headers(headers)
         .send()
         .await
-        .with_context(|| format!("cannot fetch {} the second time", args.url))?;
+        .with_context(|| format!("cannot fetch {} the second time", url))?;
     let served = second.extensions().get::<CacheStatus>().copied();
     second.bytes().await.context("cannot read the second body")?;
     let (verdict, cached) = match served {
@@ -182,6 +202,66 @@ fn explain(
     if let Some(vary) = policy.vary() {
         let names: Vec<&str> = vary.names().iter().map(HeaderName::as_str).collect();
         println!("  varies on: {}", names.join(", "));
+    }
+}
+
+mod demo {
+    //! A tiny HTTP/1.1 origin for the demo: three canned responses.
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// The demo's resources.
+    pub const PATHS: [&str; 3] = ["/fresh-for-an-hour", "/revalidate-with-etag", "/never-store"];
+
+    /// A running demo origin.
+    pub struct Origin {
+        pub base: String,
+    }
+
+    impl Origin {
+        pub async fn start() -> std::io::Result<Origin> {
+            let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+            let base = format!("http://{}", listener.local_addr()?);
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&head);
+                        let path = head.split_whitespace().nth(1).unwrap_or("/");
+                        let revalidating = head.to_ascii_lowercase().contains("if-none-match: \"v1\"");
+                        let date = httpdate_now();
+                        let (status, headers, body) = match path {
+                            "/fresh-for-an-hour" => ("200 OK", "cache-control: max-age=3600\r\n", "fresh\n"),
+                            "/revalidate-with-etag" if revalidating => ("304 Not Modified", "etag: \"v1\"\r\ncache-control: no-cache\r\n", ""),
+                            "/revalidate-with-etag" => ("200 OK", "etag: \"v1\"\r\ncache-control: no-cache\r\n", "validated\n"),
+                            "/never-store" => ("200 OK", "cache-control: no-store\r\n", "secret\n"),
+                            _ => ("404 Not Found", "", "no such resource\n"),
+                        };
+                        let response = format!(
+                            "HTTP/1.1 {status}\r\ndate: {date}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = stream.write_all(response.as_bytes()).await;
+                    });
+                }
+            });
+            Ok(Origin { base })
+        }
+    }
+
+    fn httpdate_now() -> String {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        cachecontrol::policy::format_http_date(secs)
     }
 }
 

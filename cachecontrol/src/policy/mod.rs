@@ -539,8 +539,10 @@ impl CachePolicy {
             // RFC 8246: a fresh immutable response is not revalidated because a client
             // asked for a recent one (what browsers send on reload); `no-cache` above
             // still forces it.
+            // Ages are counted in whole seconds, but a stored response is always some
+            // fraction of a second old: `max-age=0` never accepts it.
             let too_old = match max_age {
-                Delta::Seconds(max) => age > u64::from(max),
+                Delta::Seconds(max) => max == 0 || age > u64::from(max),
                 Delta::Invalid => false,
             };
             if too_old && !(self.immutable && fresh) {
