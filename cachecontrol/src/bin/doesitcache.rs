@@ -60,8 +60,13 @@ async fn main() -> ExitCode {
 
 /// Runs the check on each resource of a built-in origin; succeeds when it could.
 async fn demo(args: &Args) -> Result<bool> {
-    let origin = demo::Origin::start().await.context("cannot start the demo origin")?;
-    println!("demo: an origin on {} serves three resources\n", origin.base);
+    let origin = demo::Origin::start()
+        .await
+        .context("cannot start the demo origin")?;
+    println!(
+        "demo: an origin on {} serves three resources\n",
+        origin.base
+    );
     for path in demo::PATHS {
         let url = reqwest::Url::parse(&format!("{}{path}", origin.base)).context("demo URL")?;
         run(args, &url).await?;
@@ -105,7 +110,14 @@ async fn run(args: &Args, url: &reqwest::Url) -> Result<bool> {
         .with_context(|| format!("cannot read the body of {final_url}"))?
         .len();
     println!("GET {final_url} -> {status} ({length} bytes)");
-    explain(args, &headers, status, &response_headers, request_time, response_time);
+    explain(
+        args,
+        &headers,
+        status,
+        &response_headers,
+        request_time,
+        response_time,
+    );
 
     let second = client
         .get(url.clone())
@@ -114,7 +126,10 @@ async fn run(args: &Args, url: &reqwest::Url) -> Result<bool> {
         .await
         .with_context(|| format!("cannot fetch {} the second time", url))?;
     let served = second.extensions().get::<CacheStatus>().copied();
-    second.bytes().await.context("cannot read the second body")?;
+    second
+        .bytes()
+        .await
+        .context("cannot read the second body")?;
     let (verdict, cached) = match served {
         Some(CacheStatus::Hit) => ("HIT: served from the cache, no request sent", true),
         Some(CacheStatus::Stale) => ("STALE: served from the cache while stale", true),
@@ -165,7 +180,11 @@ fn explain(
     println!("  storable in a {mode} cache: yes");
     let lifetime = policy.freshness_lifetime();
     let age = policy.current_age(now);
-    let state = if policy.is_fresh(now) { "fresh" } else { "stale" };
+    let state = if policy.is_fresh(now) {
+        "fresh"
+    } else {
+        "stale"
+    };
     println!("  freshness lifetime: {lifetime}; current age {age}s: {state}");
     if policy.requires_revalidation() {
         println!("  no-cache: every reuse is revalidated first");
@@ -196,7 +215,10 @@ fn explain(
             if let Some(modified) = modified {
                 parts.push(format!("Last-Modified {}", show(modified)));
             }
-            println!("  validators: {} (revalidated with a conditional request)", parts.join(", "));
+            println!(
+                "  validators: {} (revalidated with a conditional request)",
+                parts.join(", ")
+            );
         }
     }
     if let Some(vary) = policy.vary() {
@@ -212,7 +234,11 @@ mod demo {
     use tokio::net::TcpListener;
 
     /// The demo's resources.
-    pub const PATHS: [&str; 3] = ["/fresh-for-an-hour", "/revalidate-with-etag", "/never-store"];
+    pub const PATHS: [&str; 3] = [
+        "/fresh-for-an-hour",
+        "/revalidate-with-etag",
+        "/never-store",
+    ];
 
     /// A running demo origin.
     pub struct Origin {
@@ -236,12 +262,23 @@ mod demo {
                         }
                         let head = String::from_utf8_lossy(&head);
                         let path = head.split_whitespace().nth(1).unwrap_or("/");
-                        let revalidating = head.to_ascii_lowercase().contains("if-none-match: \"v1\"");
+                        let revalidating =
+                            head.to_ascii_lowercase().contains("if-none-match: \"v1\"");
                         let date = httpdate_now();
                         let (status, headers, body) = match path {
-                            "/fresh-for-an-hour" => ("200 OK", "cache-control: max-age=3600\r\n", "fresh\n"),
-                            "/revalidate-with-etag" if revalidating => ("304 Not Modified", "etag: \"v1\"\r\ncache-control: no-cache\r\n", ""),
-                            "/revalidate-with-etag" => ("200 OK", "etag: \"v1\"\r\ncache-control: no-cache\r\n", "validated\n"),
+                            "/fresh-for-an-hour" => {
+                                ("200 OK", "cache-control: max-age=3600\r\n", "fresh\n")
+                            }
+                            "/revalidate-with-etag" if revalidating => (
+                                "304 Not Modified",
+                                "etag: \"v1\"\r\ncache-control: no-cache\r\n",
+                                "",
+                            ),
+                            "/revalidate-with-etag" => (
+                                "200 OK",
+                                "etag: \"v1\"\r\ncache-control: no-cache\r\n",
+                                "validated\n",
+                            ),
                             "/never-store" => ("200 OK", "cache-control: no-store\r\n", "secret\n"),
                             _ => ("404 Not Found", "", "no such resource\n"),
                         };

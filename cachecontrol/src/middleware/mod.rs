@@ -438,25 +438,23 @@ impl Shared {
                 build_response(asked.url, StatusCode::NOT_MODIFIED, headers, empty_body());
             return self.mark(response, status);
         }
-        let mut headers = policy.response_headers(now, validated);
+        let headers = policy.response_headers(now, validated);
         if asked.method == Method::HEAD {
             return self.mark(
                 build_response(asked.url, policy.status(), headers, empty_body()),
                 status,
             );
         }
-        let mut body = stored.body;
         if policy.status() == StatusCode::OK
             && let Some(range) = asked.headers.get(header::RANGE)
+            && let Some(range) = range::satisfiable(range, &headers, &stored.body)
         {
-            match range::serve_range(asked.url, range, headers, body) {
-                Ok(response) => return self.mark(response, status),
-                Err((unchanged_headers, unchanged_body)) => {
-                    headers = unchanged_headers;
-                    body = unchanged_body;
-                }
-            }
+            return self.mark(
+                range::partial_response(asked.url, range, headers, stored.body),
+                status,
+            );
         }
+        let body = stored.body;
         self.mark(
             build_response(asked.url, policy.status(), headers, into_reqwest_body(body)),
             status,

@@ -14,41 +14,57 @@ use url::Url;
 use super::build_response;
 use crate::store::Body;
 
-/// A 206 for `range`, or the headers and body back when it cannot be served.
-pub(super) fn serve_range(
-    url: &Url,
+/// The bytes a request's `Range` asks of a stored body, when they can be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Satisfiable {
+    first: u64,
+    last: u64,
+    length: u64,
+}
+
+/// Whether `range` is a single range that `body` can satisfy.
+pub(super) fn satisfiable(
     range: &HeaderValue,
-    mut headers: HeaderMap,
-    body: Body,
-) -> Result<Response, (HeaderMap, Body)> {
-    let length = match &body {
-        Body::Bytes(bytes) => Some(bytes.len() as u64),
+    headers: &HeaderMap,
+    body: &Body,
+) -> Option<Satisfiable> {
+    let length = match body {
+        Body::Bytes(bytes) => bytes.len() as u64,
         // A streamed body was checked against its Content-Length when it was stored.
         Body::Stream(_) => headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()),
+            .and_then(|v| v.parse().ok())?,
     };
-    let Some((length, (start, end))) =
-        length.and_then(|length| Some((length, single_range(range.as_bytes(), length)?)))
-    else {
-        return Err((headers, body));
-    };
-    let Ok(content_range) = HeaderValue::try_from(format!("bytes {start}-{end}/{length}")) else {
-        return Err((headers, body));
-    };
-    headers.insert(header::CONTENT_RANGE, content_range);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+    let (first, last) = single_range(range.as_bytes(), length)?;
+    Some(Satisfiable {
+        first,
+        last,
+        length,
+    })
+}
+
+/// The 206 for a satisfiable range.
+pub(super) fn partial_response(
+    url: &Url,
+    range: Satisfiable,
+    mut headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Satisfiable {
+        first,
+        last,
+        length,
+    } = range;
+    if let Ok(value) = HeaderValue::try_from(format!("bytes {first}-{last}/{length}")) {
+        headers.insert(header::CONTENT_RANGE, value);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
     let body = match body {
-        Body::Bytes(bytes) => reqwest::Body::from(bytes.slice(start as usize..=end as usize)),
-        Body::Stream(stream) => reqwest::Body::wrap_stream(slice_stream(stream, start, end)),
+        Body::Bytes(bytes) => reqwest::Body::from(bytes.slice(first as usize..=last as usize)),
+        Body::Stream(stream) => reqwest::Body::wrap_stream(slice_stream(stream, first, last)),
     };
-    Ok(build_response(
-        url,
-        StatusCode::PARTIAL_CONTENT,
-        headers,
-        body,
-    ))
+    build_response(url, StatusCode::PARTIAL_CONTENT, headers, body)
 }
 
 /// The first and last byte of a single `bytes=` range, when satisfiable.

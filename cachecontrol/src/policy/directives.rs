@@ -228,15 +228,13 @@ impl RequestDirectives {
                 match_name(name, |name| match name {
                     "max-age" => set_delta(&mut directives.max_age, arg, &mut false),
                     "min-fresh" => set_delta(&mut directives.min_fresh, arg, &mut false),
-                    "max-stale" => {
-                        if directives.max_stale.is_none() {
-                            directives.max_stale = match arg.map(delta) {
-                                None => Some(MaxStale::Any),
-                                Some(Delta::Seconds(s)) => Some(MaxStale::Seconds(s)),
-                                // An unreadable limit grants nothing.
-                                Some(Delta::Invalid) => None,
-                            };
-                        }
+                    "max-stale" if directives.max_stale.is_none() => {
+                        directives.max_stale = match arg.map(delta) {
+                            None => Some(MaxStale::Any),
+                            Some(Delta::Seconds(s)) => Some(MaxStale::Seconds(s)),
+                            // An unreadable limit grants nothing.
+                            Some(Delta::Invalid) => None,
+                        };
                     }
                     "no-cache" => directives.no_cache = true,
                     "no-store" => directives.no_store = true,

@@ -474,7 +474,8 @@ impl CachePolicy {
 
     /// The response's `Last-Modified`, when it has a valid one.
     pub fn last_modified(&self) -> Option<&HeaderValue> {
-        self.last_modified.and(self.headers.get(header::LAST_MODIFIED))
+        self.last_modified
+            .and(self.headers.get(header::LAST_MODIFIED))
     }
 
     /// Whether every reuse needs revalidation (`no-cache` without field names).
