@@ -9,13 +9,25 @@ use common::Fixture;
 use testbed::origin::{Recorded, Reply, http_date};
 
 /// An origin that answers 304 when the request's validators match the current ones.
-fn validating(version: &'static str, cache_control: &'static str, last_modified: String) -> impl Fn(&Recorded) -> Reply {
+fn validating(
+    version: &'static str,
+    cache_control: &'static str,
+    last_modified: String,
+) -> impl Fn(&Recorded) -> Reply {
     move |req| {
         let etag = format!("\"{version}\"");
         let matches = req.header("if-none-match") == Some(etag.as_str())
-            || (req.header("if-none-match").is_none() && req.header("if-modified-since") == Some(last_modified.as_str()));
-        let reply = if matches { Reply::not_modified() } else { Reply::ok(format!("body {version}")) };
-        reply.header("etag", etag).header("last-modified", last_modified.clone()).header("cache-control", cache_control)
+            || (req.header("if-none-match").is_none()
+                && req.header("if-modified-since") == Some(last_modified.as_str()));
+        let reply = if matches {
+            Reply::not_modified()
+        } else {
+            Reply::ok(format!("body {version}"))
+        };
+        reply
+            .header("etag", etag)
+            .header("last-modified", last_modified.clone())
+            .header("cache-control", cache_control)
     }
 }
 
@@ -28,14 +40,22 @@ async fn stale_entry_with_only_last_modified_sends_if_modified_since() {
         if req.header("if-modified-since") == Some(m.as_str()) {
             Reply::not_modified()
         } else {
-            Reply::ok("lm body").header("last-modified", m.clone()).header("cache-control", "max-age=1")
+            Reply::ok("lm body")
+                .header("last-modified", m.clone())
+                .header("cache-control", "max-age=1")
         }
     });
     f.get("/lm").await;
     f.advance(10);
     let got = f.get("/lm").await;
-    assert_eq!((got.cache, got.text()), (Some(CacheStatus::Revalidated), "lm body"));
-    assert_eq!(f.origin.requests("/lm")[1].header("if-modified-since"), Some(modified.as_str()));
+    assert_eq!(
+        (got.cache, got.text()),
+        (Some(CacheStatus::Revalidated), "lm body")
+    );
+    assert_eq!(
+        f.origin.requests("/lm")[1].header("if-modified-since"),
+        Some(modified.as_str())
+    );
 }
 
 #[tokio::test]
@@ -44,14 +64,21 @@ async fn a_changed_resource_replaces_the_entry() {
     f.origin.sequence(
         "/c",
         vec![
-            Reply::ok("one").header("etag", "\"1\"").header("cache-control", "max-age=1"),
-            Reply::ok("two").header("etag", "\"2\"").header("cache-control", "max-age=60"),
+            Reply::ok("one")
+                .header("etag", "\"1\"")
+                .header("cache-control", "max-age=1"),
+            Reply::ok("two")
+                .header("etag", "\"2\"")
+                .header("cache-control", "max-age=60"),
         ],
     );
     f.get("/c").await;
     f.advance(10);
     let changed = f.get("/c").await;
-    assert_eq!((changed.cache, changed.text()), (Some(CacheStatus::Miss), "two"));
+    assert_eq!(
+        (changed.cache, changed.text()),
+        (Some(CacheStatus::Miss), "two")
+    );
     let after = f.get("/c").await;
     assert_eq!((after.cache, after.text()), (Some(CacheStatus::Hit), "two"));
 }
@@ -62,8 +89,13 @@ async fn a_304_does_not_change_the_stored_content_length() {
     f.origin.sequence(
         "/len",
         vec![
-            Reply::ok("twelve bytes").header("etag", "\"e\"").header("cache-control", "max-age=1"),
-            Reply::not_modified().header("etag", "\"e\"").header("content-length", "3").header("x-new", "yes"),
+            Reply::ok("twelve bytes")
+                .header("etag", "\"e\"")
+                .header("cache-control", "max-age=1"),
+            Reply::not_modified()
+                .header("etag", "\"e\"")
+                .header("content-length", "3")
+                .header("x-new", "yes"),
         ],
     );
     f.get("/len").await;
@@ -80,7 +112,9 @@ async fn a_304_about_another_representation_leads_to_a_full_request() {
     f.origin.sequence(
         "/m",
         vec![
-            Reply::ok("one").header("etag", "\"1\"").header("cache-control", "max-age=1"),
+            Reply::ok("one")
+                .header("etag", "\"1\"")
+                .header("cache-control", "max-age=1"),
             Reply::not_modified().header("etag", "\"other\""),
             Reply::ok("fresh copy").header("etag", "\"3\""),
         ],
@@ -96,15 +130,33 @@ async fn a_304_about_another_representation_leads_to_a_full_request() {
 #[tokio::test]
 async fn the_callers_if_none_match_is_answered_from_a_fresh_entry() {
     let f = Fixture::new().await;
-    f.origin.route("/e", validating("v1", "max-age=600", http_date(-100)));
+    f.origin
+        .route("/e", validating("v1", "max-age=600", http_date(-100)));
     f.get("/e").await;
-    let matching = f.send(f.client.get(f.url("/e")).header("if-none-match", "\"v0\", \"v1\"")).await;
-    assert_eq!((matching.status, matching.cache), (304, Some(CacheStatus::Hit)));
+    let matching = f
+        .send(
+            f.client
+                .get(f.url("/e"))
+                .header("if-none-match", "\"v0\", \"v1\""),
+        )
+        .await;
+    assert_eq!(
+        (matching.status, matching.cache),
+        (304, Some(CacheStatus::Hit))
+    );
     assert_eq!(matching.header("etag").as_deref(), Some("\"v1\""));
     assert!(matching.body.is_empty());
-    let other = f.send(f.client.get(f.url("/e")).header("if-none-match", "\"v0\"")).await;
+    let other = f
+        .send(f.client.get(f.url("/e")).header("if-none-match", "\"v0\""))
+        .await;
     assert_eq!((other.status, other.text()), (200, "body v1"));
-    let weak = f.send(f.client.get(f.url("/e")).header("if-none-match", "W/\"v1\"")).await;
+    let weak = f
+        .send(
+            f.client
+                .get(f.url("/e"))
+                .header("if-none-match", "W/\"v1\""),
+        )
+        .await;
     assert_eq!(weak.status, 304, "If-None-Match compares weakly");
     assert_eq!(f.origin.hits("/e"), 1);
 }
@@ -112,11 +164,24 @@ async fn the_callers_if_none_match_is_answered_from_a_fresh_entry() {
 #[tokio::test]
 async fn the_callers_if_modified_since_is_answered_from_a_fresh_entry() {
     let f = Fixture::new().await;
-    f.origin.route("/e", validating("v1", "max-age=600", http_date(-100)));
+    f.origin
+        .route("/e", validating("v1", "max-age=600", http_date(-100)));
     f.get("/e").await;
-    let later = f.send(f.client.get(f.url("/e")).header("if-modified-since", http_date(-10))).await;
+    let later = f
+        .send(
+            f.client
+                .get(f.url("/e"))
+                .header("if-modified-since", http_date(-10)),
+        )
+        .await;
     assert_eq!(later.status, 304);
-    let earlier = f.send(f.client.get(f.url("/e")).header("if-modified-since", http_date(-1000))).await;
+    let earlier = f
+        .send(
+            f.client
+                .get(f.url("/e"))
+                .header("if-modified-since", http_date(-1000)),
+        )
+        .await;
     assert_eq!(earlier.status, 200);
     assert_eq!(f.origin.hits("/e"), 1);
 }
@@ -124,19 +189,29 @@ async fn the_callers_if_modified_since_is_answered_from_a_fresh_entry() {
 #[tokio::test]
 async fn the_callers_validators_are_evaluated_after_a_revalidation() {
     let f = Fixture::new().await;
-    f.origin.route("/e", validating("v1", "max-age=1", http_date(-100)));
+    f.origin
+        .route("/e", validating("v1", "max-age=1", http_date(-100)));
     f.get("/e").await;
     f.advance(10);
-    let got = f.send(f.client.get(f.url("/e")).header("if-none-match", "\"v1\"")).await;
-    assert_eq!((got.status, got.cache), (304, Some(CacheStatus::Revalidated)));
+    let got = f
+        .send(f.client.get(f.url("/e")).header("if-none-match", "\"v1\""))
+        .await;
+    assert_eq!(
+        (got.status, got.cache),
+        (304, Some(CacheStatus::Revalidated))
+    );
     // The origin was asked with the cache's validator.
-    assert_eq!(f.origin.requests("/e")[1].header("if-none-match"), Some("\"v1\""));
+    assert_eq!(
+        f.origin.requests("/e")[1].header("if-none-match"),
+        Some("\"v1\"")
+    );
 }
 
 #[tokio::test]
 async fn head_is_answered_from_a_stored_get() {
     let f = Fixture::new().await;
-    f.origin.route("/h", validating("v1", "max-age=600", http_date(-100)));
+    f.origin
+        .route("/h", validating("v1", "max-age=600", http_date(-100)));
     f.get("/h").await;
     let head = f.send(f.client.head(f.url("/h"))).await;
     assert_eq!((head.status, head.cache), (200, Some(CacheStatus::Hit)));
@@ -151,9 +226,15 @@ async fn a_head_response_with_another_validator_invalidates_the_stored_get() {
     f.origin.sequence(
         "/h",
         vec![
-            Reply::ok("old").header("etag", "\"1\"").header("cache-control", "max-age=1"),
-            Reply::status(200).header("etag", "\"2\"").header("cache-control", "max-age=60"),
-            Reply::ok("new").header("etag", "\"2\"").header("cache-control", "max-age=60"),
+            Reply::ok("old")
+                .header("etag", "\"1\"")
+                .header("cache-control", "max-age=1"),
+            Reply::status(200)
+                .header("etag", "\"2\"")
+                .header("cache-control", "max-age=60"),
+            Reply::ok("new")
+                .header("etag", "\"2\"")
+                .header("cache-control", "max-age=60"),
         ],
     );
     f.get("/h").await;
@@ -166,15 +247,26 @@ async fn a_head_response_with_another_validator_invalidates_the_stored_get() {
 #[tokio::test]
 async fn a_single_range_is_served_from_a_stored_complete_response() {
     let f = Fixture::new().await;
-    f.origin.always("/r", Reply::ok("0123456789").header("cache-control", "max-age=600").header("a", "1"));
+    f.origin.always(
+        "/r",
+        Reply::ok("0123456789")
+            .header("cache-control", "max-age=600")
+            .header("a", "1"),
+    );
     f.get("/r").await;
-    let got = f.send(f.client.get(f.url("/r")).header("range", "bytes=2-4")).await;
+    let got = f
+        .send(f.client.get(f.url("/r")).header("range", "bytes=2-4"))
+        .await;
     assert_eq!((got.status, got.text()), (206, "234"));
     assert_eq!(got.header("content-range").as_deref(), Some("bytes 2-4/10"));
     assert_eq!(got.header("a").as_deref(), Some("1"));
-    let suffix = f.send(f.client.get(f.url("/r")).header("range", "bytes=-3")).await;
+    let suffix = f
+        .send(f.client.get(f.url("/r")).header("range", "bytes=-3"))
+        .await;
     assert_eq!(suffix.text(), "789");
-    let several = f.send(f.client.get(f.url("/r")).header("range", "bytes=0-1,5-6")).await;
+    let several = f
+        .send(f.client.get(f.url("/r")).header("range", "bytes=0-1,5-6"))
+        .await;
     assert_eq!((several.status, several.text()), (200, "0123456789"));
     assert_eq!(f.origin.hits("/r"), 1);
 }

@@ -6,7 +6,10 @@ use std::process::Command;
 use testbed::origin::{Origin, Reply};
 
 fn doesitcache(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_doesitcache")).args(args).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_doesitcache"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8(output.stdout).unwrap(),
@@ -17,9 +20,16 @@ fn doesitcache(args: &[&str]) -> (i32, String, String) {
 #[tokio::test]
 async fn a_cacheable_url_exits_0_and_says_why() {
     let origin = Origin::start().await.unwrap();
-    origin.always("/yes", Reply::ok("x").header("cache-control", "max-age=3600").header("etag", "\"v\""));
+    origin.always(
+        "/yes",
+        Reply::ok("x")
+            .header("cache-control", "max-age=3600")
+            .header("etag", "\"v\""),
+    );
     let url = origin.url("/yes");
-    let (code, out, err) = tokio::task::spawn_blocking(move || doesitcache(&[&url])).await.unwrap();
+    let (code, out, err) = tokio::task::spawn_blocking(move || doesitcache(&[&url]))
+        .await
+        .unwrap();
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("storable in a private cache: yes"), "{out}");
     assert!(out.contains("3600s from max-age"), "{out}");
@@ -33,7 +43,9 @@ async fn an_uncacheable_url_exits_1_and_names_the_directive() {
     let origin = Origin::start().await.unwrap();
     origin.always("/no", Reply::ok("x").header("cache-control", "no-store"));
     let url = origin.url("/no");
-    let (code, out, _) = tokio::task::spawn_blocking(move || doesitcache(&[&url])).await.unwrap();
+    let (code, out, _) = tokio::task::spawn_blocking(move || doesitcache(&[&url]))
+        .await
+        .unwrap();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no-store"), "{out}");
     assert!(out.contains("MISS"), "{out}");
@@ -42,13 +54,22 @@ async fn an_uncacheable_url_exits_1_and_names_the_directive() {
 #[tokio::test]
 async fn shared_mode_and_request_headers() {
     let origin = Origin::start().await.unwrap();
-    origin.always("/p", Reply::ok("x").header("cache-control", "private, max-age=60"));
+    origin.always(
+        "/p",
+        Reply::ok("x").header("cache-control", "private, max-age=60"),
+    );
     let url = origin.url("/p");
-    let (code, out, _) =
-        tokio::task::spawn_blocking(move || doesitcache(&["--shared", "-H", "Accept: text/plain", &url])).await.unwrap();
+    let (code, out, _) = tokio::task::spawn_blocking(move || {
+        doesitcache(&["--shared", "-H", "Accept: text/plain", &url])
+    })
+    .await
+    .unwrap();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("private and this cache is shared"), "{out}");
-    assert_eq!(origin.requests("/p")[0].header("accept"), Some("text/plain"));
+    assert_eq!(
+        origin.requests("/p")[0].header("accept"),
+        Some("text/plain")
+    );
 }
 
 #[test]

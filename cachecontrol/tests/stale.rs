@@ -17,7 +17,10 @@ async fn until_hits(f: &Fixture, path: &str, n: usize) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("{path} never got {n} requests (got {})", f.origin.hits(path));
+    panic!(
+        "{path} never got {n} requests (got {})",
+        f.origin.hits(path)
+    );
 }
 
 #[tokio::test]
@@ -25,9 +28,13 @@ async fn stale_while_revalidate_serves_at_once_and_revalidates_in_the_background
     let f = Fixture::new().await;
     f.origin.route("/swr", |req| {
         if req.header("if-none-match") == Some("\"a\"") {
-            Reply::not_modified().header("etag", "\"a\"").header("cache-control", "max-age=100, stale-while-revalidate=60")
+            Reply::not_modified()
+                .header("etag", "\"a\"")
+                .header("cache-control", "max-age=100, stale-while-revalidate=60")
         } else {
-            Reply::ok("stored").header("etag", "\"a\"").header("cache-control", "max-age=1, stale-while-revalidate=60")
+            Reply::ok("stored")
+                .header("etag", "\"a\"")
+                .header("cache-control", "max-age=1, stale-while-revalidate=60")
         }
     });
     f.get("/swr").await;
@@ -36,7 +43,10 @@ async fn stale_while_revalidate_serves_at_once_and_revalidates_in_the_background
     assert_eq!(stale.cache, Some(CacheStatus::Stale));
     assert_eq!(stale.text(), "stored");
     until_hits(&f, "/swr", 2).await;
-    assert_eq!(f.origin.requests("/swr")[1].header("if-none-match"), Some("\"a\""));
+    assert_eq!(
+        f.origin.requests("/swr")[1].header("if-none-match"),
+        Some("\"a\"")
+    );
     // The 304 freshened the entry in the background.
     let mut served = None;
     for _ in 0..100 {
@@ -55,7 +65,9 @@ async fn one_background_revalidation_per_entry_at_a_time() {
     let f = Fixture::new().await;
     f.origin.route("/swr", |req| {
         if req.index == 0 {
-            Reply::ok("stored").header("etag", "\"a\"").header("cache-control", "max-age=1, stale-while-revalidate=60")
+            Reply::ok("stored")
+                .header("etag", "\"a\"")
+                .header("cache-control", "max-age=1, stale-while-revalidate=60")
         } else {
             Reply::not_modified()
                 .header("etag", "\"a\"")
@@ -66,7 +78,11 @@ async fn one_background_revalidation_per_entry_at_a_time() {
     f.get("/swr").await;
     f.advance(10);
     let responses = futures_util::future::join_all((0..5).map(|_| f.get("/swr"))).await;
-    assert!(responses.iter().all(|r| r.cache == Some(CacheStatus::Stale)));
+    assert!(
+        responses
+            .iter()
+            .all(|r| r.cache == Some(CacheStatus::Stale))
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(f.origin.hits("/swr"), 2);
 }
@@ -102,9 +118,19 @@ async fn stale_if_error_serves_stale_on_5xx_and_on_network_errors() {
     f.get("/sie").await;
     f.advance(10);
     let on_503 = f.get("/sie").await;
-    assert_eq!((on_503.status, on_503.cache, on_503.text()), (200, Some(CacheStatus::Stale), "good"));
+    assert_eq!(
+        (on_503.status, on_503.cache, on_503.text()),
+        (200, Some(CacheStatus::Stale), "good")
+    );
     let on_disconnect = f.get("/sie").await;
-    assert_eq!((on_disconnect.status, on_disconnect.cache, on_disconnect.text()), (200, Some(CacheStatus::Stale), "good"));
+    assert_eq!(
+        (
+            on_disconnect.status,
+            on_disconnect.cache,
+            on_disconnect.text()
+        ),
+        (200, Some(CacheStatus::Stale), "good")
+    );
 }
 
 #[tokio::test]
@@ -112,7 +138,10 @@ async fn stale_if_error_window_ends() {
     let f = Fixture::new().await;
     f.origin.sequence(
         "/sie",
-        vec![Reply::ok("good").header("cache-control", "max-age=1, stale-if-error=60"), Reply::status(503).body("down")],
+        vec![
+            Reply::ok("good").header("cache-control", "max-age=1, stale-if-error=60"),
+            Reply::status(503).body("down"),
+        ],
     );
     f.get("/sie").await;
     f.advance(100);
@@ -126,12 +155,18 @@ async fn must_revalidate_is_never_served_stale_even_on_errors() {
     f.origin.sequence(
         "/mr",
         vec![
-            Reply::ok("good").header("cache-control", "max-age=1, must-revalidate, stale-if-error=60"),
+            Reply::ok("good").header(
+                "cache-control",
+                "max-age=1, must-revalidate, stale-if-error=60",
+            ),
             Reply::disconnect(),
         ],
     );
     f.get("/mr").await;
     f.advance(10);
     let result = f.client.get(f.url("/mr")).send().await;
-    assert!(result.is_err(), "the origin's failure reaches the caller: {result:?}");
+    assert!(
+        result.is_err(),
+        "the origin's failure reaches the caller: {result:?}"
+    );
 }

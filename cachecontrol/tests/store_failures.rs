@@ -57,28 +57,50 @@ impl Cache for Flaky {
 #[tokio::test]
 async fn a_failing_store_means_the_network_and_the_cache_recovers_with_it() {
     let origin = Origin::start().await.unwrap();
-    origin.always("/a", Reply::ok("fine").header("cache-control", "max-age=60"));
-    let store = Arc::new(Flaky { inner: MemoryCache::new(1 << 20), broken: AtomicBool::new(true) });
+    origin.always(
+        "/a",
+        Reply::ok("fine").header("cache-control", "max-age=60"),
+    );
+    let store = Arc::new(Flaky {
+        inner: MemoryCache::new(1 << 20),
+        broken: AtomicBool::new(true),
+    });
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(CacheControl::builder_arc(store.clone()).build())
         .build();
     for _ in 0..2 {
         let response = client.get(origin.url("/a")).send().await.unwrap();
-        assert_eq!(response.extensions().get::<CacheStatus>(), Some(&CacheStatus::Miss));
+        assert_eq!(
+            response.extensions().get::<CacheStatus>(),
+            Some(&CacheStatus::Miss)
+        );
         assert_eq!(response.text().await.unwrap(), "fine");
     }
     assert_eq!(origin.hits("/a"), 2);
     store.broken.store(false, Ordering::SeqCst);
-    client.get(origin.url("/a")).send().await.unwrap().bytes().await.unwrap();
+    client
+        .get(origin.url("/a"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let response = client.get(origin.url("/a")).send().await.unwrap();
-    assert_eq!(response.extensions().get::<CacheStatus>(), Some(&CacheStatus::Hit));
+    assert_eq!(
+        response.extensions().get::<CacheStatus>(),
+        Some(&CacheStatus::Hit)
+    );
     assert_eq!(origin.hits("/a"), 3);
 }
 
 #[tokio::test]
 async fn after_close_requests_go_straight_to_the_network() {
     let f = Fixture::new().await;
-    f.origin.always("/a", Reply::ok("fine").header("cache-control", "max-age=60"));
+    f.origin.always(
+        "/a",
+        Reply::ok("fine").header("cache-control", "max-age=60"),
+    );
     f.get("/a").await;
     f.cache.close().await.unwrap();
     assert!(matches!(f.store.get("/a").await, Err(StoreError::Closed)));

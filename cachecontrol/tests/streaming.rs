@@ -18,7 +18,12 @@ fn body_of(len: usize) -> Vec<u8> {
 async fn chunked_body_without_content_length_is_stored_whole() {
     let f = Fixture::new().await;
     let body = body_of(100_000);
-    f.origin.always("/c", Reply::ok(body.clone()).chunked(7).header("cache-control", "max-age=60"));
+    f.origin.always(
+        "/c",
+        Reply::ok(body.clone())
+            .chunked(7)
+            .header("cache-control", "max-age=60"),
+    );
     let first = f.get("/c").await;
     assert_eq!(first.body, body);
     let second = f.get("/c").await;
@@ -34,7 +39,10 @@ async fn body_reaches_the_caller_before_the_origin_has_sent_it_all() {
     let body = body_of(40_000);
     f.origin.always(
         "/slow",
-        Reply::ok(body.clone()).chunked(4).gate(gate.clone()).header("cache-control", "max-age=60"),
+        Reply::ok(body.clone())
+            .chunked(4)
+            .gate(gate.clone())
+            .header("cache-control", "max-age=60"),
     );
     let mut response = f.client.get(f.url("/slow")).send().await.unwrap();
     // The origin holds back everything after its first chunk until the gate opens:
@@ -60,7 +68,9 @@ async fn body_cut_short_of_its_content_length_is_not_stored() {
     f.origin.sequence(
         "/cut",
         vec![
-            Reply::ok(body_of(10_000)).cut_after(3_000).header("cache-control", "max-age=60"),
+            Reply::ok(body_of(10_000))
+                .cut_after(3_000)
+                .header("cache-control", "max-age=60"),
             Reply::ok("whole").header("cache-control", "max-age=60"),
         ],
     );
@@ -79,7 +89,10 @@ async fn caller_dropping_the_body_early_leaves_no_entry() {
     f.origin.sequence(
         "/big",
         vec![
-            Reply::ok(body_of(50_000)).chunked(5).gate(gate.clone()).header("cache-control", "max-age=60"),
+            Reply::ok(body_of(50_000))
+                .chunked(5)
+                .gate(gate.clone())
+                .header("cache-control", "max-age=60"),
             Reply::ok("again").header("cache-control", "max-age=60"),
         ],
     );
@@ -92,7 +105,10 @@ async fn caller_dropping_the_body_early_leaves_no_entry() {
     let second = f.get("/big").await;
     assert_eq!(second.cache, Some(CacheStatus::Miss));
     assert_eq!(second.text(), "again");
-    assert!(f.store.is_empty() || f.store.len() == 1, "only the second response may be stored");
+    assert!(
+        f.store.is_empty() || f.store.len() == 1,
+        "only the second response may be stored"
+    );
 }
 
 #[tokio::test]
@@ -100,9 +116,21 @@ async fn body_larger_than_the_memory_bound_is_served_but_not_stored() {
     let f = Fixture::with(|b| b).await;
     let small = std::sync::Arc::new(cachecontrol::MemoryCache::new(10_000));
     let cache = cachecontrol::CacheControl::builder_arc(small.clone()).build();
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(cache).build();
-    f.origin.always("/huge", Reply::ok(body_of(50_000)).header("cache-control", "max-age=60"));
-    let body = client.get(f.url("/huge")).send().await.unwrap().bytes().await.unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(cache)
+        .build();
+    f.origin.always(
+        "/huge",
+        Reply::ok(body_of(50_000)).header("cache-control", "max-age=60"),
+    );
+    let body = client
+        .get(f.url("/huge"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(body.len(), 50_000);
     assert!(small.is_empty());
 }
@@ -112,13 +140,18 @@ async fn concurrent_misses_for_one_url_go_to_the_origin_once() {
     let f = Fixture::new().await;
     f.origin.always(
         "/popular",
-        Reply::ok(body_of(20_000)).delay(Duration::from_millis(300)).header("cache-control", "max-age=60"),
+        Reply::ok(body_of(20_000))
+            .delay(Duration::from_millis(300))
+            .header("cache-control", "max-age=60"),
     );
     let requests = (0..10).map(|_| f.get("/popular"));
     let responses = futures_util::future::join_all(requests).await;
     assert_eq!(f.origin.hits("/popular"), 1);
     assert!(responses.iter().all(|r| r.body.len() == 20_000));
-    let misses = responses.iter().filter(|r| r.cache == Some(CacheStatus::Miss)).count();
+    let misses = responses
+        .iter()
+        .filter(|r| r.cache == Some(CacheStatus::Miss))
+        .count();
     assert_eq!(misses, 1, "one leader, nine served from its response");
 }
 

@@ -9,9 +9,12 @@ use testbed::origin::Reply;
 
 fn by_language(f: &Fixture) {
     f.origin.route("/page", |req| {
-        Reply::ok(format!("in {}", req.header("accept-language").unwrap_or("none")))
-            .header("cache-control", "max-age=600")
-            .header("vary", "Accept-Language")
+        Reply::ok(format!(
+            "in {}",
+            req.header("accept-language").unwrap_or("none")
+        ))
+        .header("cache-control", "max-age=600")
+        .header("vary", "Accept-Language")
     });
 }
 
@@ -20,28 +23,54 @@ async fn variants_are_stored_side_by_side() {
     let f = Fixture::new().await;
     by_language(&f);
     for language in ["en", "fr", "en", "fr"] {
-        f.send(f.client.get(f.url("/page")).header("accept-language", language)).await;
+        f.send(
+            f.client
+                .get(f.url("/page"))
+                .header("accept-language", language),
+        )
+        .await;
     }
     assert_eq!(f.origin.hits("/page"), 2);
-    let fr = f.send(f.client.get(f.url("/page")).header("accept-language", "fr")).await;
+    let fr = f
+        .send(f.client.get(f.url("/page")).header("accept-language", "fr"))
+        .await;
     assert_eq!((fr.cache, fr.text()), (Some(CacheStatus::Hit), "in fr"));
     let none = f.get("/page").await;
-    assert_eq!((none.cache, none.text()), (Some(CacheStatus::Miss), "in none"));
+    assert_eq!(
+        (none.cache, none.text()),
+        (Some(CacheStatus::Miss), "in none")
+    );
 }
 
 #[tokio::test]
 async fn values_are_compared_after_normalization() {
     let f = Fixture::new().await;
     by_language(&f);
-    f.send(f.client.get(f.url("/page")).header("accept-language", "en,fr")).await;
-    let got = f.send(f.client.get(f.url("/page")).header("accept-language", " en ,  fr ")).await;
+    f.send(
+        f.client
+            .get(f.url("/page"))
+            .header("accept-language", "en,fr"),
+    )
+    .await;
+    let got = f
+        .send(
+            f.client
+                .get(f.url("/page"))
+                .header("accept-language", " en ,  fr "),
+        )
+        .await;
     assert_eq!(got.cache, Some(CacheStatus::Hit));
 }
 
 #[tokio::test]
 async fn vary_star_is_never_stored() {
     let f = Fixture::new().await;
-    f.origin.always("/star", Reply::ok("x").header("cache-control", "max-age=600").header("vary", "*"));
+    f.origin.always(
+        "/star",
+        Reply::ok("x")
+            .header("cache-control", "max-age=600")
+            .header("vary", "*"),
+    );
     f.get("/star").await;
     assert_eq!(f.get("/star").await.cache, Some(CacheStatus::Miss));
     assert!(f.store.is_empty());
@@ -51,15 +80,27 @@ async fn vary_star_is_never_stored() {
 async fn a_change_of_vary_fields_replaces_the_variants() {
     let f = Fixture::new().await;
     f.origin.route("/p", |req| {
-        let vary = if req.index == 0 { "accept" } else { "accept-language" };
-        Reply::ok(format!("{}", req.index)).header("cache-control", "max-age=600").header("vary", vary)
+        let vary = if req.index == 0 {
+            "accept"
+        } else {
+            "accept-language"
+        };
+        Reply::ok(format!("{}", req.index))
+            .header("cache-control", "max-age=600")
+            .header("vary", vary)
     });
-    f.send(f.client.get(f.url("/p")).header("accept", "a")).await;
-    f.send(f.client.get(f.url("/p")).header("accept", "b")).await;
+    f.send(f.client.get(f.url("/p")).header("accept", "a"))
+        .await;
+    f.send(f.client.get(f.url("/p")).header("accept", "b"))
+        .await;
     // The second response varies on another field, which neither request had: it
     // answers the third request, and the first response is never served again.
-    let got = f.send(f.client.get(f.url("/p")).header("accept", "a")).await;
+    let got = f
+        .send(f.client.get(f.url("/p")).header("accept", "a"))
+        .await;
     assert_eq!((got.cache, got.text()), (Some(CacheStatus::Hit), "1"));
-    let other = f.send(f.client.get(f.url("/p")).header("accept-language", "de")).await;
+    let other = f
+        .send(f.client.get(f.url("/p")).header("accept-language", "de"))
+        .await;
     assert_eq!(other.cache, Some(CacheStatus::Miss));
 }

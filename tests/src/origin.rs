@@ -363,7 +363,10 @@ async fn answer(
                     Some(first) => Some((Ok(Frame::data(first)), Some(None))),
                     None => {
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "scripted cut");
+                        let cut = std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "scripted cut",
+                        );
                         Some((Err(cut), None))
                     }
                 }
