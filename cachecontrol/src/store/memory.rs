@@ -163,13 +163,15 @@ impl Cache for MemoryCache {
         let Some(slot) = state.entries.get_mut(key) else {
             return Ok(false);
         };
-        match &slot.meta {
-            Meta::Response(stored) if stored.body_id() == policy.body_id() => {
-                slot.meta = Meta::Response(policy);
-                Ok(true)
-            }
-            _ => Ok(false),
+        if !matches!(&slot.meta, Meta::Response(stored) if stored.body_id() == policy.body_id()) {
+            return Ok(false);
         }
+        let meta = Meta::Response(policy);
+        let size = entry_size(key, &meta, slot.body.len());
+        let old_size = std::mem::replace(&mut slot.size, size);
+        slot.meta = meta;
+        state.bytes = state.bytes - old_size + size;
+        Ok(true)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -187,5 +189,111 @@ impl Cache for MemoryCache {
         state.entries.clear();
         state.bytes = 0;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Exchange, PolicyOptions};
+    use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+    fn policy(max_age: &str) -> Arc<CachePolicy> {
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", HeaderValue::from_str(max_age).unwrap());
+        let exchange = Exchange {
+            method: &Method::GET,
+            request_headers: &HeaderMap::new(),
+            status: StatusCode::OK,
+            response_headers: &headers,
+            request_time: 1000,
+            response_time: 1000,
+        };
+        Arc::new(CachePolicy::new(&exchange, &PolicyOptions::default()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn least_recently_used_entries_go_first() {
+        let cache = MemoryCache::new(3 * 1024);
+        for key in ["a", "b"] {
+            cache
+                .put(
+                    key,
+                    Meta::Response(policy("max-age=60")),
+                    Body::Bytes(Bytes::from(vec![0; 1000])),
+                )
+                .await
+                .unwrap();
+        }
+        cache.get("a").await.unwrap();
+        cache
+            .put(
+                "c",
+                Meta::Response(policy("max-age=60")),
+                Body::Bytes(Bytes::from(vec![0; 1000])),
+            )
+            .await
+            .unwrap();
+        assert!(cache.get("a").await.unwrap().is_some());
+        assert!(
+            cache.get("b").await.unwrap().is_none(),
+            "b was the least recently used"
+        );
+        assert!(cache.get("c").await.unwrap().is_some());
+        assert!(cache.size() <= 3 * 1024);
+    }
+
+    #[tokio::test]
+    async fn update_keeps_the_body_and_the_accounting() {
+        let cache = MemoryCache::new(1 << 20);
+        let first = policy("max-age=60");
+        cache
+            .put(
+                "k",
+                Meta::Response(first.clone()),
+                Body::Bytes(Bytes::from_static(b"body")),
+            )
+            .await
+            .unwrap();
+        let size = cache.size();
+        let freshened = Arc::new(
+            (*policy("max-age=600, must-revalidate"))
+                .clone()
+                .with_body_of(&first),
+        );
+        assert!(cache.update("k", freshened).await.unwrap());
+        assert!(cache.size() > size, "the longer headers are counted");
+        let other = policy("max-age=1");
+        assert!(
+            !cache.update("k", other).await.unwrap(),
+            "another body's policy is refused"
+        );
+        let Some(Entry {
+            body: Body::Bytes(body),
+            ..
+        }) = cache.get("k").await.unwrap()
+        else {
+            panic!("the entry is still there");
+        };
+        assert_eq!(&body[..], b"body");
+    }
+
+    #[tokio::test]
+    async fn after_close_everything_is_closed() {
+        let cache = MemoryCache::new(1 << 20);
+        cache
+            .put("k", Meta::Response(policy("max-age=60")), Body::empty())
+            .await
+            .unwrap();
+        cache.close().await.unwrap();
+        assert!(matches!(cache.get("k").await, Err(StoreError::Closed)));
+        assert!(matches!(cache.delete("k").await, Err(StoreError::Closed)));
+        assert!(matches!(
+            cache
+                .put("k", Meta::Response(policy("max-age=60")), Body::empty())
+                .await,
+            Err(StoreError::Closed)
+        ));
+        assert_eq!(cache.len(), 0);
     }
 }
