@@ -42,7 +42,10 @@ impl Daemon {
             log,
         };
         if let Err(err) = wait_for_port(port, timeout) {
-            let exited = daemon.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             return Err(io::Error::new(
                 err.kind(),
                 format!(
