@@ -10,3 +10,5 @@
 
 pub mod net;
 pub mod process;
+pub mod smtp;
+pub mod tls;
