@@ -5,6 +5,8 @@ use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::panic::PanicHookInfo;
 
+use crate::text::first_line;
+
 /// A failure to report: a one-line summary, facts, text sections and at most one
 /// attachment.
 ///
@@ -159,14 +161,6 @@ impl From<&anyhow::Error> for Failure {
         let source: &(dyn StdError + Send + Sync + 'static) = err.as_ref();
         Failure::from_error(source).with_backtrace(err.backtrace())
     }
-}
-
-fn first_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .find(|line| !line.is_empty())
-        .unwrap_or("(no message)")
-        .to_owned()
 }
 
 #[cfg(test)]

@@ -92,6 +92,7 @@ mod message;
 mod process;
 mod send;
 mod template;
+mod text;
 mod throttle;
 
 pub use config::{Config, TlsMode};

@@ -252,6 +252,28 @@ mod tests {
         }
     }
 
+    /// Subject, plain text and HTML of the mail for `failure` on host `db-1`.
+    fn render(
+        context: &[(&str, &str)],
+        failure: &Failure,
+        ticket: Ticket,
+    ) -> (String, String, String) {
+        let config = config();
+        let context: Vec<(String, String)> = context
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        let letter = Letter::new(
+            &config,
+            "db-1",
+            &context,
+            failure,
+            &ticket,
+            Duration::from_secs(3600),
+        );
+        (letter.subject.clone(), letter.plain(), letter.html())
+    }
+
     #[test]
     fn escape_neutralizes_markup() {
         assert_eq!(
@@ -262,24 +284,12 @@ mod tests {
 
     #[test]
     fn both_parts_carry_the_same_facts_and_sections() {
-        let config = config();
-        let context = vec![("job".to_owned(), "nightly <b>".to_owned())];
         let failure = Failure::new("error", "disk <full>")
-            .fact("Exit", "status 3")
+            .fact("Ended", "status 3")
             .section("Log", "<script>alert(1)</script>");
-        let ticket = ticket(1, 1);
-        let letter = Letter::new(
-            &config,
-            "db-1",
-            &context,
-            &failure,
-            &ticket,
-            Duration::from_secs(3600),
-        );
-        assert_eq!(letter.subject, "E db-1 nightly <b>: disk <full>");
-        let plain = letter.plain();
-        let html = letter.html();
-        for needle in ["Host:", "db-1", "Exit:", "status 3", "job:", "== Log =="] {
+        let (subject, plain, html) = render(&[("job", "nightly <b>")], &failure, ticket(1, 1));
+        assert_eq!(subject, "E db-1 nightly <b>: disk <full>");
+        for needle in ["Host:", "db-1", "Ended:", "status 3", "job:", "== Log =="] {
             assert!(plain.contains(needle), "{needle} in {plain}");
         }
         assert!(plain.contains("<script>alert(1)</script>"));
@@ -291,34 +301,18 @@ mod tests {
 
     #[test]
     fn context_host_replaces_the_machine_name() {
-        let config = config();
-        let context = vec![
-            ("host".to_owned(), "web-1".to_owned()),
-            ("job".to_owned(), "j".to_owned()),
-        ];
         let failure = Failure::new("error", "x");
-        let ticket = ticket(1, 1);
-        let letter = Letter::new(&config, "db-1", &context, &failure, &ticket, Duration::ZERO);
-        assert_eq!(letter.subject, "E web-1 j: x");
-        assert!(letter.plain().contains("Host: web-1"));
+        let (subject, plain, _) =
+            render(&[("host", "web-1"), ("job", "j")], &failure, ticket(1, 1));
+        assert_eq!(subject, "E web-1 j: x");
+        assert!(plain.contains("Host: web-1"));
     }
 
     #[test]
     fn a_mail_for_many_failures_says_so_in_subject_and_body() {
-        let config = config();
-        let context = vec![("job".to_owned(), "j".to_owned())];
         let failure = Failure::new("error", "x");
-        let ticket = ticket(32, 64);
-        let letter = Letter::new(
-            &config,
-            "db-1",
-            &context,
-            &failure,
-            &ticket,
-            Duration::from_secs(3600),
-        );
-        assert!(letter.subject.ends_with("(×32)"), "{}", letter.subject);
-        let plain = letter.plain();
+        let (subject, plain, _) = render(&[("job", "j")], &failure, ticket(32, 64));
+        assert!(subject.ends_with("(×32)"), "{subject}");
         assert!(plain.contains("stands for 32 failures"), "{plain}");
         assert!(plain.contains("failure 64 since"));
         assert!(plain.contains("next mail comes at failure 128"));

@@ -8,6 +8,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, SystemTime};
 
 use crate::Failure;
+use crate::text::shorten;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,13 +218,13 @@ impl From<ProcessFailure> for Failure {
         let mut failure = Failure::new("process", summary).fact("Command", command_line);
         failure = match &process.start_error {
             Some(error) => failure.fact(
-                "Exit",
+                "Ended",
                 format!(
-                    "not started ({error}); status {}",
+                    "never started ({error}); status {}",
                     process.exit.shell_status()
                 ),
             ),
-            None => failure.fact("Exit", process.exit.to_string()),
+            None => failure.fact("Ended", process.exit.to_string()),
         };
         if let Some(started) = process.started {
             failure = failure.fact("Started", httpdate::fmt_http_date(started));
@@ -357,16 +358,6 @@ fn read_copy(file: &mut File, limit: u64) -> io::Result<LogCopy> {
         skipped += cut as u64;
     }
     Ok(LogCopy { content, skipped })
-}
-
-fn shorten(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(max_chars - 1).collect();
-        cut.push('…');
-        cut
-    }
 }
 
 /// Quotes an argument for a POSIX shell when it needs it, so that the command line

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::text::shorten;
+
 /// A parsed subject template.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SubjectTemplate {
@@ -105,14 +107,7 @@ impl SubjectTemplate {
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        let trimmed = one_line.trim();
-        if trimmed.chars().count() <= MAX_SUBJECT_CHARS {
-            trimmed.to_owned()
-        } else {
-            let mut cut: String = trimmed.chars().take(MAX_SUBJECT_CHARS - 1).collect();
-            cut.push('…');
-            cut
-        }
+        shorten(one_line.trim(), MAX_SUBJECT_CHARS)
     }
 }
 

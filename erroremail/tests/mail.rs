@@ -1,6 +1,9 @@
 //! The library against a real SMTP server (aiosmtpd) on loopback: what arrives, how
 //! it is secured, and what a send that fails says.
 
+// Test helpers outside #[test] functions unwrap too: a failure there is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::fmt;
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -9,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 use erroremail::{Config, ErrorEmail, Exit, Outcome, ProcessFailure, SendFailure};
 use mail_parser::MimeHeaders as _;
 use testbed::smtp::{ReceivedMail, SmtpOptions, SmtpServer};
+
+mod common;
 
 /// A config for the test server; `lines` add or override keys.
 fn config(port: u16, lines: &[&str]) -> Config {
@@ -34,6 +39,20 @@ fn only_mail(server: &SmtpServer) -> ReceivedMail {
     let mut mails = server.messages().unwrap();
     assert_eq!(mails.len(), 1, "server log:\n{}", server.log_text());
     mails.remove(0)
+}
+
+/// A config for a TLS server of the test bed, trusting its CA, with credentials.
+fn tls_config(server: &SmtpServer, tls: &str, password: &str) -> Config {
+    let ca = server.ca_file().unwrap().display().to_string();
+    config(
+        server.port(),
+        &[
+            &format!("tls = '{tls}'"),
+            &format!("ca_file = '{ca}'"),
+            "username = 'alerts'",
+            &format!("password = '{password}'"),
+        ],
+    )
 }
 
 /// An error with a source, as a library would return.
@@ -102,16 +121,13 @@ async fn error_mail_is_multipart_alternative_with_templated_subject_and_headers(
         Some("errors@example.com")
     );
     assert_eq!(mail.rcpt_tos, ["ops@example.com", "dev@example.com"]);
-    let text = mail.text();
-    for expected in [
+    mail.assert_text_contains(&[
         "cannot import orders batch 42",
         "Caused by:",
         "0: no space left writing /srv/orders/42.csv",
         "Host: web-1",
         "port: 8080",
-    ] {
-        assert!(text.contains(expected), "{expected:?} in:\n{text}");
-    }
+    ]);
     assert!(
         mail.html()
             .contains("no space left writing /srv/orders/42.csv")
@@ -147,7 +163,7 @@ async fn process_failure_mail_escapes_html_shows_the_tail_and_attaches_the_log()
         Some("ErrorEmail: `./import.sh --all` failed with exit status 3")
     );
     let text = mail.text();
-    for expected in [
+    mail.assert_text_contains(&[
         "Command:",
         "./import.sh --all",
         "exit status 3",
@@ -157,9 +173,7 @@ async fn process_failure_mail_escapes_html_shows_the_tail_and_attaches_the_log()
         "/srv/import",
         "step 30 done",
         r#"<script>alert("owned")</script> & more"#,
-    ] {
-        assert!(text.contains(expected), "{expected:?} in:\n{text}");
-    }
+    ]);
     assert!(
         !text.contains("step 26 done"),
         "only the last 5 lines inline"
@@ -198,17 +212,7 @@ async fn utf8_subject_is_encoded_in_the_header_and_decodes_back() {
 async fn starttls_with_auth_delivers_through_a_verified_certificate() {
     let server =
         SmtpServer::start(SmtpOptions::plain().starttls().auth("alerts", "s3cret")).unwrap();
-    let ca = server.ca_file().unwrap().display().to_string();
-    let email = ErrorEmail::new(config(
-        server.port(),
-        &[
-            "tls = 'starttls'",
-            &format!("ca_file = '{ca}'"),
-            "username = 'alerts'",
-            "password = 's3cret'",
-        ],
-    ))
-    .unwrap();
+    let email = ErrorEmail::new(tls_config(&server, "starttls", "s3cret")).unwrap();
 
     email.report(&import_error(1)).await.unwrap();
 
@@ -221,17 +225,7 @@ async fn starttls_with_auth_delivers_through_a_verified_certificate() {
 async fn implicit_tls_delivers() {
     let server =
         SmtpServer::start(SmtpOptions::plain().implicit_tls().auth("alerts", "s3cret")).unwrap();
-    let ca = server.ca_file().unwrap().display().to_string();
-    let email = ErrorEmail::new(config(
-        server.port(),
-        &[
-            "tls = 'tls'",
-            &format!("ca_file = '{ca}'"),
-            "username = 'alerts'",
-            "password = 's3cret'",
-        ],
-    ))
-    .unwrap();
+    let email = ErrorEmail::new(tls_config(&server, "tls", "s3cret")).unwrap();
 
     email.report(&import_error(1)).await.unwrap();
 
@@ -271,17 +265,7 @@ async fn untrusted_certificate_is_refused() {
 async fn wrong_password_is_reported_as_auth_rejected() {
     let server =
         SmtpServer::start(SmtpOptions::plain().starttls().auth("alerts", "s3cret")).unwrap();
-    let ca = server.ca_file().unwrap().display().to_string();
-    let email = ErrorEmail::new(config(
-        server.port(),
-        &[
-            "tls = 'starttls'",
-            &format!("ca_file = '{ca}'"),
-            "username = 'alerts'",
-            "password = 'guess'",
-        ],
-    ))
-    .unwrap();
+    let email = ErrorEmail::new(tls_config(&server, "starttls", "guess")).unwrap();
 
     let err = email.report(&import_error(1)).await.unwrap_err();
 
@@ -357,20 +341,9 @@ async fn crash_loop_of_100_failures_sends_at_most_8_mails() {
 
     let mails = server.messages().unwrap();
     assert_eq!(mails.len(), sent);
-    assert!(mails.len() <= 8, "{} mails", mails.len());
-    let counts: Vec<u64> = mails
-        .iter()
-        .map(|mail| {
-            mail.raw_header("X-ErrorEmail-Count")
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(counts, [1, 1, 2, 4, 8, 16, 32]);
-    let last = mails.last().unwrap();
-    assert!(last.message.subject().unwrap().ends_with("(×32)"));
-    let text = last.text();
-    assert!(text.contains("This mail stands for 32 failures"), "{text}");
-    assert!(text.contains("It is failure 64 since"), "{text}");
+    common::assert_crash_loop_of_100_mails(&mails);
+    assert_eq!(
+        mails.last().unwrap().raw_header("X-ErrorEmail-Count"),
+        Some("32")
+    );
 }

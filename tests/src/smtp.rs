@@ -80,6 +80,18 @@ impl ReceivedMail {
             .unwrap_or_default()
     }
 
+    /// Asserts that the plain-text body contains each of `expected`, and shows the
+    /// body when it does not.
+    pub fn assert_text_contains(&self, expected: &[&str]) {
+        let text = self.text();
+        for needle in expected {
+            assert!(
+                text.contains(needle),
+                "{needle:?} is not in the text part:\n{text}"
+            );
+        }
+    }
+
     /// The first text/html body, decoded.
     pub fn html(&self) -> String {
         self.message
