@@ -4,12 +4,13 @@
 //! [`Letter::html`] only lay it out, so the two parts never disagree.
 
 use std::fmt::Write as _;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Attachment as MailAttachment, MultiPart};
 
+use crate::text::http_date_of_unix;
 use crate::throttle::Ticket;
 use crate::{Config, Error, Failure};
 
@@ -189,13 +190,13 @@ fn repeat_notice(ticket: &Ticket) -> Option<String> {
     if ticket.window_start == 0 || (ticket.count == 1 && ticket.stands_for == 1) {
         return None;
     }
-    let since = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(ticket.window_start));
-    let until = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(ticket.window_end));
+    let since = http_date_of_unix(ticket.window_start);
+    let until = http_date_of_unix(ticket.window_end);
     let mut notice = format!(
         "This mail stands for {} failure{} of this kind: this one and {} that came after the last mail.",
         ticket.stands_for,
         if ticket.stands_for == 1 { "" } else { "s" },
-        ticket.stands_for - 1
+        ticket.stands_for.saturating_sub(1)
     );
     let _ = write!(
         notice,

@@ -8,7 +8,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, SystemTime};
 
 use crate::Failure;
-use crate::text::shorten;
+use crate::text::{http_date, shorten};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,7 +227,7 @@ impl From<ProcessFailure> for Failure {
             None => failure.fact("Ended", process.exit.to_string()),
         };
         if let Some(started) = process.started {
-            failure = failure.fact("Started", httpdate::fmt_http_date(started));
+            failure = failure.fact("Started", http_date(started));
         }
         if let Some(duration) = process.duration {
             failure = failure.fact("Duration", human_duration(duration));

@@ -137,7 +137,10 @@ struct Group {
 
 impl Group {
     fn unreported(&self) -> u64 {
-        self.count - self.claimed + self.carried
+        // Saturating: the state file is outside input, and may have been edited.
+        self.count
+            .saturating_sub(self.claimed)
+            .saturating_add(self.carried)
     }
 }
 
@@ -149,7 +152,9 @@ impl State {
             claimed: 0,
             carried: 0,
         });
-        if now >= group.start.saturating_add(window) {
+        // A window that starts in the future (the clock was set back, or the file
+        // edited) would never end: it is over too.
+        if now >= group.start.saturating_add(window) || group.start > now {
             *group = Group {
                 start: now,
                 count: 0,
@@ -157,7 +162,7 @@ impl State {
                 carried: group.unreported(),
             };
         }
-        group.count += 1;
+        group.count = group.count.saturating_add(1);
         if group.count.is_power_of_two() {
             let stands_for = group.unreported();
             group.claimed = group.count;
@@ -172,14 +177,14 @@ impl State {
         } else {
             Decision::Hold {
                 count: group.count,
-                next_mail_at: group.count.next_power_of_two(),
+                next_mail_at: group.count.checked_next_power_of_two().unwrap_or(u64::MAX),
             }
         }
     }
 
     fn give_back(&mut self, ticket: &Ticket) {
         if let Some(group) = self.groups.get_mut(&ticket.fingerprint) {
-            group.carried += ticket.stands_for;
+            group.carried = group.carried.saturating_add(ticket.stands_for);
         }
     }
 
@@ -416,6 +421,32 @@ mod tests {
         ));
         std::fs::write(&path, "{not json").unwrap();
         assert!(matches!(two.record("f").unwrap(), Decision::Send(_)));
+    }
+
+    #[test]
+    fn an_edited_state_file_with_impossible_counts_does_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("throttle.json");
+        let key = fingerprint("error", "x");
+        let now = unix_now();
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"groups":{{"{key}":{{"start":{now},"count":{},"claimed":{},"carried":{}}}}}}}"#,
+                u64::MAX,
+                u64::MAX,
+                u64::MAX
+            ),
+        )
+        .unwrap();
+        let throttle = Throttle::new(Duration::from_secs(HOUR), Some(&path));
+        assert!(throttle.record(&key).is_ok());
+        let far_future = format!(
+            r#"{{"groups":{{"{key}":{{"start":{},"count":3,"claimed":9,"carried":0}}}}}}"#,
+            u64::MAX
+        );
+        std::fs::write(&path, far_future).unwrap();
+        assert!(throttle.record(&key).is_ok());
     }
 
     #[test]
