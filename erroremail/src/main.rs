@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use erroremail::{Config, ErrorEmail, Exit, Failure, Outcome, ProcessFailure};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Runs COMMAND; when it fails, mails the failure (command, status, host, duration,
 /// the end of its output, and the whole output attached) and exits with its status.
@@ -220,6 +220,10 @@ struct Ran {
 async fn run_teed(command: &[OsString], log: &std::path::Path) -> std::io::Result<Ran> {
     let log = Arc::new(Mutex::new(File::create(log)?));
     let (program, args) = split_command(command)?;
+    let signals = SignalForwarding::install();
+    if let Err(err) = &signals {
+        eprintln!("erroremail: cannot handle signals, SIGTERM will not reach the command: {err}");
+    }
     let started = SystemTime::now();
     let clock = Instant::now();
     let mut child = tokio::process::Command::new(program)
@@ -228,7 +232,10 @@ async fn run_teed(command: &[OsString], log: &std::path::Path) -> std::io::Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let forwarding = child.id().map(forward_signals);
+    let forwarding = match (signals, child.id()) {
+        (Ok(signals), Some(pid)) => Some(signals.to(pid)),
+        _ => None,
+    };
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
         pumps.push(tokio::spawn(tee(
@@ -329,32 +336,49 @@ async fn tee(
 /// command, so that it ends and its failure is mailed. SIGINT, SIGQUIT and SIGHUP
 /// from a terminal reach the command directly (same process group); the wrapper
 /// only outlives them to report how the command ended.
-fn forward_signals(pid: u32) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-            signal(SignalKind::hangup()),
-        ) else {
-            return;
-        };
-        let Some(pid) = i32::try_from(pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-        else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                Some(()) = term.recv() => {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+///
+/// The handlers are installed before the command starts, so that no signal meant
+/// for it can end the wrapper first.
+struct SignalForwarding {
+    term: Signal,
+    others: [Signal; 3],
+}
+
+impl SignalForwarding {
+    fn install() -> std::io::Result<SignalForwarding> {
+        Ok(SignalForwarding {
+            term: signal(SignalKind::terminate())?,
+            others: [
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::quit())?,
+                signal(SignalKind::hangup())?,
+            ],
+        })
+    }
+
+    /// Forwards until the task is aborted.
+    fn to(self, pid: u32) -> tokio::task::JoinHandle<()> {
+        let SignalForwarding {
+            mut term,
+            others: [mut int, mut quit, mut hup],
+        } = self;
+        tokio::spawn(async move {
+            let pid = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw);
+            loop {
+                tokio::select! {
+                    Some(()) = term.recv() => {
+                        if let Some(pid) = pid {
+                            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                        }
+                    }
+                    Some(()) = int.recv() => {}
+                    Some(()) = quit.recv() => {}
+                    Some(()) = hup.recv() => {}
+                    else => return,
                 }
-                Some(()) = int.recv() => {}
-                Some(()) = quit.recv() => {}
-                Some(()) = hup.recv() => {}
-                else => return,
             }
-        }
-    })
+        })
+    }
 }

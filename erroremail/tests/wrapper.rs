@@ -248,3 +248,44 @@ fn crash_loop_across_processes_sharing_the_throttle_file_sends_at_most_8_mails()
 
     common::assert_crash_loop_of_100_mails(&server.messages().unwrap());
 }
+
+#[test]
+fn sigterm_to_the_wrapper_reaches_the_command_and_is_reported() {
+    use std::io::BufRead as _;
+
+    let server = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let setup = Setup::new(server.port(), "");
+    let mut wrapper = setup
+        .command(&["--", "sh", "-c", "echo ready; exec sleep 60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    std::io::BufReader::new(wrapper.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    assert_eq!(
+        first_line, "ready\n",
+        "the command runs and its output passes through"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &wrapper.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wrapper.wait().unwrap();
+
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "the wrapper reports, then exits as a shell would"
+    );
+    let mail = only_mail(&server);
+    let subject = mail.message.subject().unwrap();
+    assert!(
+        subject.ends_with("was killed by signal 15 (SIGTERM)"),
+        "{subject}"
+    );
+}
