@@ -32,7 +32,11 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 /// Runs COMMAND; when it fails, mails the failure (command, status, host, duration,
 /// the end of its output, and the whole output attached) and exits with its status.
 #[derive(Debug, Parser)]
-#[command(name = "erroremail", version)]
+#[command(
+    name = "erroremail",
+    version,
+    override_usage = "erroremail [--config FILE] [--tail N] [--context KEY=VALUE]... -- COMMAND [ARGS]..."
+)]
 struct Args {
     /// Config file, TOML (*.toml) or YAML (*.yaml, *.yml); without it, the
     /// ERROREMAIL_* environment variables (ERROREMAIL_SERVER, ERROREMAIL_TO, ...).

@@ -192,12 +192,13 @@ fn repeat_notice(ticket: &Ticket) -> Option<String> {
     }
     let since = http_date_of_unix(ticket.window_start);
     let until = http_date_of_unix(ticket.window_end);
-    let mut notice = format!(
-        "This mail stands for {} failure{} of this kind: this one and {} that came after the last mail.",
-        ticket.stands_for,
-        if ticket.stands_for == 1 { "" } else { "s" },
-        ticket.stands_for.saturating_sub(1)
-    );
+    let mut notice = match ticket.stands_for {
+        0 | 1 => "This mail stands for this failure alone.".to_owned(),
+        many => format!(
+            "This mail stands for {many} failures of this kind: this one and the {} before it that were counted but not mailed.",
+            many - 1
+        ),
+    };
     let _ = write!(
         notice,
         " It is failure {} since {since}. The next mail comes at failure {}, or with the first failure after {until}.",
