@@ -134,7 +134,7 @@ impl ErrorEmail {
     /// one mail too many.
     pub async fn send(&self, failure: &Failure) -> Result<Outcome, Error> {
         let inner = &self.inner;
-        let fingerprint = fingerprint(failure.kind(), failure.summary());
+        let fingerprint = fingerprint(failure.kind(), failure.grouping());
         let decision = inner.throttle.record(&fingerprint).unwrap_or_else(|err| {
             tracing::warn!(%err, "erroremail: throttle state unusable; sending without throttling");
             Decision::Send(Ticket {

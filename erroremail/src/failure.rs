@@ -18,6 +18,7 @@ use crate::text::first_line;
 pub struct Failure {
     kind: String,
     summary: String,
+    group: Option<String>,
     facts: Vec<(String, String)>,
     sections: Vec<Section>,
     attachment: Option<Attachment>,
@@ -49,6 +50,7 @@ impl Failure {
         Failure {
             kind: kind.into(),
             summary: summary.into(),
+            group: None,
             facts: Vec::new(),
             sections: Vec::new(),
             attachment: None,
@@ -128,6 +130,20 @@ impl Failure {
             content,
         });
         self
+    }
+
+    /// Groups this failure for throttling by `text` instead of the summary, when the
+    /// summary is shortened or otherwise not the whole story. Failures of one kind
+    /// whose grouping texts differ only in numbers, ids and paths are one group.
+    pub fn group_by(mut self, text: impl Into<String>) -> Failure {
+        self.group = Some(text.into());
+        self
+    }
+
+    /// What groups this failure with its repeats: the text given to
+    /// [`group_by`](Failure::group_by), or the summary.
+    pub fn grouping(&self) -> &str {
+        self.group.as_deref().unwrap_or(&self.summary)
     }
 
     /// The kind given at construction.

@@ -207,15 +207,20 @@ impl ProcessFailure {
 impl From<ProcessFailure> for Failure {
     fn from(process: ProcessFailure) -> Failure {
         let command_line = process.command_line();
-        let shown = shorten(&command_line, 60);
-        let summary = match &process.start_error {
-            Some(error) => format!("`{shown}` could not be started: {error}"),
+        let describe = |command: &str| match &process.start_error {
+            Some(error) => format!("`{command}` could not be started: {error}"),
             None => match process.exit {
-                Exit::Code(_) => format!("`{shown}` failed with {}", process.exit),
-                Exit::Signal(_) => format!("`{shown}` was {}", process.exit),
+                Exit::Code(_) => format!("`{command}` failed with {}", process.exit),
+                Exit::Signal(_) => format!("`{command}` was {}", process.exit),
             },
         };
-        let mut failure = Failure::new("process", summary).fact("Command", command_line);
+        // The subject shows the command shortened; repeats are grouped by all of it,
+        // so that a number that changes width does not move the cut.
+        let summary = describe(&shorten(&command_line, 60));
+        let group = describe(&command_line);
+        let mut failure = Failure::new("process", summary)
+            .group_by(group)
+            .fact("Command", command_line);
         failure = match &process.start_error {
             Some(error) => failure.fact(
                 "Ended",
@@ -503,6 +508,20 @@ mod tests {
                 .summary()
                 .ends_with("was killed by signal 15 (SIGTERM)")
         );
+    }
+
+    #[test]
+    fn long_commands_are_grouped_by_all_of_their_text() {
+        let failure = |batch: u32| -> Failure {
+            let script = format!(
+                "echo 'importing batch {batch} from /srv/in/{batch}.csv into the warehouse'"
+            );
+            ProcessFailure::new(["sh", "-c", &script], Exit::Code(1)).into()
+        };
+        let (one_digit, two_digits) = (failure(7), failure(42));
+        assert!(one_digit.summary().contains('…'), "{}", one_digit.summary());
+        let fingerprint = |f: &Failure| crate::throttle::fingerprint(f.kind(), f.grouping());
+        assert_eq!(fingerprint(&one_digit), fingerprint(&two_digits));
     }
 
     #[test]

@@ -238,7 +238,12 @@ fn crash_loop_across_processes_sharing_the_throttle_file_sends_at_most_8_mails()
             let setup = &setup;
             scope.spawn(move || {
                 for run in 0..25 {
-                    let script = format!("echo 'job {worker}-{run} failed'; exit 1");
+                    // Long enough to be shortened in the subject, with numbers
+                    // of one and two digits: still one failure.
+                    let batch = worker * 25 + run;
+                    let script = format!(
+                        "echo 'importing batch {batch} from /srv/in/{batch}.csv into the warehouse'; exit 1"
+                    );
                     let output = setup.run(&["--", "sh", "-c", &script]);
                     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
                 }
