@@ -11,3 +11,5 @@
 pub mod net;
 pub mod origin;
 pub mod process;
+pub mod smtp;
+pub mod tls;
