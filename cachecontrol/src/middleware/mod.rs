@@ -360,35 +360,23 @@ impl Shared {
                 CacheMode::NoCache => Reuse::Revalidate,
                 _ => stored.policy.reuse(&directives, now),
             };
-            return match reuse {
-                Reuse::Fresh => {
-                    Ok(self.serve(Asked::from(&request), stored, CacheStatus::Hit, false, now))
-                }
-                Reuse::StaleAllowed => Ok(self.serve(
-                    Asked::from(&request),
-                    stored,
-                    CacheStatus::Stale,
-                    false,
-                    now,
-                )),
+            let status = match reuse {
+                Reuse::Fresh => CacheStatus::Hit,
+                Reuse::StaleAllowed => CacheStatus::Stale,
                 Reuse::StaleWhileRevalidate => {
                     self.revalidate_in_background(&request, &stored);
-                    Ok(self.serve(
-                        Asked::from(&request),
-                        stored,
-                        CacheStatus::Stale,
-                        false,
-                        now,
-                    ))
+                    CacheStatus::Stale
                 }
                 Reuse::Revalidate if directives.only_if_cached => {
-                    Ok(self.gateway_timeout(&request))
+                    return Ok(self.gateway_timeout(&request));
                 }
                 Reuse::Revalidate => {
-                    self.revalidate(request, extensions, next, key, stored)
-                        .await
+                    return self
+                        .revalidate(request, extensions, next, key, stored)
+                        .await;
                 }
             };
+            return Ok(self.serve(Asked::from(&request), stored, status, false, now));
         }
         if mode == CacheMode::OnlyIfCached || directives.only_if_cached {
             return Ok(self.gateway_timeout(&request));
