@@ -43,6 +43,7 @@ use erroremail::{
 };
 use rustix::process::{Pid, Signal as UnixSignal, kill_process, kill_process_group};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::{ChildStderr, ChildStdout};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Runs COMMAND; when it fails, mails the failure (command, status, host, duration,
@@ -91,13 +92,16 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // Warnings (a throttle file that cannot be used, a mail not sent) reach the
-    // operator by default; RUST_LOG says otherwise.
+    // Warnings (a throttle file that cannot be used) reach the operator by
+    // default; what became of the mail the wrapper says itself, once. RUST_LOG
+    // says otherwise.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,erroremail::email=off")
+            }),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -312,23 +316,11 @@ async fn run_captured(
         .and_then(|id| i32::try_from(id).ok())
         .and_then(Pid::from_raw)
         .map(|pid| Target { pid, own_group });
-    let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pumps.push(tokio::spawn(tee(
-            out,
-            tokio::io::stdout(),
-            Stream::Stdout,
-            Arc::clone(output),
-        )));
-    }
-    if let Some(err) = child.stderr.take() {
-        pumps.push(tokio::spawn(tee(
-            err,
-            tokio::io::stderr(),
-            Stream::Stderr,
-            Arc::clone(output),
-        )));
-    }
+    let pump = tokio::spawn(tee(
+        child.stdout.take(),
+        child.stderr.take(),
+        Arc::clone(output),
+    ));
     let mut stopped_by = None;
     let status = loop {
         tokio::select! {
@@ -345,12 +337,7 @@ async fn run_captured(
     if let (Some(target), Some(_)) = (&target, stopped_by) {
         target.stop_leftovers();
     }
-    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
-        for pump in pumps {
-            let _ = pump.await;
-        }
-    })
-    .await;
+    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, pump).await;
     let exit = match status {
         Ok(status) => Exit::from(status),
         Err(err) => {
@@ -366,29 +353,83 @@ async fn run_captured(
     })
 }
 
-/// Copies `from` to `terminal` and into `output` until the end of the stream. A
-/// terminal that goes away (a closed pipe) stops the copy to it, never the record.
+/// Copies the command's stdout and stderr to ours and into `output` until both
+/// end. One task reads both, stdout first when both have something: the order
+/// between two pipes is lost once both hold data, and a program mostly reports
+/// progress on stdout before it fails on stderr. A terminal that goes away (a
+/// closed pipe) stops the copy to it, never the record.
 async fn tee(
-    mut from: impl AsyncRead + Unpin,
-    mut terminal: impl AsyncWrite + Unpin,
-    stream: Stream,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
     output: Arc<Mutex<CapturedOutput>>,
 ) {
-    let mut buffer = vec![0; 16 * 1024];
-    let mut terminal_open = true;
-    loop {
-        let read = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(read) => read,
+    let mut out = Pipe::new(stdout, tokio::io::stdout());
+    let mut err = Pipe::new(stderr, tokio::io::stderr());
+    while out.open() || err.open() {
+        let (stream, read) = tokio::select! {
+            biased;
+            read = out.read(), if out.open() => (Stream::Stdout, read),
+            read = err.read(), if err.open() => (Stream::Stderr, read),
         };
-        let chunk = &buffer[..read];
-        if terminal_open {
-            terminal_open =
-                terminal.write_all(chunk).await.is_ok() && terminal.flush().await.is_ok();
-        }
+        let chunk = match stream {
+            Stream::Stdout => out.pass_through(read).await,
+            Stream::Stderr => err.pass_through(read).await,
+        };
+        let Some(chunk) = chunk else {
+            continue;
+        };
         if let Ok(mut output) = output.lock() {
             output.record(stream, chunk);
         }
+    }
+}
+
+/// One of the command's output streams, and where it passes through to.
+struct Pipe<R, W> {
+    from: Option<R>,
+    terminal: W,
+    terminal_open: bool,
+    buffer: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pipe<R, W> {
+    fn new(from: Option<R>, terminal: W) -> Self {
+        Pipe {
+            from,
+            terminal,
+            terminal_open: true,
+            buffer: vec![0; 16 * 1024],
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.from.is_some()
+    }
+
+    /// Reads what is there (cancel-safe: nothing is lost if another pipe wins).
+    async fn read(&mut self) -> std::io::Result<usize> {
+        match &mut self.from {
+            Some(from) => from.read(&mut self.buffer).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Writes what was read to the terminal and returns it; closes the pipe at
+    /// its end.
+    async fn pass_through(&mut self, read: std::io::Result<usize>) -> Option<&[u8]> {
+        let read = match read {
+            Ok(0) | Err(_) => {
+                self.from = None;
+                return None;
+            }
+            Ok(read) => read,
+        };
+        let chunk = &self.buffer[..read];
+        if self.terminal_open {
+            self.terminal_open =
+                self.terminal.write_all(chunk).await.is_ok() && self.terminal.flush().await.is_ok();
+        }
+        Some(chunk)
     }
 }
 

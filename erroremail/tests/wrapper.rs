@@ -220,6 +220,11 @@ fn server_down_keeps_the_status_says_why_and_keeps_the_log() {
     assert_eq!(output.status.code(), Some(4));
     let err = stderr(&output);
     assert!(err.contains("connection refused"), "{err}");
+    assert_eq!(
+        err.matches("connection refused").count(),
+        1,
+        "said once, plainly:\n{err}"
+    );
     let kept = err
         .lines()
         .find_map(|line| line.strip_prefix("erroremail: the command's output is kept in "))
@@ -501,4 +506,23 @@ fn output_beyond_the_cap_is_cut_in_the_mail_and_never_stored() {
     assert!(attachment.contents().starts_with(b"row "));
     mail.assert_text_contains(&["[The attachment holds the last 4.0 MiB of the output"]);
     assert_eq!(setup.temp_files(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn what_stdout_said_before_stderr_stays_before_it_in_the_log() {
+    let server = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let setup = Setup::new(server.port(), "");
+    let script = "echo 'step 1 done'; echo 'step 2 done'; echo 'step 3 failed' >&2; exit 1";
+
+    let output = setup.run(&["--", "sh", "-c", script]);
+
+    assert_eq!(output.status.code(), Some(1));
+    let mail = only_mail(&server);
+    let log = String::from_utf8_lossy(mail.message.attachment(0).unwrap().contents()).into_owned();
+    let at = |line: &str| {
+        log.find(line)
+            .unwrap_or_else(|| panic!("{line:?} in {log}"))
+    };
+    assert!(at("step 1 done") < at("step 3 failed"), "{log}");
+    assert!(at("step 2 done") < at("step 3 failed"), "{log}");
 }
