@@ -57,7 +57,7 @@ impl TlsMode {
 /// | `timeout` | bound on one send: `10`, `2.5`, `"500ms"`, `"10s"`, `"1m"` | 10 s |
 /// | `ca_file` | PEM file of extra root certificates to trust (a private CA, a test certificate) | system roots |
 /// | `throttle_window` | how long repeats of one failure are grouped; `0` turns throttling off | 1 h |
-/// | `throttle_file` | file that shares the throttle state between processes on the host | in memory |
+/// | `throttle_file` | file that shares the throttle state between processes on the host; made 0600, never followed through a symbolic link: keep it in a directory only its user can write (`/var/lib/erroremail/`), not `/var/tmp` | in memory |
 ///
 /// As environment variables, each key is upper-cased behind `ERROREMAIL_`:
 /// `ERROREMAIL_SERVER`, `ERROREMAIL_TO="a@example.com, b@example.com"`, ...
@@ -573,7 +573,7 @@ mod tests {
             subject = "[{host}] {message}"
             timeout = "2.5s"
             throttle_window = "10m"
-            throttle_file = "/var/tmp/erroremail.json"
+            throttle_file = "/var/lib/erroremail/throttle.json"
             "#,
         )
         .unwrap();
@@ -586,7 +586,7 @@ mod tests {
         assert_eq!(config.throttle_window(), Duration::from_secs(600));
         assert_eq!(
             config.throttle_file(),
-            Some(Path::new("/var/tmp/erroremail.json"))
+            Some(Path::new("/var/lib/erroremail/throttle.json"))
         );
         assert!(!format!("{config:?}").contains("s3cret"));
     }
