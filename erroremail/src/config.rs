@@ -559,6 +559,18 @@ mod tests {
         }
     }
 
+    /// Asserts that `base` plus each line is refused with an error about its key.
+    fn assert_each_names_its_key(
+        parse: fn(&str) -> Result<Config, Error>,
+        base: &str,
+        cases: &[(&str, &str)],
+    ) {
+        for (line, key) in cases {
+            let err = parse(&format!("{base}{line}")).unwrap_err();
+            assert_eq!(key_of(err), *key, "{line}");
+        }
+    }
+
     #[test]
     fn toml_with_every_key() {
         let config = Config::from_toml(
@@ -638,15 +650,16 @@ mod tests {
     #[test]
     fn yaml_value_of_the_wrong_shape_names_its_key() {
         let base = "server: mx\nfrom: a@example.com\nto: b@example.com\n";
-        for (line, key) in [
-            ("timeout: {seconds: 10}", "timeout"),
-            ("port: 25.0", "port"),
-            ("subject: [a, b]", "subject"),
-            ("tls: true", "tls"),
-        ] {
-            let err = Config::from_yaml(&format!("{base}{line}")).unwrap_err();
-            assert_eq!(key_of(err), key, "{line}");
-        }
+        assert_each_names_its_key(
+            Config::from_yaml,
+            base,
+            &[
+                ("timeout: {seconds: 10}", "timeout"),
+                ("port: 25.0", "port"),
+                ("subject: [a, b]", "subject"),
+                ("tls: true", "tls"),
+            ],
+        );
         let err = Config::from_yaml(&format!("{base}port: 25.0")).unwrap_err();
         assert!(err.to_string().contains("got 25.0"), "{err}");
     }
@@ -725,18 +738,19 @@ mod tests {
     #[test]
     fn bad_port_timeout_and_subject_name_their_keys() {
         let base = "server = 'mx'\nfrom = 'a@example.com'\nto = 'b@example.com'\n";
-        for (line, key) in [
-            ("port = 70000", "port"),
-            ("port = 'smtp'", "port"),
-            ("timeout = 'soon'", "timeout"),
-            ("timeout = 0", "timeout"),
-            ("subject = 'E: {message'", "subject"),
-            ("subject = 'E: {0}'", "subject"),
-            ("throttle_window = -5", "throttle_window"),
-        ] {
-            let err = Config::from_toml(&format!("{base}{line}")).unwrap_err();
-            assert_eq!(key_of(err), key, "{line}");
-        }
+        assert_each_names_its_key(
+            Config::from_toml,
+            base,
+            &[
+                ("port = 70000", "port"),
+                ("port = 'smtp'", "port"),
+                ("timeout = 'soon'", "timeout"),
+                ("timeout = 0", "timeout"),
+                ("subject = 'E: {message'", "subject"),
+                ("subject = 'E: {0}'", "subject"),
+                ("throttle_window = -5", "throttle_window"),
+            ],
+        );
     }
 
     #[test]
