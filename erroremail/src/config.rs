@@ -19,11 +19,13 @@ use crate::template::SubjectTemplate;
 /// How the connection to the SMTP server is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
-    /// Plain SMTP, for a relay on this host. Refused with credentials unless the
-    /// server is on loopback: they would cross the network in clear.
+    /// Plain SMTP, for a relay on this host: the default when the server is a
+    /// loopback address or `localhost`. Refused with credentials unless the server
+    /// is on loopback: they would cross the network in clear.
     None,
     /// Plain connection upgraded with STARTTLS; a server that does not offer it is
-    /// an error, never a silent downgrade. The default; port 587 by default.
+    /// an error, never a silent downgrade. The default for a server that is not on
+    /// loopback; port 587 by default.
     Starttls,
     /// TLS from the first byte ("implicit TLS", SMTPS); port 465 by default.
     Tls,
@@ -41,14 +43,13 @@ impl TlsMode {
 
 /// The config of an [`ErrorEmail`](crate::ErrorEmail), checked when loaded.
 ///
-/// Keys (the original's upper-case `SERVER`, `PORT`, `FROM`, `TO` and `SUBJECT` are
-/// accepted too):
+/// Keys:
 ///
 /// | key | meaning | default |
 /// |---|---|---|
 /// | `server` | SMTP server host name or address | required |
 /// | `port` | its port | 25, 587 or 465 by `tls` |
-/// | `tls` | `none`, `starttls` (required, no downgrade) or `tls` (implicit) | `starttls` |
+/// | `tls` | `none`, `starttls` (required, no downgrade) or `tls` (implicit) | `none` for `localhost` and loopback addresses, else `starttls` |
 /// | `username`, `password` | SMTP AUTH credentials, both or neither | none |
 /// | `from` | sender, `Name <addr>` or `addr` | required |
 /// | `to` | one recipient, a list, or a comma-separated string | required |
@@ -56,10 +57,20 @@ impl TlsMode {
 /// | `timeout` | bound on one send: `10`, `2.5`, `"500ms"`, `"10s"`, `"1m"` | 10 s |
 /// | `ca_file` | PEM file of extra root certificates to trust (a private CA, a test certificate) | system roots |
 /// | `throttle_window` | how long repeats of one failure are grouped; `0` turns throttling off | 1 h |
-/// | `throttle_file` | file that shares the throttle state between processes on the host | in memory |
+/// | `throttle_file` | file that shares the throttle state between processes on the host; made 0600, never followed through a symbolic link: keep it in a directory only its user can write (`/var/lib/erroremail/`), not `/var/tmp` | in memory |
 ///
 /// As environment variables, each key is upper-cased behind `ERROREMAIL_`:
 /// `ERROREMAIL_SERVER`, `ERROREMAIL_TO="a@example.com, b@example.com"`, ...
+///
+/// # The original's configs
+///
+/// The Python ErrorEmail's upper-case keys `SERVER`, `PORT`, `FROM`, `TO` and
+/// `SUBJECT` are accepted as aliases. Its configs have no `tls` key, and it spoke
+/// plain SMTP, mostly to a relay on the same host: so `tls` defaults to `none`
+/// when the server is `localhost` or a loopback address, and to `starttls` (never
+/// downgraded) for any other server. A relay elsewhere that offers no STARTTLS
+/// makes every send fail with a message that says to set `tls = "none"` if that
+/// relay is trusted.
 ///
 /// `Config` is also [`Deserialize`], with the same checks, so a larger config can
 /// embed it as a table.
@@ -73,6 +84,8 @@ pub struct Config {
     pub(crate) from: Mailbox,
     pub(crate) to: Vec<Mailbox>,
     pub(crate) subject: SubjectTemplate,
+    /// Whether `subject` was set, rather than left at its default.
+    subject_given: bool,
     pub(crate) timeout: Duration,
     pub(crate) ca_file: Option<CaFile>,
     pub(crate) throttle_window: Duration,
@@ -184,9 +197,9 @@ impl Config {
         self.tls
     }
 
-    /// The recipients.
-    pub fn to(&self) -> &[Mailbox] {
-        &self.to
+    /// The recipients, as `Name <address>` or `address`.
+    pub fn to(&self) -> Vec<String> {
+        self.to.iter().map(ToString::to_string).collect()
     }
 
     /// The subject template.
@@ -209,6 +222,15 @@ impl Config {
         self.throttle_file.as_deref()
     }
 
+    /// The same config with `template` as its subject, unless the config sets
+    /// `subject` itself: how a program gives its own default.
+    pub fn with_default_subject(mut self, template: SubjectTemplate) -> Config {
+        if !self.subject_given {
+            self.subject = template;
+        }
+        self
+    }
+
     /// The same config with the throttle state in `path`.
     pub fn with_throttle_file(mut self, path: impl Into<PathBuf>) -> Config {
         self.throttle_file = Some(path.into());
@@ -228,10 +250,10 @@ fn parse_yaml(text: &str, origin: &str) -> Result<Config, Error> {
     Config::try_from(raw)
 }
 
-fn syntax_error(origin: &str, err: impl fmt::Display) -> Error {
+fn syntax_error(origin: &str, err: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::ConfigSyntax {
         origin: origin.to_owned(),
-        message: err.to_string().trim_end().to_owned(),
+        source: Box::new(err),
     }
 }
 
@@ -267,6 +289,9 @@ enum Value {
     Float(f64),
     Bool(bool),
     List(Vec<Value>),
+    /// A table, a date ...: never a valid value, accepted here so that the error
+    /// names its key (an untagged enum's own error names nothing).
+    Other(serde::de::IgnoredAny),
 }
 
 impl Value {
@@ -274,9 +299,10 @@ impl Value {
         match self {
             Value::Text(text) => format!("`{text}`"),
             Value::Integer(n) => n.to_string(),
-            Value::Float(x) => x.to_string(),
+            Value::Float(x) => format!("{x:?}"),
             Value::Bool(b) => b.to_string(),
             Value::List(_) => "a list".to_owned(),
+            Value::Other(_) => "a table or another structure".to_owned(),
         }
     }
 }
@@ -295,6 +321,7 @@ impl TryFrom<RawConfig> for Config {
             return Err(invalid("server", "is empty"));
         }
         let tls = match raw.tls {
+            None if is_loopback(&server) => TlsMode::None,
             None => TlsMode::Starttls,
             Some(value) => tls_mode(value)?,
         };
@@ -332,6 +359,7 @@ impl TryFrom<RawConfig> for Config {
             .map_err(|err| invalid("from", format!("`{from}` is not an address: {err}")))?;
         let to = required("to", raw.to, "one or more recipients")?;
         let to = mailboxes("to", to)?;
+        let subject_given = raw.subject.is_some();
         let subject = match raw.subject {
             None => SubjectTemplate::DEFAULT.to_owned(),
             Some(value) => text("subject", value)?,
@@ -367,6 +395,7 @@ impl TryFrom<RawConfig> for Config {
             from,
             to,
             subject,
+            subject_given,
             timeout,
             ca_file,
             throttle_window,
@@ -530,6 +559,18 @@ mod tests {
         }
     }
 
+    /// Asserts that `base` plus each line is refused with an error about its key.
+    fn assert_each_names_its_key(
+        parse: fn(&str) -> Result<Config, Error>,
+        base: &str,
+        cases: &[(&str, &str)],
+    ) {
+        for (line, key) in cases {
+            let err = parse(&format!("{base}{line}")).unwrap_err();
+            assert_eq!(key_of(err), *key, "{line}");
+        }
+    }
+
     #[test]
     fn toml_with_every_key() {
         let config = Config::from_toml(
@@ -544,7 +585,7 @@ mod tests {
             subject = "[{host}] {message}"
             timeout = "2.5s"
             throttle_window = "10m"
-            throttle_file = "/var/tmp/erroremail.json"
+            throttle_file = "/var/lib/erroremail/throttle.json"
             "#,
         )
         .unwrap();
@@ -552,12 +593,12 @@ mod tests {
         assert_eq!(config.port(), 2525);
         assert_eq!(config.tls(), TlsMode::Tls);
         assert_eq!(config.to().len(), 2);
-        assert_eq!(config.to()[1].name.as_deref(), Some("Dev"));
+        assert_eq!(config.to()[1], "Dev <dev@example.com>");
         assert_eq!(config.timeout(), Duration::from_millis(2500));
         assert_eq!(config.throttle_window(), Duration::from_secs(600));
         assert_eq!(
             config.throttle_file(),
-            Some(Path::new("/var/tmp/erroremail.json"))
+            Some(Path::new("/var/lib/erroremail/throttle.json"))
         );
         assert!(!format!("{config:?}").contains("s3cret"));
     }
@@ -591,6 +632,39 @@ mod tests {
     }
 
     #[test]
+    fn originals_config_without_tls_is_plain_to_a_local_relay_and_starttls_elsewhere() {
+        let original = |server: &str| {
+            Config::from_yaml(&format!(
+                "SERVER: {server}\nPORT: 25\nFROM: a@example.com\nTO: b@example.com\n"
+            ))
+            .unwrap()
+            .tls()
+        };
+        assert_eq!(original("localhost"), TlsMode::None);
+        assert_eq!(original("127.0.0.1"), TlsMode::None);
+        assert_eq!(original("'[::1]'"), TlsMode::None);
+        assert_eq!(original("smtp.example.com"), TlsMode::Starttls);
+        assert_eq!(original("10.0.0.1"), TlsMode::Starttls);
+    }
+
+    #[test]
+    fn yaml_value_of_the_wrong_shape_names_its_key() {
+        let base = "server: mx\nfrom: a@example.com\nto: b@example.com\n";
+        assert_each_names_its_key(
+            Config::from_yaml,
+            base,
+            &[
+                ("timeout: {seconds: 10}", "timeout"),
+                ("port: 25.0", "port"),
+                ("subject: [a, b]", "subject"),
+                ("tls: true", "tls"),
+            ],
+        );
+        let err = Config::from_yaml(&format!("{base}port: 25.0")).unwrap_err();
+        assert!(err.to_string().contains("got 25.0"), "{err}");
+    }
+
+    #[test]
     fn environment_variables_with_a_comma_separated_to() {
         let vars = [
             ("ERROREMAIL_SERVER", "smtp.example.com"),
@@ -617,7 +691,7 @@ mod tests {
             ("ERROREMAIL_SEVRER".to_owned(), "mx".to_owned()),
         ])
         .unwrap_err();
-        assert!(err.to_string().contains("sevrer"), "{err}");
+        assert!(err.explain().contains("sevrer"), "{err:?}");
     }
 
     #[test]
@@ -656,24 +730,27 @@ mod tests {
             "sever = 'mx'\nserver = 'mx'\nfrom = 'a@example.com'\nto = 'b@example.com'",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("sever"), "{err}");
+        assert!(err.explain().contains("sever"), "{err:?}");
+        let parser_error = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(parser_error.is_some_and(|text| text.contains("sever")));
     }
 
     #[test]
     fn bad_port_timeout_and_subject_name_their_keys() {
         let base = "server = 'mx'\nfrom = 'a@example.com'\nto = 'b@example.com'\n";
-        for (line, key) in [
-            ("port = 70000", "port"),
-            ("port = 'smtp'", "port"),
-            ("timeout = 'soon'", "timeout"),
-            ("timeout = 0", "timeout"),
-            ("subject = 'E: {message'", "subject"),
-            ("subject = 'E: {0}'", "subject"),
-            ("throttle_window = -5", "throttle_window"),
-        ] {
-            let err = Config::from_toml(&format!("{base}{line}")).unwrap_err();
-            assert_eq!(key_of(err), key, "{line}");
-        }
+        assert_each_names_its_key(
+            Config::from_toml,
+            base,
+            &[
+                ("port = 70000", "port"),
+                ("port = 'smtp'", "port"),
+                ("timeout = 'soon'", "timeout"),
+                ("timeout = 0", "timeout"),
+                ("subject = 'E: {message'", "subject"),
+                ("subject = 'E: {0}'", "subject"),
+                ("throttle_window = -5", "throttle_window"),
+            ],
+        );
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! [`ErrorEmail`]: a config, a context, a throttle; reports failures by mail.
 
 use std::backtrace::Backtrace;
-use std::error::Error as StdError;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use crate::message::Letter;
-use crate::throttle::{Decision, Throttle, Ticket, fingerprint};
-use crate::{Config, Error, Failure, send};
+use crate::message::{Letter, Reporter};
+use crate::throttle::{Decision, Throttle, fingerprint};
+use crate::{Config, Error, Failure, Reportable, send};
 
 /// Placeholders every subject template may use, whatever the context.
 const BUILT_IN_PLACEHOLDERS: [&str; 2] = ["message", "host"];
@@ -15,20 +15,35 @@ const BUILT_IN_PLACEHOLDERS: [&str; 2] = ["message", "host"];
 /// is not mailed, lest a failing mail report itself forever.
 const SENDER_THREAD: &str = "erroremail-sender";
 
+/// How long the fully qualified name of this machine is looked for, at most.
+const FQDN_WAIT: Duration = Duration::from_secs(1);
+
 /// Reports failures by mail: one per failure, throttled when they repeat.
 ///
-/// Cheap to clone: clones share the config, the context and the throttle.
+/// Cheap to clone: clones share the config and the throttle.
+///
+/// ```no_run
+/// # fn main() -> Result<(), erroremail::Error> {
+/// # let config = erroremail::Config::from_toml("server = 'localhost'\nfrom = 'a@example.com'\nto = 'b@example.com'")?;
+/// // Context shown in every mail; `host` replaces this machine's name.
+/// let email = erroremail::ErrorEmail::new(config)?
+///     .context("host", "web-1")
+///     .context("release", "2026.11.1");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct ErrorEmail {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Inner {
     config: Config,
     context: Vec<(String, String)>,
-    host: String,
-    throttle: Throttle,
+    /// This machine's name, looked up when the first mail goes out.
+    machine: Arc<OnceLock<String>>,
+    throttle: Arc<Throttle>,
 }
 
 /// What became of a report.
@@ -41,15 +56,15 @@ pub enum Outcome {
     },
     /// The failure was counted and no mail was sent: an earlier mail covers its kind.
     Throttled {
-        /// How many failures of this kind the current window has seen.
+        /// How many failures of this kind the current streak has seen.
         count: u64,
-        /// The occurrence that will be mailed next, unless the window ends first.
+        /// The occurrence that will be mailed next, unless the streak ends first.
         next_mail_at: u64,
     },
 }
 
-/// Gathers the context of an [`ErrorEmail`]; [`build`](ErrorEmailBuilder::build)
-/// checks the subject template against it.
+/// Gathers context that the subject template may use; [`build`](ErrorEmailBuilder::build)
+/// checks the template against it.
 #[derive(Debug)]
 #[must_use = "an ErrorEmailBuilder does nothing until `build` is called"]
 pub struct ErrorEmailBuilder {
@@ -62,12 +77,7 @@ impl ErrorEmailBuilder {
     /// `{key}`. A key given twice keeps the last value; a `host` key replaces this
     /// machine's name.
     pub fn context(mut self, key: impl Into<String>, value: impl ToString) -> ErrorEmailBuilder {
-        let key = key.into();
-        let value = value.to_string();
-        match self.context.iter_mut().find(|(k, _)| *k == key) {
-            Some(entry) => entry.1 = value,
-            None => self.context.push((key, value)),
-        }
+        set(&mut self.context, key.into(), value.to_string());
         self
     }
 
@@ -84,33 +94,60 @@ impl ErrorEmailBuilder {
                 context_keys: self.context.iter().map(|(key, _)| key.clone()).collect(),
             });
         }
-        let host = hostname::get()
-            .ok()
-            .and_then(|name| name.into_string().ok())
-            .unwrap_or_else(|| "unknown-host".to_owned());
-        let throttle = Throttle::new(self.config.throttle_window, self.config.throttle_file());
+        let throttle = Throttle::new(
+            self.config.throttle_window,
+            self.config.throttle_file(),
+            // Waiting for the state file's lock is part of what a report may take.
+            self.config.timeout / 4,
+        );
         Ok(ErrorEmail {
             inner: Arc::new(Inner {
                 config: self.config,
                 context: self.context,
-                host,
-                throttle,
+                machine: Arc::new(OnceLock::new()),
+                throttle: Arc::new(throttle),
             }),
         })
     }
 }
 
+fn set(context: &mut Vec<(String, String)>, key: String, value: String) {
+    match context.iter_mut().find(|(k, _)| *k == key) {
+        Some(entry) => entry.1 = value,
+        None => context.push((key, value)),
+    }
+}
+
 impl ErrorEmail {
-    /// An `ErrorEmail` without context: the subject may use `{message}` and `{host}`.
+    /// An `ErrorEmail` whose subject uses `{message}` and `{host}` only; context for
+    /// the body is added with [`context`](ErrorEmail::context). A subject that names
+    /// any other placeholder is an error here, before any failure is reported: give
+    /// its value with [`builder`](ErrorEmail::builder).
     pub fn new(config: Config) -> Result<ErrorEmail, Error> {
         ErrorEmail::builder(config).build()
     }
 
-    /// Starts an `ErrorEmail` to which context is added.
+    /// Starts an `ErrorEmail` with context that the subject template may use:
+    /// `ErrorEmail::builder(config).context("port", 8080).build()?` for
+    /// `ERR: {host}:{port} {message}`.
     pub fn builder(config: Config) -> ErrorEmailBuilder {
         ErrorEmailBuilder {
             config,
             context: Vec::new(),
+        }
+    }
+
+    /// The same `ErrorEmail` with a context value shown in every mail (a key given
+    /// twice keeps the last value; `host` replaces this machine's name). The
+    /// subject template was checked when this was built, so a key added here can
+    /// change the value of a placeholder but never make one valid. The throttle is
+    /// shared with the original.
+    #[must_use = "`context` returns a new ErrorEmail"]
+    pub fn context(self, key: impl Into<String>, value: impl ToString) -> ErrorEmail {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        set(&mut inner.context, key.into(), value.to_string());
+        ErrorEmail {
+            inner: Arc::new(inner),
         }
     }
 
@@ -121,8 +158,25 @@ impl ErrorEmail {
 
     /// Reports a Rust error: its message and source chain. The error stays the
     /// caller's; an `Err` here is only about the mail.
-    pub async fn report(&self, err: &(dyn StdError + 'static)) -> Result<Outcome, Error> {
-        self.send(&Failure::from_error(err)).await
+    ///
+    /// An `anyhow::Error` is reported with [`report_anyhow`](ErrorEmail::report_anyhow),
+    /// which keeps its backtrace; here it does not compile, rather than lose it:
+    ///
+    /// ```compile_fail
+    /// # async fn f(email: erroremail::ErrorEmail) {
+    /// let err = anyhow::anyhow!("import failed");
+    /// email.report(&err).await;
+    /// # }
+    /// ```
+    pub async fn report<E: Reportable + ?Sized>(&self, err: &E) -> Result<Outcome, Error> {
+        self.send(&err.to_failure()).await
+    }
+
+    /// Reports an `anyhow::Error`: its message, its chain of context and sources,
+    /// and its backtrace when one was captured (`RUST_BACKTRACE=1` or
+    /// `RUST_LIB_BACKTRACE=1`).
+    pub async fn report_anyhow(&self, err: &anyhow::Error) -> Result<Outcome, Error> {
+        self.send(&Failure::from(err)).await
     }
 
     /// Reports any failure ([`Failure`], or a [`ProcessFailure`](crate::ProcessFailure)
@@ -130,29 +184,19 @@ impl ErrorEmail {
     ///
     /// A mail that cannot be sent is an `Err` that says why ([`Error::send_failure`]),
     /// logged with the failure's summary; nothing panics. When the throttle state
-    /// file cannot be used, the mail is sent anyway: a missed failure is worse than
-    /// one mail too many.
+    /// file cannot be used, repeats are counted in this process only, and the mail
+    /// says that throttling is off: a missed failure is worse than one mail too many.
     pub async fn send(&self, failure: &Failure) -> Result<Outcome, Error> {
         let inner = &self.inner;
-        let fingerprint = fingerprint(failure.kind(), failure.grouping());
-        let decision = inner.throttle.record(&fingerprint).unwrap_or_else(|err| {
-            tracing::warn!(%err, "erroremail: throttle state unusable; sending without throttling");
-            Decision::Send(Ticket {
-                fingerprint: fingerprint.clone(),
-                stands_for: 1,
-                count: 1,
-                window_start: 0,
-                window_end: 0,
-            })
-        });
-        let ticket = match decision {
+        let fingerprint = fingerprint(failure.kind(), failure.keys(), failure.grouping());
+        let ticket = match inner.throttle.record(&fingerprint).await {
             Decision::Send(ticket) => ticket,
             Decision::Hold {
                 count,
                 next_mail_at,
             } => {
                 tracing::info!(
-                    failure = failure.summary(),
+                    failure = failure.message(),
                     count,
                     next_mail_at,
                     "erroremail: failure counted, not mailed (throttled)"
@@ -163,14 +207,11 @@ impl ErrorEmail {
                 });
             }
         };
-        let letter = Letter::new(
-            &inner.config,
-            &inner.host,
-            &inner.context,
-            failure,
-            &ticket,
-            inner.config.throttle_window,
-        );
+        let reporter = Reporter {
+            machine: self.machine().await,
+            context: &inner.context,
+        };
+        let letter = Letter::new(&inner.config, &reporter, failure, &ticket);
         let subject = letter.subject.clone();
         let result = match letter.into_message(&inner.config) {
             Ok(message) => send::deliver(&inner.config, message).await,
@@ -184,17 +225,37 @@ impl ErrorEmail {
                 })
             }
             Err(err) => {
-                if let Err(state_err) = inner.throttle.give_back(&ticket) {
-                    tracing::warn!(%state_err, "erroremail: cannot return the count of an unsent mail");
-                }
+                inner.throttle.give_back(&ticket).await;
                 tracing::error!(
-                    failure = failure.summary(),
-                    %err,
+                    failure = failure.message(),
+                    err = err.explain(),
                     "erroremail: the failure mail was not sent"
                 );
                 Err(err)
             }
         }
+    }
+
+    /// This machine's name, fully qualified when the resolver knows it (within
+    /// [`FQDN_WAIT`]).
+    async fn machine(&self) -> &str {
+        let cell = &self.inner.machine;
+        if let Some(name) = cell.get() {
+            return name;
+        }
+        let short = hostname::get()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "unknown-host".to_owned());
+        let lookup = tokio::task::spawn_blocking({
+            let short = short.clone();
+            move || fully_qualified(short)
+        });
+        let name = match tokio::time::timeout(FQDN_WAIT, lookup).await {
+            Ok(Ok(name)) => name,
+            _ => short,
+        };
+        cell.get_or_init(|| name)
     }
 
     /// [`send`](ErrorEmail::send) for synchronous code, on a thread of its own
@@ -208,13 +269,11 @@ impl ErrorEmail {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|err| Error::Runtime(err.to_string()))?;
+                    .map_err(|source| Error::Runtime { source })?;
                 runtime.block_on(email.send(&failure))
             })
-            .map_err(|err| Error::Runtime(err.to_string()))?;
-        sender
-            .join()
-            .unwrap_or_else(|_| Err(Error::Runtime("the mail sender panicked".to_owned())))
+            .map_err(|source| Error::Runtime { source })?;
+        sender.join().unwrap_or(Err(Error::SenderPanicked))
     }
 
     /// Mails every panic of this process (message, location, thread, backtrace),
@@ -230,10 +289,35 @@ impl ErrorEmail {
             }
             let failure = Failure::from_panic(info, &Backtrace::force_capture());
             if let Err(err) = email.send_blocking(&failure) {
-                tracing::error!(%err, "erroremail: the panic was not mailed");
+                tracing::error!(err = err.explain(), "erroremail: the panic was not mailed");
             }
         }));
     }
+}
+
+/// `short` as the resolver's canonical name (`vm` -> `vm.example.com`), when it
+/// has one with a domain.
+fn fully_qualified(short: String) -> String {
+    if short.contains('.') {
+        return short;
+    }
+    let hints = dns_lookup::AddrInfoHints {
+        flags: libc::AI_CANONNAME,
+        address: 0,
+        socktype: libc::SOCK_STREAM,
+        protocol: 0,
+    };
+    dns_lookup::getaddrinfo(Some(&short), None, Some(hints))
+        .ok()
+        .and_then(|mut answers| {
+            answers.find_map(|answer| {
+                answer
+                    .ok()?
+                    .canonname
+                    .filter(|name| name.contains('.') && !name.starts_with("localhost"))
+            })
+        })
+        .unwrap_or(short)
 }
 
 #[cfg(test)]
@@ -262,22 +346,22 @@ mod tests {
     }
 
     #[test]
-    fn unknown_placeholder_error_lists_the_context_keys() {
+    fn unknown_placeholder_error_says_how_to_give_it() {
         let err = ErrorEmail::builder(config("{job} {message}"))
             .context("jobs", "x")
             .build()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the context keys are: jobs"), "{err}");
         assert!(
-            err.to_string().contains("the context keys are: jobs"),
+            err.contains(r#"ErrorEmail::builder(config).context("job", value).build()"#),
             "{err}"
         );
     }
 
     #[test]
-    fn repeated_context_key_keeps_the_last_value() {
-        let builder = ErrorEmail::builder(config("{message}"))
-            .context("job", "a")
-            .context("job", "b");
-        assert_eq!(builder.context, [("job".to_owned(), "b".to_owned())]);
+    fn the_machine_name_is_never_empty() {
+        assert!(!fully_qualified("localhost".to_owned()).is_empty());
+        assert_eq!(fully_qualified("a.example.com".to_owned()), "a.example.com");
     }
 }

@@ -5,7 +5,7 @@ use std::error::Error as StdError;
 use std::fmt::Write as _;
 use std::panic::PanicHookInfo;
 
-use crate::text::first_line;
+use crate::text::{first_line, sources};
 
 /// A failure to report: a one-line summary, facts, text sections and at most one
 /// attachment.
@@ -18,11 +18,37 @@ use crate::text::first_line;
 pub struct Failure {
     kind: String,
     summary: String,
+    highlight: Option<String>,
     group: Option<String>,
+    keys: Vec<String>,
     facts: Vec<(String, String)>,
     sections: Vec<Section>,
     attachment: Option<Attachment>,
 }
+
+/// An error that [`ErrorEmail::report`](crate::ErrorEmail::report) can mail: any
+/// [`std::error::Error`], sized or not (`dyn Error`).
+///
+/// `anyhow::Error` is not one (it does not implement `std::error::Error`); report
+/// it with [`ErrorEmail::report_anyhow`](crate::ErrorEmail::report_anyhow), which
+/// keeps its backtrace.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `std::error::Error` that `report` can mail",
+    note = "report an `anyhow::Error` with `ErrorEmail::report_anyhow`, which keeps its backtrace"
+)]
+pub trait Reportable {
+    /// The failure to mail for this error.
+    fn to_failure(&self) -> Failure;
+}
+
+impl<E: StdError + ?Sized + 'static> Reportable for E {
+    fn to_failure(&self) -> Failure {
+        Failure::from_error(self)
+    }
+}
+
+/// A highlighted line longer than this stays out of the subject.
+const SHORT_HIGHLIGHT_CHARS: usize = 80;
 
 /// A titled block of preformatted text: an error chain, a backtrace, a log tail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +64,8 @@ pub struct Section {
 pub struct Attachment {
     /// The file name the reader sees.
     pub filename: String,
-    /// The content, sent as `text/plain`.
+    /// The content: sent as UTF-8 text when it is, as `application/octet-stream`
+    /// otherwise (a log in another encoding arrives as it was written).
     pub content: Vec<u8>,
 }
 
@@ -50,7 +77,9 @@ impl Failure {
         Failure {
             kind: kind.into(),
             summary: summary.into(),
+            highlight: None,
             group: None,
+            keys: Vec::new(),
             facts: Vec::new(),
             sections: Vec::new(),
             attachment: None,
@@ -62,19 +91,16 @@ impl Failure {
     /// `dyn Error` has no stable way to hand out a backtrace; add one that was
     /// captured with [`Failure::with_backtrace`], or convert an `anyhow::Error`,
     /// which carries its own.
-    pub fn from_error(err: &(dyn StdError + 'static)) -> Failure {
-        let mut text = err.to_string();
-        let mut source = err.source();
-        if source.is_some() {
+    pub fn from_error<E: StdError + ?Sized + 'static>(err: &E) -> Failure {
+        let message = err.to_string();
+        let mut text = message.clone();
+        if let Some(source) = err.source() {
             text.push_str("\n\nCaused by:");
+            for (depth, cause) in sources(source).enumerate() {
+                let _ = write!(text, "\n  {depth}: {cause}");
+            }
         }
-        let mut depth = 0;
-        while let Some(cause) = source {
-            let _ = write!(text, "\n  {depth}: {cause}");
-            depth += 1;
-            source = cause.source();
-        }
-        Failure::new("error", first_line(&err.to_string())).section("Error", text)
+        Failure::new("error", first_line(&message)).section("Error", text)
     }
 
     /// A panic, as a panic hook sees it.
@@ -132,11 +158,26 @@ impl Failure {
         self
     }
 
+    /// Sets the line that says most about this failure (the last line a failed
+    /// program wrote to stderr, say): the first line of the mail, above the summary.
+    pub fn highlight(mut self, line: impl Into<String>) -> Failure {
+        self.highlight = Some(line.into());
+        self
+    }
+
     /// Groups this failure for throttling by `text` instead of the summary, when the
     /// summary is shortened or otherwise not the whole story. Failures of one kind
     /// whose grouping texts differ only in numbers, ids and paths are one group.
     pub fn group_by(mut self, text: impl Into<String>) -> Failure {
         self.group = Some(text.into());
+        self
+    }
+
+    /// Keeps this failure apart, for throttling, from failures with other keys,
+    /// however alike their texts: a program's path, a job's name. Keys are compared
+    /// as they are, numbers and paths included; each call adds one.
+    pub fn keyed_by(mut self, key: impl Into<String>) -> Failure {
+        self.keys.push(key.into());
         self
     }
 
@@ -146,14 +187,36 @@ impl Failure {
         self.group.as_deref().unwrap_or(&self.summary)
     }
 
+    /// The keys given to [`keyed_by`](Failure::keyed_by), in order.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// The line given to [`highlight`](Failure::highlight), if any.
+    pub fn highlighted(&self) -> Option<&str> {
+        self.highlight.as_deref()
+    }
+
     /// The kind given at construction.
     pub fn kind(&self) -> &str {
         &self.kind
     }
 
-    /// The one-line summary: what the subject's `{message}` is filled with.
+    /// The one-line summary.
     pub fn summary(&self) -> &str {
         &self.summary
+    }
+
+    /// What the subject's `{message}` is filled with: the summary, and the
+    /// highlighted line after it when that is short enough for a subject
+    /// (`backup.sh: exit 2 — pg_dump: connection refused`).
+    pub fn message(&self) -> String {
+        match &self.highlight {
+            Some(line) if line.chars().count() <= SHORT_HIGHLIGHT_CHARS => {
+                format!("{} — {line}", self.summary)
+            }
+            _ => self.summary.clone(),
+        }
     }
 
     /// The facts, in order.

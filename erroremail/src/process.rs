@@ -1,14 +1,14 @@
 //! A failed process: what ran, how it ended, and the end of what it said.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, SystemTime};
 
-use crate::Failure;
-use crate::text::{http_date, shorten};
+use crate::output::KeptLog;
+use crate::text::{self, local_time, shorten, strip_terminal_escapes};
+use crate::{CapturedOutput, Failure, Stream};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ impl Exit {
     pub fn shell_status(self) -> i32 {
         match self {
             Exit::Code(code) => code,
-            Exit::Signal(signal) => 128 + signal,
+            Exit::Signal(signal) => signal.saturating_add(128),
         }
     }
 }
@@ -86,10 +86,16 @@ fn signal_name(signal: i32) -> Option<&'static str> {
 
 /// A process that failed: converts into a [`Failure`] whose mail shows the command,
 /// how it ended, the host, start, duration and working directory, the last lines of
-/// its log inline, and the log attached (its end, when it is larger than the cap).
+/// its output inline (those of stderr first), and the output attached (its end,
+/// when it is larger than the cap).
 ///
-/// The log is read when the conversion happens; a log that cannot be read is
+/// The output comes from a [`CapturedOutput`] (what the command wrapper records) or
+/// from a log file, read when the conversion happens; a log that cannot be read is
 /// mentioned in the mail and does not stop it.
+///
+/// The mail's first line is the most useful line of the output: the last one on
+/// stderr, or else the last one written. Failures of different programs are
+/// never throttled as one group, however alike their exits.
 #[derive(Debug, Clone)]
 pub struct ProcessFailure {
     command: Vec<String>,
@@ -98,9 +104,16 @@ pub struct ProcessFailure {
     started: Option<SystemTime>,
     duration: Option<Duration>,
     working_dir: Option<PathBuf>,
-    log: Option<PathBuf>,
+    log: Log,
     tail_lines: usize,
     attach_limit: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Log {
+    None,
+    File(PathBuf),
+    Captured(CapturedOutput),
 }
 
 impl ProcessFailure {
@@ -122,7 +135,7 @@ impl ProcessFailure {
             started: None,
             duration: None,
             working_dir: None,
-            log: None,
+            log: Log::None,
             tail_lines: Self::DEFAULT_TAIL_LINES,
             attach_limit: Self::DEFAULT_ATTACH_LIMIT,
         }
@@ -165,7 +178,13 @@ impl ProcessFailure {
 
     /// The file that holds its output.
     pub fn log_file(mut self, path: impl Into<PathBuf>) -> ProcessFailure {
-        self.log = Some(path.into());
+        self.log = Log::File(path.into());
+        self
+    }
+
+    /// Its output, as recorded while it ran; stderr is then shown on its own too.
+    pub fn output(mut self, output: CapturedOutput) -> ProcessFailure {
+        self.log = Log::Captured(output);
         self
     }
 
@@ -175,8 +194,9 @@ impl ProcessFailure {
         self
     }
 
-    /// How many bytes of the log to attach at most (default 4 MiB); a larger log
-    /// is attached from where its last `limit` bytes begin.
+    /// How many bytes of a log file to attach at most (default 4 MiB); a larger
+    /// log is attached from where its last `limit` bytes begin. A
+    /// [`CapturedOutput`] has its own limit.
     pub fn attach_limit(mut self, limit: u64) -> ProcessFailure {
         self.attach_limit = limit;
         self
@@ -202,167 +222,196 @@ impl ProcessFailure {
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_else(|| "command".to_owned())
     }
+
+    /// How it ended, in a few words: `exit 2`, `killed by SIGTERM`, `not started: ...`.
+    fn outcome(&self) -> String {
+        match (&self.start_error, self.exit) {
+            (Some(error), _) => format!("not started: {error}"),
+            (None, Exit::Code(code)) => format!("exit {code}"),
+            (None, Exit::Signal(signal)) => match signal_name(signal) {
+                Some(name) => format!("killed by {name}"),
+                None => format!("killed by signal {signal}"),
+            },
+        }
+    }
 }
+
+/// A line of the log longer than this is cut: the tail is for reading, the
+/// attachment has it all.
+const MAX_LINE_CHARS: usize = 2000;
+
+/// A log file is read this far back, at least, for its last lines.
+const TAIL_READ_BYTES: u64 = 256 * 1024;
 
 impl From<ProcessFailure> for Failure {
     fn from(process: ProcessFailure) -> Failure {
         let command_line = process.command_line();
-        let describe = |command: &str| match &process.start_error {
-            Some(error) => format!("`{command}` could not be started: {error}"),
-            None => match process.exit {
-                Exit::Code(_) => format!("`{command}` failed with {}", process.exit),
-                Exit::Signal(_) => format!("`{command}` was {}", process.exit),
-            },
-        };
-        // The subject shows the command shortened; repeats are grouped by all of it,
-        // so that a number that changes width does not move the cut.
-        let summary = describe(&shorten(&command_line, 60));
-        let group = describe(&command_line);
-        let mut failure = Failure::new("process", summary)
-            .group_by(group)
-            .fact("Command", command_line);
-        failure = match &process.start_error {
-            Some(error) => failure.fact(
-                "Ended",
-                format!(
-                    "never started ({error}); status {}",
-                    process.exit.shell_status()
-                ),
+        let program = process.program_name();
+        let outcome = process.outcome();
+        let shown = Shown::of(&process);
+        let highlight = shown.as_ref().and_then(Shown::most_useful_line);
+        let summary = format!("{program}: {outcome}");
+        let ended = match &process.start_error {
+            Some(error) => format!(
+                "never started ({error}); status {}",
+                process.exit.shell_status()
             ),
-            None => failure.fact("Ended", process.exit.to_string()),
+            None => process.exit.to_string(),
         };
+        let mut failure = Failure::new("process", summary)
+            // The program as given (two scripts in one directory are two jobs);
+            // the rest of the command line is grouped without its numbers.
+            .keyed_by(process.command.first().cloned().unwrap_or_default())
+            .group_by(format!("{command_line}: {outcome}"))
+            .fact("Command", command_line)
+            .fact("Ended", ended);
+        if let Some(line) = highlight {
+            failure = failure.highlight(line);
+        }
         if let Some(started) = process.started {
-            failure = failure.fact("Started", http_date(started));
+            failure = failure.fact("Started", local_time(started));
         }
         if let Some(duration) = process.duration {
-            failure = failure.fact("Duration", human_duration(duration));
+            failure = failure.fact("Duration", text::duration(duration));
         }
         if let Some(dir) = &process.working_dir {
             failure = failure.fact("Working directory", dir.display().to_string());
         }
-        match &process.log {
-            Some(path) => with_log(failure, &process, path),
+        match shown {
+            Some(Ok(shown)) => shown.add_to(failure, &process, &program),
+            Some(Err((path, err))) => failure.section(
+                "Log",
+                format!(
+                    "{} could not be read: {err}; nothing is attached.",
+                    path.display()
+                ),
+            ),
             None => failure,
         }
     }
 }
 
-fn with_log(failure: Failure, process: &ProcessFailure, path: &Path) -> Failure {
-    let read = || -> io::Result<(Tail, LogCopy)> {
-        let mut file = File::open(path)?;
-        let tail = read_tail(&mut file, process.tail_lines)?;
-        let copy = read_copy(&mut file, process.attach_limit)?;
-        Ok((tail, copy))
-    };
-    let (tail, copy) = match read() {
-        Ok(read) => read,
-        Err(err) => {
-            return failure.section(
-                "Log",
-                format!("{} could not be read: {err}", path.display()),
-            );
+/// What the mail shows of a process's output.
+struct Shown {
+    /// Stdout and stderr together, or the log file.
+    log: KeptLog,
+    /// Stderr apart, when it was recorded apart.
+    stderr: Option<KeptLog>,
+    /// Whether stdout said anything (when stderr was recorded apart).
+    stdout_written: bool,
+    /// Bytes in all.
+    total: u64,
+    /// What the mail calls it: "output" or "log".
+    noun: &'static str,
+}
+
+impl Shown {
+    fn of(process: &ProcessFailure) -> Option<Result<Shown, (PathBuf, io::Error)>> {
+        match &process.log {
+            Log::None => None,
+            Log::File(path) => {
+                let read = process.attach_limit.max(TAIL_READ_BYTES);
+                Some(
+                    KeptLog::read_end(path, read)
+                        .map(|log| Shown {
+                            total: log.dropped + log.content.len() as u64,
+                            log,
+                            stderr: None,
+                            stdout_written: true,
+                            noun: "log",
+                        })
+                        .map_err(|err| (path.clone(), err)),
+                )
+            }
+            Log::Captured(output) => Some(Ok(Shown {
+                log: output.log(),
+                stderr: output.stderr(),
+                stdout_written: output.written(Stream::Stdout) > 0,
+                total: output
+                    .written(Stream::Stdout)
+                    .saturating_add(output.written(Stream::Stderr)),
+                noun: "output",
+            })),
         }
-    };
-    let filename = format!("{}.log", process.program_name());
-    let title = if tail.size == 0 {
-        "Log: empty".to_owned()
-    } else if tail.complete {
-        format!("Log ({}, attached as {filename})", human_bytes(tail.size))
-    } else {
-        format!(
-            "Last {} lines of the log ({}, attached as {filename})",
-            tail.lines.len(),
-            human_bytes(tail.size)
-        )
-    };
-    let mut text = tail.lines.join("\n");
-    if copy.skipped > 0 {
-        text.push_str(&format!(
-            "\n\n[The log is larger than the attachment limit: the attachment holds its last {}; its first {} are left out.]",
-            human_bytes(copy.content.len() as u64),
-            human_bytes(copy.skipped)
-        ));
     }
-    let failure = failure.section(title, text);
-    if tail.size == 0 {
+
+    /// The last line on stderr that says something, or else the last such line of
+    /// the whole output.
+    fn most_useful_line(result: &Result<Shown, (PathBuf, io::Error)>) -> Option<String> {
+        let shown = result.as_ref().ok()?;
+        let last_said = |log: &KeptLog| {
+            let text = String::from_utf8_lossy(&log.content);
+            text.lines()
+                .rev()
+                .map(|line| strip_terminal_escapes(line).trim().to_owned())
+                .find(|line| !line.is_empty())
+        };
+        shown
+            .stderr
+            .as_ref()
+            .and_then(last_said)
+            .or_else(|| last_said(&shown.log))
+            .map(|line| shorten(&line, MAX_LINE_CHARS))
+    }
+
+    fn add_to(self, mut failure: Failure, process: &ProcessFailure, program: &str) -> Failure {
+        let tail = |log: &KeptLog| -> (String, bool) {
+            let (lines, complete) = log.last_lines(process.tail_lines);
+            let lines: Vec<String> = lines
+                .iter()
+                .map(|line| shorten(line, MAX_LINE_CHARS))
+                .collect();
+            (lines.join("\n"), complete)
+        };
+        if let Some(stderr) = self.stderr.as_ref().filter(|_| self.stdout_written) {
+            let (text, complete) = tail(stderr);
+            let title = if complete {
+                "Stderr".to_owned()
+            } else {
+                format!("Last {} lines of stderr", process.tail_lines)
+            };
+            failure = failure.section(title, text);
+        }
+        if self.total == 0 {
+            let noun = self.noun;
+            return failure.section(noun_title(noun), format!("(none: the {noun} is empty)"));
+        }
+        let (mut text, complete) = tail(&self.log);
+        let attached = self.log.end(process.attach_limit);
+        let streams = if self.stderr.is_some() && self.stdout_written {
+            "stdout and stderr, "
+        } else {
+            ""
+        };
+        let size = human_bytes(self.total);
+        let title = if complete {
+            format!("{} ({streams}{size})", noun_title(self.noun))
+        } else {
+            format!(
+                "Last {} lines of the {} ({streams}{size} in all)",
+                process.tail_lines, self.noun
+            )
+        };
+        if attached.dropped > 0 {
+            text.push_str(&format!(
+                "\n\n[The attachment holds the last {} of the {}; the {} before them are left out.]",
+                human_bytes(attached.content.len() as u64),
+                self.noun,
+                human_bytes(attached.dropped)
+            ));
+        }
         failure
-    } else {
-        failure.attach(filename, copy.content)
+            .section(title, text)
+            .attach(format!("{program}.log"), attached.content)
     }
 }
 
-/// The log's last lines.
-struct Tail {
-    lines: Vec<String>,
-    /// Whether `lines` is the whole log.
-    complete: bool,
-    size: u64,
-}
-
-/// A line longer than this is cut: the tail is for reading, the attachment has it all.
-const MAX_LINE_CHARS: usize = 2000;
-/// Reading backwards stops here, whatever the line count.
-const MAX_TAIL_BYTES: u64 = 1024 * 1024;
-
-fn read_tail(file: &mut File, lines: usize) -> io::Result<Tail> {
-    let size = file.metadata()?.len();
-    let want = size.min(MAX_TAIL_BYTES);
-    let mut start = size;
-    let mut chunk = Vec::new();
-    // Read backwards in blocks until the block holds more line breaks than lines
-    // wanted (one more marks where the first wanted line begins).
-    while start > size - want {
-        let step = (64 * 1024).min(start - (size - want));
-        start -= step;
-        let mut block = vec![0; step as usize];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut block)?;
-        block.extend_from_slice(&chunk);
-        chunk = block;
-        let breaks = chunk.iter().filter(|&&b| b == b'\n').count();
-        if breaks > lines {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&chunk);
-    let all: Vec<&str> = text.trim_end_matches('\n').split('\n').collect();
-    let from_start = start == 0;
-    let keep = all.len().min(lines);
-    // A first line that begins mid-file is a fragment unless it is all we have.
-    let complete = from_start && keep == all.len();
-    let lines = all[all.len() - keep..]
-        .iter()
-        .map(|line| shorten(line.trim_end_matches('\r'), MAX_LINE_CHARS))
-        .collect();
-    Ok(Tail {
-        lines: if size == 0 { Vec::new() } else { lines },
-        complete,
-        size,
-    })
-}
-
-/// What is attached: the whole log, or its end from a line boundary.
-struct LogCopy {
-    content: Vec<u8>,
-    skipped: u64,
-}
-
-fn read_copy(file: &mut File, limit: u64) -> io::Result<LogCopy> {
-    let size = file.metadata()?.len();
-    let from = size.saturating_sub(limit);
-    file.seek(SeekFrom::Start(from))?;
-    let mut content = Vec::new();
-    file.take(limit).read_to_end(&mut content)?;
-    let mut skipped = from;
-    if from > 0 {
-        let cut = content
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(0, |newline| newline + 1);
-        content.drain(..cut);
-        skipped += cut as u64;
-    }
-    Ok(LogCopy { content, skipped })
+fn noun_title(noun: &str) -> String {
+    let mut chars = noun.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// Quotes an argument for a POSIX shell when it needs it, so that the command line
@@ -376,19 +425,6 @@ fn shell_quote(arg: &str) -> String {
         arg.to_owned()
     } else {
         format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
-
-fn human_duration(duration: Duration) -> String {
-    let total = duration.as_secs();
-    if total < 60 {
-        return format!("{:.3}s", duration.as_secs_f64());
-    }
-    let (hours, minutes, seconds) = (total / 3600, total / 60 % 60, total % 60);
-    if hours > 0 {
-        format!("{hours}h {minutes}m {seconds}s")
-    } else {
-        format!("{minutes}m {seconds}s")
     }
 }
 
@@ -423,12 +459,25 @@ mod tests {
         &failure.sections().last().unwrap().text
     }
 
+    fn titles(failure: &Failure) -> Vec<&str> {
+        failure
+            .sections()
+            .iter()
+            .map(|s| s.title.as_str())
+            .collect()
+    }
+
     #[test]
     fn exit_status_and_signal_read_as_a_shell_reports_them() {
         assert_eq!(Exit::Code(3).to_string(), "exit status 3");
         assert_eq!(Exit::Code(3).shell_status(), 3);
         assert_eq!(Exit::Signal(9).to_string(), "killed by signal 9 (SIGKILL)");
         assert_eq!(Exit::Signal(9).shell_status(), 137);
+    }
+
+    #[test]
+    fn shell_status_of_an_impossible_signal_does_not_overflow() {
+        assert_eq!(Exit::Signal(i32::MAX).shell_status(), i32::MAX);
     }
 
     #[test]
@@ -439,7 +488,7 @@ mod tests {
             .tail_lines(3)
             .into();
         assert_eq!(section_text(&failure), "line 98\nline 99\nline 100");
-        assert!(failure.sections()[0].title.starts_with("Last 3 lines"));
+        assert!(titles(&failure)[0].starts_with("Last 3 lines of the log"));
         let attachment = failure.attachment().unwrap();
         assert_eq!(attachment.filename, "job.log");
         assert_eq!(
@@ -456,23 +505,7 @@ mod tests {
             .log_file(log.path())
             .into();
         assert_eq!(section_text(&failure), "line 1\nline 2");
-        assert!(failure.sections()[0].title.starts_with("Log ("));
-    }
-
-    #[test]
-    fn tail_reaches_back_across_read_blocks() {
-        let mut log = tempfile::NamedTempFile::new().unwrap();
-        let long = "x".repeat(100 * 1024);
-        writeln!(log, "first").unwrap();
-        writeln!(log, "{long}").unwrap();
-        writeln!(log, "last").unwrap();
-        let failure: Failure = ProcessFailure::new(["job"], Exit::Code(1))
-            .log_file(log.path())
-            .tail_lines(3)
-            .into();
-        let text = section_text(&failure);
-        assert!(text.starts_with("first\nxxx"), "{}", &text[..20]);
-        assert!(text.ends_with("…\nlast"));
+        assert_eq!(titles(&failure), ["Log (14 bytes)"]);
     }
 
     #[test]
@@ -487,6 +520,7 @@ mod tests {
         assert!(attachment.ends_with("line 1000\n"));
         assert!(attachment.len() <= 100);
         assert!(section_text(&failure).contains("left out"));
+        assert!(section_text(&failure).ends_with("are left out.]"));
     }
 
     #[test]
@@ -495,7 +529,83 @@ mod tests {
             .log_file("/nonexistent/job.log")
             .into();
         assert!(section_text(&failure).contains("could not be read"));
-        assert!(failure.summary().contains("exit status 2"));
+        assert!(section_text(&failure).contains("nothing is attached"));
+        assert!(failure.attachment().is_none());
+        assert_eq!(failure.summary(), "job: exit 2");
+    }
+
+    #[test]
+    fn stderr_is_shown_first_and_its_last_line_leads_the_mail() {
+        let mut output = CapturedOutput::new(1 << 20);
+        output.record(Stream::Stderr, b"pg_dump: error: connection refused\n");
+        for n in 1..=100 {
+            output.record(Stream::Stdout, format!("row {n}\n").as_bytes());
+        }
+        let failure: Failure = ProcessFailure::new(["/usr/local/bin/backup.sh"], Exit::Code(2))
+            .output(output)
+            .tail_lines(3)
+            .into();
+        assert_eq!(
+            titles(&failure),
+            [
+                "Stderr",
+                "Last 3 lines of the output (stdout and stderr, 727 bytes in all)"
+            ]
+        );
+        assert_eq!(
+            failure.sections()[0].text,
+            "pg_dump: error: connection refused"
+        );
+        assert_eq!(section_text(&failure), "row 98\nrow 99\nrow 100");
+        assert_eq!(
+            failure.highlighted(),
+            Some("pg_dump: error: connection refused")
+        );
+        assert_eq!(failure.summary(), "backup.sh: exit 2");
+        assert_eq!(
+            failure.message(),
+            "backup.sh: exit 2 — pg_dump: error: connection refused"
+        );
+    }
+
+    #[test]
+    fn without_stderr_the_last_line_written_leads_and_colours_are_left_out() {
+        let mut output = CapturedOutput::new(1 << 20);
+        output.record(
+            Stream::Stdout,
+            b"step 1\n\x1b[31mFAILED: 3 tests\x1b[0m\n\n",
+        );
+        let failure: Failure = ProcessFailure::new(["make", "test"], Exit::Code(2))
+            .output(output)
+            .into();
+        assert_eq!(failure.highlighted(), Some("FAILED: 3 tests"));
+        assert_eq!(titles(&failure), ["Output (33 bytes)"]);
+        assert!(
+            failure.attachment().unwrap().content.contains(&0x1b),
+            "the attachment keeps what was written"
+        );
+    }
+
+    #[test]
+    fn a_long_useful_line_stays_out_of_the_message() {
+        let mut output = CapturedOutput::new(1 << 20);
+        output.record(Stream::Stderr, format!("{}\n", "x".repeat(200)).as_bytes());
+        let failure: Failure = ProcessFailure::new(["job"], Exit::Signal(15))
+            .output(output)
+            .into();
+        assert_eq!(failure.message(), "job: killed by SIGTERM");
+        assert_eq!(failure.highlighted().map(str::len), Some(200));
+    }
+
+    #[test]
+    fn no_output_is_said_and_nothing_attached() {
+        let failure: Failure = ProcessFailure::new(["job"], Exit::Code(1))
+            .output(CapturedOutput::new(1024))
+            .into();
+        assert_eq!(titles(&failure), ["Output"]);
+        assert!(section_text(&failure).contains("empty"));
+        assert!(failure.attachment().is_none());
+        assert_eq!(failure.highlighted(), None);
     }
 
     #[test]
@@ -503,25 +613,33 @@ mod tests {
         let failure: Failure =
             ProcessFailure::new(["sh", "-c", "echo 'hi' > /tmp/x"], Exit::Signal(15)).into();
         assert_eq!(failure.facts()[0].1, r"sh -c 'echo '\''hi'\'' > /tmp/x'");
-        assert!(
-            failure
-                .summary()
-                .ends_with("was killed by signal 15 (SIGTERM)")
-        );
+        assert_eq!(failure.summary(), "sh: killed by SIGTERM");
+        assert_eq!(failure.facts()[1].1, "killed by signal 15 (SIGTERM)");
+    }
+
+    fn fingerprint(failure: &Failure) -> String {
+        crate::throttle::fingerprint(failure.kind(), failure.keys(), failure.grouping())
     }
 
     #[test]
-    fn long_commands_are_grouped_by_all_of_their_text() {
+    fn commands_that_differ_in_numbers_are_one_group() {
         let failure = |batch: u32| -> Failure {
             let script = format!(
                 "echo 'importing batch {batch} from /srv/in/{batch}.csv into the warehouse'"
             );
             ProcessFailure::new(["sh", "-c", &script], Exit::Code(1)).into()
         };
-        let (one_digit, two_digits) = (failure(7), failure(42));
-        assert!(one_digit.summary().contains('…'), "{}", one_digit.summary());
-        let fingerprint = |f: &Failure| crate::throttle::fingerprint(f.kind(), f.grouping());
-        assert_eq!(fingerprint(&one_digit), fingerprint(&two_digits));
+        assert_eq!(fingerprint(&failure(7)), fingerprint(&failure(42)));
+    }
+
+    #[test]
+    fn different_programs_in_one_directory_are_different_groups() {
+        let failure =
+            |program: &str| -> Failure { ProcessFailure::new([program], Exit::Code(1)).into() };
+        assert_ne!(
+            fingerprint(&failure("/x/backup-db.sh")),
+            fingerprint(&failure("/x/rotate-logs.sh"))
+        );
     }
 
     #[test]
@@ -530,6 +648,12 @@ mod tests {
         let failure = ProcessFailure::not_started(["no-such-program"], &err);
         assert_eq!(failure.exit().shell_status(), 127);
         let failure: Failure = failure.into();
-        assert!(failure.summary().contains("could not be started"));
+        assert!(
+            failure
+                .summary()
+                .starts_with("no-such-program: not started: "),
+            "{}",
+            failure.summary()
+        );
     }
 }

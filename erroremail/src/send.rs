@@ -1,13 +1,15 @@
 //! Delivery with lettre's async SMTP transport, bounded by the config's timeout.
 
-use std::error::Error as StdError;
 use std::io;
 
+use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::TlsMode;
+use crate::error::BoxedSource;
+use crate::text::sources;
 use crate::{Config, Error, SendFailure};
 
 /// Sends `message` through the config's server; the whole exchange (connect, TLS,
@@ -16,11 +18,11 @@ pub(crate) async fn deliver(config: &Config, message: Message) -> Result<(), Err
     let transport = transport(config)?;
     match tokio::time::timeout(config.timeout, transport.send(message)).await {
         Ok(Ok(_response)) => Ok(()),
-        Ok(Err(err)) => Err(classify(config, &err)),
+        Ok(Err(err)) => Err(send_error(config, classify(config, &err), Some(err))),
         Err(_elapsed) => Err(send_error(
             config,
             SendFailure::Timeout(config.timeout),
-            "no complete answer from the server in time".to_owned(),
+            None,
         )),
     }
 }
@@ -46,9 +48,7 @@ fn transport(config: &Config) -> Result<AsyncSmtpTransport<Tokio1Executor>, Erro
 }
 
 fn tls_parameters(config: &Config) -> Result<TlsParameters, Error> {
-    let tls_error = |err: lettre::transport::smtp::Error| {
-        send_error(config, SendFailure::Tls, error_chain(&err))
-    };
+    let tls_error = |err| send_error(config, SendFailure::Tls, Some(err));
     let mut parameters = TlsParameters::builder(config.server.clone());
     if let Some(ca) = &config.ca_file {
         parameters =
@@ -57,15 +57,18 @@ fn tls_parameters(config: &Config) -> Result<TlsParameters, Error> {
     parameters.build().map_err(tls_error)
 }
 
-fn classify(config: &Config, err: &lettre::transport::smtp::Error) -> Error {
-    let detail = error_chain(err);
-    let io_kind = io_error_kind(err);
+fn classify(config: &Config, err: &SmtpError) -> SendFailure {
+    let said = err.to_string();
+    let io_kind =
+        sources(err).find_map(|cause| cause.downcast_ref::<io::Error>().map(io::Error::kind));
     let code = err.status().map(u16::from);
-    let failure = if err.is_timeout() || io_kind == Some(io::ErrorKind::TimedOut) {
+    if err.is_timeout() || io_kind == Some(io::ErrorKind::TimedOut) {
         SendFailure::Timeout(config.timeout)
     } else if io_kind == Some(io::ErrorKind::ConnectionRefused) {
         SendFailure::ConnectionRefused
-    } else if err.is_tls() || detail.contains("STARTTLS") || detail.contains("certificate") {
+    } else if said.contains("STARTTLS is not supported") {
+        SendFailure::NoStarttls
+    } else if err.is_tls() || said.contains("certificate") {
         SendFailure::Tls
     } else if matches!(code, Some(534 | 535)) {
         SendFailure::AuthRejected
@@ -75,41 +78,14 @@ fn classify(config: &Config, err: &lettre::transport::smtp::Error) -> Error {
         SendFailure::Connection
     } else {
         SendFailure::Other
-    };
-    send_error(config, failure, detail)
+    }
 }
 
-fn send_error(config: &Config, failure: SendFailure, detail: String) -> Error {
+fn send_error(config: &Config, failure: SendFailure, source: Option<SmtpError>) -> Error {
     Error::Send {
         server: config.server.clone(),
         port: config.port,
         failure,
-        detail,
+        source: source.map(|err| Box::new(err) as BoxedSource),
     }
-}
-
-/// The error and its sources, each said once (lettre's messages repeat their source).
-fn error_chain(err: &(dyn StdError + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-fn io_error_kind(err: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
-    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(cause) = source {
-        if let Some(io_err) = cause.downcast_ref::<io::Error>() {
-            return Some(io_err.kind());
-        }
-        source = cause.source();
-    }
-    None
 }

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use erroremail::{Config, ErrorEmail, Exit, Outcome, ProcessFailure, SendFailure};
 use mail_parser::MimeHeaders as _;
-use testbed::smtp::{ReceivedMail, SmtpOptions, SmtpServer};
+use testbed::smtp::{SmtpOptions, SmtpServer};
 
 mod common;
+
+use common::only_mail;
 
 /// A config for the test server; `lines` add or override keys.
 fn config(port: u16, lines: &[&str]) -> Config {
@@ -29,16 +31,8 @@ fn config(port: u16, lines: &[&str]) -> Config {
         keys.retain(|existing| !existing.starts_with(&format!("{key} ")));
         keys.push((*line).to_owned());
     }
-    if !keys.iter().any(|k| k.starts_with("tls ")) {
-        keys.push("tls = 'none'".to_owned());
-    }
+    // No `tls`: plain, as for any relay on loopback.
     Config::from_toml(&keys.join("\n")).unwrap()
-}
-
-fn only_mail(server: &SmtpServer) -> ReceivedMail {
-    let mut mails = server.messages().unwrap();
-    assert_eq!(mails.len(), 1, "server log:\n{}", server.log_text());
-    mails.remove(0)
 }
 
 /// A config for a TLS server of the test bed, trusting its CA, with credentials.
@@ -126,7 +120,7 @@ async fn error_mail_is_multipart_alternative_with_templated_subject_and_headers(
         "Caused by:",
         "0: no space left writing /srv/orders/42.csv",
         "Host: web-1",
-        "port: 8080",
+        "Port: 8080",
     ]);
     assert!(
         mail.html()
@@ -160,15 +154,24 @@ async fn process_failure_mail_escapes_html_shows_the_tail_and_attaches_the_log()
     );
     assert_eq!(
         mail.message.subject(),
-        Some("ErrorEmail: `./import.sh --all` failed with exit status 3")
+        Some(r#"ErrorEmail: import.sh: exit 3 — <script>alert("owned")</script> & more"#)
     );
     let text = mail.text();
+    assert_eq!(
+        text.lines().take(3).collect::<Vec<_>>(),
+        [
+            r#"<script>alert("owned")</script> & more"#,
+            "",
+            "import.sh: exit 3"
+        ],
+        "the last line of the log leads:\n{text}"
+    );
     mail.assert_text_contains(&[
         "Command:",
         "./import.sh --all",
         "exit status 3",
         "Duration:",
-        "1m 35s",
+        "1 min 35 s",
         "Working directory:",
         "/srv/import",
         "step 30 done",
@@ -182,8 +185,35 @@ async fn process_failure_mail_escapes_html_shows_the_tail_and_attaches_the_log()
     assert!(html.contains("&lt;script&gt;alert(&quot;owned&quot;)&lt;/script&gt; &amp; more"));
     assert!(!html.contains("<script>"), "{html}");
     let attachment = mail.message.attachment(0).unwrap();
-    assert_eq!(attachment.attachment_name(), Some("import.sh.log"));
+    let name = attachment.attachment_name().unwrap();
+    assert!(
+        name.starts_with("import.sh-") && name.ends_with("Z.log"),
+        "host and time in {name}"
+    );
+    assert_eq!(attachment.content_type().unwrap().ctype(), "text");
     assert_eq!(attachment.contents(), std::fs::read(log.path()).unwrap());
+}
+
+#[tokio::test]
+async fn a_log_that_is_not_utf8_is_attached_as_bytes() {
+    let server = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let email = ErrorEmail::new(config(server.port(), &[])).unwrap();
+    let mut log = tempfile::NamedTempFile::new().unwrap();
+    log.write_all(b"Fehler: Datei \xe4nderung fehlgeschlagen\n")
+        .unwrap();
+    let failure = ProcessFailure::new(["./sync.sh"], Exit::Code(1)).log_file(log.path());
+
+    email.send(&failure.into()).await.unwrap();
+
+    let mail = only_mail(&server);
+    let attachment = mail.message.attachment(0).unwrap();
+    let content_type = attachment.content_type().unwrap();
+    assert_eq!(
+        (content_type.ctype(), content_type.subtype()),
+        ("application", Some("octet-stream"))
+    );
+    assert_eq!(attachment.contents(), std::fs::read(log.path()).unwrap());
+    mail.assert_text_contains(&["Fehler: Datei \u{fffd}nderung fehlgeschlagen"]);
 }
 
 #[tokio::test]
@@ -241,8 +271,12 @@ async fn starttls_is_required_never_downgraded() {
 
     let err = email.report(&import_error(1)).await.unwrap_err();
 
-    assert_eq!(err.send_failure(), Some(SendFailure::Tls), "{err}");
-    assert!(err.to_string().contains("STARTTLS"), "{err}");
+    assert_eq!(err.send_failure(), Some(SendFailure::NoStarttls), "{err}");
+    assert!(
+        err.to_string()
+            .contains(r#"set tls = "none" if this relay is trusted"#),
+        "{err}"
+    );
     assert!(
         server.messages().unwrap().is_empty(),
         "nothing sent in clear"
@@ -257,7 +291,7 @@ async fn untrusted_certificate_is_refused() {
     let err = email.report(&import_error(1)).await.unwrap_err();
 
     assert_eq!(err.send_failure(), Some(SendFailure::Tls), "{err}");
-    assert!(err.to_string().contains("certificate"), "{err}");
+    assert!(err.explain().contains("certificate"), "{}", err.explain());
     assert!(server.messages().unwrap().is_empty());
 }
 
@@ -346,4 +380,123 @@ async fn crash_loop_of_100_failures_sends_at_most_8_mails() {
         mails.last().unwrap().raw_header("X-ErrorEmail-Count"),
         Some("32")
     );
+}
+
+#[tokio::test]
+async fn originals_config_with_upper_case_keys_and_no_tls_delivers_to_a_local_relay() {
+    let server = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let config = Config::from_yaml(&format!(
+        "SERVER: localhost\nPORT: {}\nFROM: errors@example.com\nTO: [ops@example.com]\nSUBJECT: 'ERR: {{host}}:{{port}} {{message}}'\n",
+        server.port()
+    ))
+    .unwrap();
+    let email = ErrorEmail::builder(config)
+        .context("host", "web-1")
+        .context("port", 8080)
+        .build()
+        .unwrap();
+
+    email.report(&import_error(7)).await.unwrap();
+
+    let mail = only_mail(&server);
+    assert_eq!(
+        mail.message.subject(),
+        Some("ERR: web-1:8080 cannot import orders batch 7")
+    );
+}
+
+#[tokio::test]
+async fn a_context_key_given_twice_shows_its_last_value() {
+    let server = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let email = ErrorEmail::builder(config(server.port(), &["subject = '[{job}] {message}'"]))
+        .context("job", "import-a")
+        .context("job", "import-b")
+        .build()
+        .unwrap()
+        .context("release", "2026.1")
+        .context("release", "2026.2");
+
+    email.report(&import_error(1)).await.unwrap();
+
+    let mail = only_mail(&server);
+    assert_eq!(
+        mail.message.subject(),
+        Some("[import-b] cannot import orders batch 1")
+    );
+    mail.assert_text_contains(&["Job:     import-b", "Release: 2026.2"]);
+    assert!(!mail.text().contains("import-a") && !mail.text().contains("2026.1"));
+}
+
+#[tokio::test]
+async fn repeats_of_a_failure_thread_together_and_other_failures_apart() {
+    let server = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let email = ErrorEmail::new(config(server.port(), &[])).unwrap();
+
+    email.report(&import_error(1)).await.unwrap();
+    email.report(&import_error(2)).await.unwrap();
+    email
+        .send(&erroremail::Failure::new(
+            "error",
+            "the ledger is out of balance",
+        ))
+        .await
+        .unwrap();
+
+    let mails = server.messages().unwrap();
+    assert_eq!(mails.len(), 3);
+    let thread = |n: usize| {
+        (
+            mails[n].raw_header("In-Reply-To").unwrap().to_owned(),
+            mails[n].raw_header("References").unwrap().to_owned(),
+        )
+    };
+    assert_eq!(thread(0), thread(1));
+    assert_eq!(thread(0).0, thread(0).1);
+    assert_ne!(thread(0), thread(2));
+    let ids: Vec<_> = mails.iter().map(|m| m.message.message_id()).collect();
+    assert!(ids[0] != ids[1] && ids[1] != ids[2], "{ids:?}");
+    assert_eq!(
+        mails[1]
+            .message
+            .subject()
+            .map(|s| s.contains("(2nd failure in ")),
+        Some(true)
+    );
+}
+
+/// anyhow captures a backtrace only when `RUST_LIB_BACKTRACE` (or `RUST_BACKTRACE`)
+/// is set when the error is made: this test runs itself again with it set.
+#[test]
+fn anyhow_error_is_mailed_with_its_backtrace() {
+    const CHILD: &str = "ERROREMAIL_TEST_BACKTRACE_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "anyhow_error_is_mailed_with_its_backtrace"])
+            .env(CHILD, "1")
+            .env("RUST_LIB_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        assert!(
+            child.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        return;
+    }
+    let server = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let email = ErrorEmail::new(config(server.port(), &[])).unwrap();
+    let err = anyhow::Error::new(import_error(3)).context("nightly import");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(email.report_anyhow(&err)).unwrap();
+
+    let mail = only_mail(&server);
+    assert_eq!(mail.message.subject(), Some("ErrorEmail: nightly import"));
+    mail.assert_text_contains(&[
+        "0: cannot import orders batch 3",
+        "1: no space left writing /srv/orders/3.csv",
+        "== Backtrace ==",
+        "anyhow_error_is_mailed_with_its_backtrace",
+    ]);
 }
