@@ -875,3 +875,237 @@ pub(crate) fn random_u64() -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T0: u64 = 1_700_000_000;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn policy(
+        response: &[(&str, &str)],
+        options: &PolicyOptions,
+    ) -> Result<CachePolicy, NotStorable> {
+        let response = headers(response);
+        CachePolicy::new(
+            &Exchange {
+                method: &Method::GET,
+                request_headers: &HeaderMap::new(),
+                status: StatusCode::OK,
+                response_headers: &response,
+                request_time: T0,
+                response_time: T0 + 2,
+            },
+            options,
+        )
+    }
+
+    #[test]
+    fn current_age_adds_the_response_delay_to_the_age_header() {
+        // §4.2.3: corrected_age_value = age_value + response_delay (2 s here).
+        let p = policy(
+            &[("cache-control", "max-age=100"), ("age", "10")],
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(p.current_age(T0 + 2), 12);
+        assert_eq!(p.current_age(T0 + 12), 22);
+    }
+
+    #[test]
+    fn apparent_age_from_date_counts_when_larger() {
+        let date = format_http_date(T0 - 50);
+        let p = policy(
+            &[("cache-control", "max-age=100"), ("date", &date)],
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(p.current_age(T0 + 2), 52);
+        assert!(p.is_fresh(T0 + 49));
+        assert!(!p.is_fresh(T0 + 50));
+    }
+
+    #[test]
+    fn expires_is_measured_from_date_not_from_now() {
+        let date = format_http_date(T0 + 400);
+        let expires = format_http_date(T0 + 300);
+        let p = policy(
+            &[("date", &date), ("expires", &expires), ("etag", "\"e\"")],
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(p.freshness_lifetime().seconds, 0);
+    }
+
+    #[test]
+    fn s_maxage_counts_only_in_a_shared_cache_and_forbids_serving_stale_there() {
+        let shared = PolicyOptions {
+            shared: true,
+            ..PolicyOptions::default()
+        };
+        let private = PolicyOptions::default();
+        let p = policy(&[("cache-control", "max-age=10, s-maxage=1000")], &shared).unwrap();
+        assert_eq!(
+            p.freshness_lifetime(),
+            FreshnessLifetime {
+                seconds: 1000,
+                source: LifetimeSource::SMaxAge
+            }
+        );
+        assert!(p.must_revalidate());
+        let p = policy(&[("cache-control", "max-age=10, s-maxage=1000")], &private).unwrap();
+        assert_eq!(p.freshness_lifetime().seconds, 10);
+        assert!(!p.must_revalidate());
+    }
+
+    #[test]
+    fn useless_responses_are_not_stored() {
+        assert_eq!(
+            policy(&[("cache-control", "max-age=0")], &PolicyOptions::default()).unwrap_err(),
+            NotStorable::Unusable
+        );
+        assert!(
+            policy(
+                &[("cache-control", "max-age=0"), ("etag", "\"x\"")],
+                &PolicyOptions::default()
+            )
+            .is_ok()
+        );
+        let time_priority = PolicyOptions {
+            cache_etags: false,
+            ..PolicyOptions::default()
+        };
+        assert_eq!(
+            policy(
+                &[("cache-control", "max-age=0"), ("etag", "\"x\"")],
+                &time_priority
+            )
+            .unwrap_err(),
+            NotStorable::NotFresh
+        );
+    }
+
+    #[test]
+    fn useful_until_covers_the_stale_windows_and_is_open_with_a_validator() {
+        let p = policy(
+            &[("cache-control", "max-age=10, stale-if-error=100")],
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        // Received at T0 + 2, already 2 s old (the response delay counts as age).
+        assert_eq!(p.useful_until(), Some(T0 + 110));
+        let p = policy(
+            &[("cache-control", "max-age=10"), ("etag", "\"x\"")],
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(p.useful_until(), None);
+    }
+
+    #[test]
+    fn a_304_replaces_fields_but_not_the_content_length() {
+        let p = policy(
+            &[
+                ("cache-control", "max-age=1"),
+                ("etag", "\"x\""),
+                ("content-length", "5"),
+                ("x-a", "1"),
+                ("x-a", "2"),
+            ],
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        let merged = p.freshened_headers(&headers(&[
+            ("x-a", "3"),
+            ("content-length", "0"),
+            ("cache-control", "max-age=9"),
+        ]));
+        assert_eq!(merged.get_all("x-a").iter().collect::<Vec<_>>(), vec!["3"]);
+        assert_eq!(merged["content-length"], "5");
+        assert_eq!(merged["cache-control"], "max-age=9");
+    }
+
+    #[test]
+    fn strong_and_weak_validators_of_a_304() {
+        let p = policy(
+            &[("cache-control", "max-age=1"), ("etag", "\"x\"")],
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        assert!(p.validated_by(&headers(&[("etag", "\"x\"")])));
+        assert!(p.validated_by(&headers(&[("etag", "W/\"x\"")])));
+        assert!(!p.validated_by(&headers(&[("etag", "\"y\"")])));
+        assert!(
+            p.validated_by(&HeaderMap::new()),
+            "a 304 without validators answers our conditional request"
+        );
+        let weak = policy(
+            &[("cache-control", "max-age=1"), ("etag", "W/\"x\"")],
+            &PolicyOptions::default(),
+        )
+        .unwrap();
+        assert!(
+            !weak.validated_by(&headers(&[("etag", "\"x\"")])),
+            "a strong validator does not select a weak one"
+        );
+    }
+
+    fn header_value() -> impl Strategy<Value = HeaderValue> {
+        proptest::collection::vec(prop_oneof![32u8..127, Just(b'\t'), 128u8..=255], 0..40)
+            .prop_filter_map("a valid header value", |bytes| {
+                HeaderValue::from_bytes(&bytes).ok()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn no_header_value_makes_the_policy_panic(
+            values in proptest::collection::vec(header_value(), 10),
+            status in 100u16..600,
+            shared in any::<bool>(),
+            now in T0..T0 + 10_000_000,
+        ) {
+            let names = ["cache-control", "expires", "date", "age", "last-modified", "etag", "vary", "pragma", "authorization", "cdn-cache-control"];
+            let mut response = HeaderMap::new();
+            let mut request = HeaderMap::new();
+            for (name, value) in names.iter().zip(&values) {
+                response.append(*name, value.clone());
+                request.append(*name, value.clone());
+            }
+            let options = PolicyOptions {
+                shared,
+                targeted_field: Some(HeaderName::from_static("cdn-cache-control")),
+                ..PolicyOptions::default()
+            };
+            let exchange = Exchange {
+                method: &Method::GET,
+                request_headers: &request,
+                status: StatusCode::from_u16(status).unwrap(),
+                response_headers: &response,
+                request_time: T0,
+                response_time: T0,
+            };
+            if let Ok(policy) = CachePolicy::new(&exchange, &options) {
+                let _ = policy.reuse(&RequestDirectives::from_headers(&request), now);
+                let _ = policy.precondition(&Method::GET, &request, now);
+                let _ = policy.freshened_headers(&response);
+                let _ = policy.serves_stale_on_error(now);
+                let _ = policy.response_headers(now, false);
+                let _ = policy.matches_request(&request);
+                let _ = policy.useful_until();
+            }
+        }
+    }
+}
