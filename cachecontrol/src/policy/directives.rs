@@ -23,8 +23,8 @@ pub const DELTA_SECONDS_MAX: u32 = 2_147_483_648;
 pub enum Delta {
     /// A valid number of seconds, capped at [`DELTA_SECONDS_MAX`].
     Seconds(u32),
-    /// Missing, not all digits (`100a`, `-1`, `1.5`), or quoted where a token is
-    /// required (`"60"`).
+    /// Missing, not all digits (`100a`, `-1`, `1.5`, `'60'`), or written with white
+    /// space around `=`.
     Invalid,
 }
 
@@ -109,10 +109,13 @@ pub struct ResponseDirectives {
     pub stale_while_revalidate: Option<Delta>,
     /// `stale-if-error` (RFC 5861 §4).
     pub stale_if_error: Option<Delta>,
-    /// Some directive that governs freshness (`max-age`, `s-maxage`) appeared more than
-    /// once with different arguments. RFC 9111 §4.2.1 lets a cache use the first one or
-    /// consider the response stale; we consider it stale, the safe choice.
-    pub conflicting_lifetimes: bool,
+    /// `max-age` appeared more than once with different arguments. RFC 9111 §4.2.1
+    /// lets a cache use the first one or consider the response stale; we consider it
+    /// stale, the safe choice.
+    pub conflicting_max_age: bool,
+    /// `s-maxage` appeared more than once with different arguments (only a shared
+    /// cache cares).
+    pub conflicting_s_maxage: bool,
 }
 
 impl ResponseDirectives {
@@ -160,7 +163,12 @@ impl ResponseDirectives {
                 Item::Integer(n) if *n >= 0 => {
                     Some(Argument::Token(Cow::Owned(n.to_string().into_bytes())))
                 }
-                Item::String(s) => Some(Argument::Quoted(Cow::Borrowed(s.as_bytes()))),
+                // Structured fields are typed: only the field-name lists of `no-cache`
+                // and `private` are strings; a string `max-age` is the wrong type.
+                Item::String(s) if matches!(key.as_str(), "no-cache" | "private") => {
+                    Some(Argument::Quoted(Cow::Borrowed(s.as_bytes())))
+                }
+                Item::String(_) => Some(Argument::Malformed),
                 Item::Token(t) => Some(Argument::Token(Cow::Borrowed(t.as_bytes()))),
                 Item::Integer(_) | Item::Other => Some(Argument::Malformed),
             };
@@ -171,8 +179,8 @@ impl ResponseDirectives {
 
     fn apply(&mut self, name: &[u8], arg: Option<&Argument<'_>>) {
         match_name(name, |name| match name {
-            "max-age" => set_delta(&mut self.max_age, arg, &mut self.conflicting_lifetimes),
-            "s-maxage" => set_delta(&mut self.s_maxage, arg, &mut self.conflicting_lifetimes),
+            "max-age" => set_delta(&mut self.max_age, arg, &mut self.conflicting_max_age),
+            "s-maxage" => set_delta(&mut self.s_maxage, arg, &mut self.conflicting_s_maxage),
             "no-store" => self.no_store = true,
             "no-cache" => self.no_cache.merge(field_scope(arg)),
             "private" => self.private.merge(field_scope(arg)),
@@ -300,11 +308,12 @@ fn set_delta(slot: &mut Option<Delta>, arg: Option<&Argument<'_>>, conflict: &mu
     }
 }
 
-/// delta-seconds = 1*DIGIT (RFC 9111 §1.2.2), in token form only (§5.2.2.1: a sender
-/// must not quote it; we do not guess what a quoted one meant).
+/// delta-seconds = 1*DIGIT (RFC 9111 §1.2.2). Senders must use the token form, but
+/// RFC 9111 §5.2 says recipients ought to accept the quoted form too (`max-age="60"`).
 fn delta(arg: &Argument<'_>) -> Delta {
-    let Argument::Token(digits) = arg else {
-        return Delta::Invalid;
+    let digits = match arg {
+        Argument::Token(digits) | Argument::Quoted(digits) => digits,
+        Argument::Malformed => return Delta::Invalid,
     };
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Delta::Invalid;
@@ -319,13 +328,14 @@ fn delta(arg: &Argument<'_>) -> Delta {
     Delta::Seconds(value as u32)
 }
 
+/// The argument of `no-cache` and `private`: field names, in the quoted form senders
+/// use or (RFC 9111 §5.2: recipients ought to accept both) a single token.
 fn field_scope(arg: Option<&Argument<'_>>) -> FieldScope {
     let names = match arg {
         None => return FieldScope::All,
-        Some(Argument::Quoted(names)) => names,
-        // RFC 9111 §5.2.2.4 and §5.2.2.7 define the quoted form; a token or garbage
-        // argument is read as the most restrictive form.
-        Some(Argument::Token(_) | Argument::Malformed) => return FieldScope::All,
+        Some(Argument::Quoted(names) | Argument::Token(names)) => names,
+        // An argument that cannot be read is taken as the most restrictive form.
+        Some(Argument::Malformed) => return FieldScope::All,
     };
     let fields: Vec<HeaderName> = names
         .split(|b| *b == b',')
@@ -466,7 +476,7 @@ mod tests {
 
     #[test]
     fn invalid_delta_seconds_are_invalid() {
-        for arg in ["100a", "-1", "1.5", "\"60\"", "", "a100", "0x10"] {
+        for arg in ["100a", "-1", "1.5", "\"6 0\"", "", "a100", "0x10", "'60'"] {
             let d = response(&[&format!("max-age={arg}")]);
             assert_eq!(d.max_age, Some(Delta::Invalid), "max-age={arg}");
         }
@@ -497,6 +507,18 @@ mod tests {
     }
 
     #[test]
+    fn quoted_arguments_are_accepted_as_recipients_ought_to() {
+        assert_eq!(
+            response(&["max-age=\"60\""]).max_age,
+            Some(Delta::Seconds(60))
+        );
+        assert_eq!(
+            response(&["no-cache=set-cookie"]).no_cache.fields(),
+            &[HeaderName::from_static("set-cookie")]
+        );
+    }
+
+    #[test]
     fn huge_delta_seconds_are_capped() {
         let d = response(&["max-age=99999999999999999999999999"]);
         assert_eq!(d.max_age, Some(Delta::Seconds(DELTA_SECONDS_MAX)));
@@ -508,9 +530,11 @@ mod tests {
 
     #[test]
     fn conflicting_max_age_is_flagged_but_repeats_are_not() {
-        assert!(response(&["max-age=60, max-age=3600"]).conflicting_lifetimes);
-        assert!(response(&["max-age=60", "max-age=3600"]).conflicting_lifetimes);
-        assert!(!response(&["max-age=60, max-age=60"]).conflicting_lifetimes);
+        assert!(response(&["max-age=60, max-age=3600"]).conflicting_max_age);
+        assert!(response(&["max-age=60", "max-age=3600"]).conflicting_max_age);
+        assert!(!response(&["max-age=60, max-age=60"]).conflicting_max_age);
+        assert!(response(&["s-maxage=1, s-maxage=2"]).conflicting_s_maxage);
+        assert!(!response(&["s-maxage=1, s-maxage=2"]).conflicting_max_age);
         assert_eq!(
             response(&["max-age=60, max-age=3600"]).max_age,
             Some(Delta::Seconds(60))

@@ -550,12 +550,14 @@ impl CachePolicy {
                 return Reuse::Revalidate;
             }
         }
+        if let Some(Delta::Seconds(min_fresh)) = request.min_fresh
+            && self.lifetime.seconds.saturating_sub(age) < u64::from(min_fresh)
+        {
+            // §5.2.1.3: the client wants a response that stays fresh a while yet; a
+            // stale one never does, whatever max-stale would allow.
+            return Reuse::Revalidate;
+        }
         if fresh {
-            if let Some(Delta::Seconds(min_fresh)) = request.min_fresh
-                && self.lifetime.seconds - age < u64::from(min_fresh)
-            {
-                return Reuse::Revalidate;
-            }
             return Reuse::Fresh;
         }
         if self.must_revalidate {
@@ -754,7 +756,7 @@ fn explicit_lifetime(
         seconds: 0,
         source: LifetimeSource::Invalid,
     };
-    if directives.conflicting_lifetimes {
+    if directives.conflicting_max_age || (shared && directives.conflicting_s_maxage) {
         return Some(invalid);
     }
     let from_delta = |delta: Delta, source| match delta {
