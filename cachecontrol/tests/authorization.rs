@@ -21,30 +21,16 @@ fn personal(f: &Fixture, cache_control: &'static str) {
 async fn private_cache_serves_an_authenticated_response_only_to_the_same_credentials() {
     let f = Fixture::new().await;
     personal(&f, "max-age=600");
-    f.send(
-        f.client
-            .get(f.url("/me"))
-            .header("authorization", "Bearer alice"),
-    )
-    .await;
+    f.get_with("/me", &[("authorization", "Bearer alice")])
+        .await;
     let alice = f
-        .send(
-            f.client
-                .get(f.url("/me"))
-                .header("authorization", "Bearer alice"),
-        )
+        .get_with("/me", &[("authorization", "Bearer alice")])
         .await;
     assert_eq!(
         (alice.cache, alice.text()),
         (Some(CacheStatus::Hit), "for Bearer alice")
     );
-    let bob = f
-        .send(
-            f.client
-                .get(f.url("/me"))
-                .header("authorization", "Bearer bob"),
-        )
-        .await;
+    let bob = f.get_with("/me", &[("authorization", "Bearer bob")]).await;
     assert_eq!(bob.text(), "for Bearer bob");
     let anonymous = f.get("/me").await;
     assert_eq!(anonymous.text(), "for nobody");
@@ -54,18 +40,10 @@ async fn private_cache_serves_an_authenticated_response_only_to_the_same_credent
 async fn shared_cache_does_not_store_authenticated_responses_without_permission() {
     let f = Fixture::shared().await;
     personal(&f, "max-age=600");
-    f.send(
-        f.client
-            .get(f.url("/me"))
-            .header("authorization", "Bearer alice"),
-    )
-    .await;
+    f.get_with("/me", &[("authorization", "Bearer alice")])
+        .await;
     let again = f
-        .send(
-            f.client
-                .get(f.url("/me"))
-                .header("authorization", "Bearer alice"),
-        )
+        .get_with("/me", &[("authorization", "Bearer alice")])
         .await;
     assert_eq!(again.cache, Some(CacheStatus::Miss));
     assert!(f.store.is_empty());
@@ -75,12 +53,8 @@ async fn shared_cache_does_not_store_authenticated_responses_without_permission(
 async fn shared_cache_shares_authenticated_responses_marked_public() {
     let f = Fixture::shared().await;
     personal(&f, "public, max-age=600");
-    f.send(
-        f.client
-            .get(f.url("/me"))
-            .header("authorization", "Bearer alice"),
-    )
-    .await;
+    f.get_with("/me", &[("authorization", "Bearer alice")])
+        .await;
     let anonymous = f.get("/me").await;
     assert_eq!(
         (anonymous.cache, anonymous.text()),

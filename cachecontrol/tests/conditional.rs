@@ -168,19 +168,11 @@ async fn the_callers_if_modified_since_is_answered_from_a_fresh_entry() {
         .route("/e", validating("v1", "max-age=600", http_date(-100)));
     f.get("/e").await;
     let later = f
-        .send(
-            f.client
-                .get(f.url("/e"))
-                .header("if-modified-since", http_date(-10)),
-        )
+        .get_with("/e", &[("if-modified-since", &http_date(-10))])
         .await;
     assert_eq!(later.status, 304);
     let earlier = f
-        .send(
-            f.client
-                .get(f.url("/e"))
-                .header("if-modified-since", http_date(-1000)),
-        )
+        .get_with("/e", &[("if-modified-since", &http_date(-1000))])
         .await;
     assert_eq!(earlier.status, 200);
     assert_eq!(f.origin.hits("/e"), 1);
@@ -254,19 +246,13 @@ async fn a_single_range_is_served_from_a_stored_complete_response() {
             .header("a", "1"),
     );
     f.get("/r").await;
-    let got = f
-        .send(f.client.get(f.url("/r")).header("range", "bytes=2-4"))
-        .await;
+    let got = f.get_with("/r", &[("range", "bytes=2-4")]).await;
     assert_eq!((got.status, got.text()), (206, "234"));
     assert_eq!(got.header("content-range").as_deref(), Some("bytes 2-4/10"));
     assert_eq!(got.header("a").as_deref(), Some("1"));
-    let suffix = f
-        .send(f.client.get(f.url("/r")).header("range", "bytes=-3"))
-        .await;
+    let suffix = f.get_with("/r", &[("range", "bytes=-3")]).await;
     assert_eq!(suffix.text(), "789");
-    let several = f
-        .send(f.client.get(f.url("/r")).header("range", "bytes=0-1,5-6"))
-        .await;
+    let several = f.get_with("/r", &[("range", "bytes=0-1,5-6")]).await;
     assert_eq!((several.status, several.text()), (200, "0123456789"));
     assert_eq!(f.origin.hits("/r"), 1);
 }

@@ -104,14 +104,11 @@ async fn invalidation_reaches_every_variant() {
         .header("vary", "accept")
     });
     for accept in ["a", "b"] {
-        f.send(f.client.get(f.url("/v")).header("accept", accept))
-            .await;
+        f.get_with("/v", &[("accept", accept)]).await;
     }
     f.send(f.client.post(f.url("/v"))).await;
     for accept in ["a", "b"] {
-        let got = f
-            .send(f.client.get(f.url("/v")).header("accept", accept))
-            .await;
+        let got = f.get_with("/v", &[("accept", accept)]).await;
         assert_eq!(got.cache, Some(CacheStatus::Miss), "variant {accept}");
     }
 }

@@ -115,11 +115,7 @@ async fn only_if_cached_directive_answers_504_instead_of_revalidating() {
     let f = fixture_with_entry("max-age=1").await;
     f.advance(3600);
     let got = f
-        .send(
-            f.client
-                .get(f.url("/r"))
-                .header("cache-control", "only-if-cached"),
-        )
+        .get_with("/r", &[("cache-control", "only-if-cached")])
         .await;
     assert_eq!(got.status, 504);
     assert_eq!(f.origin.hits("/r"), 1);
@@ -129,35 +125,17 @@ async fn only_if_cached_directive_answers_504_instead_of_revalidating() {
 async fn request_directives_max_age_min_fresh_max_stale() {
     let f = fixture_with_entry("max-age=100").await;
     f.advance(50);
-    let too_old = f
-        .send(
-            f.client
-                .get(f.url("/r"))
-                .header("cache-control", "max-age=10"),
-        )
-        .await;
+    let too_old = f.get_with("/r", &[("cache-control", "max-age=10")]).await;
     assert_eq!(too_old.cache, Some(CacheStatus::Revalidated));
     f.advance(80);
-    let not_fresh_enough = f
-        .send(
-            f.client
-                .get(f.url("/r"))
-                .header("cache-control", "min-fresh=50"),
-        )
-        .await;
+    let not_fresh_enough = f.get_with("/r", &[("cache-control", "min-fresh=50")]).await;
     assert_eq!(not_fresh_enough.cache, Some(CacheStatus::Revalidated));
     f.advance(500);
     let stale_ok = f
-        .send(
-            f.client
-                .get(f.url("/r"))
-                .header("cache-control", "max-stale=1000"),
-        )
+        .get_with("/r", &[("cache-control", "max-stale=1000")])
         .await;
     assert_eq!(stale_ok.cache, Some(CacheStatus::Stale));
-    let pragma = f
-        .send(f.client.get(f.url("/r")).header("pragma", "no-cache"))
-        .await;
+    let pragma = f.get_with("/r", &[("pragma", "no-cache")]).await;
     assert_eq!(pragma.cache, Some(CacheStatus::Revalidated));
 }
 

@@ -59,21 +59,9 @@ async fn client_max_age_0_revalidates_and_3600_uses_the_cache() {
         }
     });
     f.get("/m").await;
-    let zero = f
-        .send(
-            f.client
-                .get(f.url("/m"))
-                .header("cache-control", "max-age=0"),
-        )
-        .await;
+    let zero = f.get_with("/m", &[("cache-control", "max-age=0")]).await;
     assert_eq!(zero.cache, Some(CacheStatus::Revalidated));
-    let hour = f
-        .send(
-            f.client
-                .get(f.url("/m"))
-                .header("cache-control", "max-age=3600"),
-        )
-        .await;
+    let hour = f.get_with("/m", &[("cache-control", "max-age=3600")]).await;
     assert_eq!(hour.cache, Some(CacheStatus::Hit));
 }
 

@@ -79,12 +79,8 @@ async fn credentials_do_not_follow_a_redirect_to_another_origin() {
         "/away",
         Reply::status(302).header("location", other.url("/x")),
     );
-    f.send(
-        f.client
-            .get(f.url("/away"))
-            .header("authorization", "Bearer secret"),
-    )
-    .await;
+    f.get_with("/away", &[("authorization", "Bearer secret")])
+        .await;
     assert_eq!(
         f.origin.requests("/away")[0].header("authorization"),
         Some("Bearer secret")

@@ -23,17 +23,10 @@ async fn variants_are_stored_side_by_side() {
     let f = Fixture::new().await;
     by_language(&f);
     for language in ["en", "fr", "en", "fr"] {
-        f.send(
-            f.client
-                .get(f.url("/page"))
-                .header("accept-language", language),
-        )
-        .await;
+        f.get_with("/page", &[("accept-language", language)]).await;
     }
     assert_eq!(f.origin.hits("/page"), 2);
-    let fr = f
-        .send(f.client.get(f.url("/page")).header("accept-language", "fr"))
-        .await;
+    let fr = f.get_with("/page", &[("accept-language", "fr")]).await;
     assert_eq!((fr.cache, fr.text()), (Some(CacheStatus::Hit), "in fr"));
     let none = f.get("/page").await;
     assert_eq!(
@@ -46,18 +39,9 @@ async fn variants_are_stored_side_by_side() {
 async fn values_are_compared_after_normalization() {
     let f = Fixture::new().await;
     by_language(&f);
-    f.send(
-        f.client
-            .get(f.url("/page"))
-            .header("accept-language", "en,fr"),
-    )
-    .await;
+    f.get_with("/page", &[("accept-language", "en,fr")]).await;
     let got = f
-        .send(
-            f.client
-                .get(f.url("/page"))
-                .header("accept-language", " en ,  fr "),
-        )
+        .get_with("/page", &[("accept-language", " en ,  fr ")])
         .await;
     assert_eq!(got.cache, Some(CacheStatus::Hit));
 }
@@ -89,18 +73,12 @@ async fn a_change_of_vary_fields_replaces_the_variants() {
             .header("cache-control", "max-age=600")
             .header("vary", vary)
     });
-    f.send(f.client.get(f.url("/p")).header("accept", "a"))
-        .await;
-    f.send(f.client.get(f.url("/p")).header("accept", "b"))
-        .await;
+    f.get_with("/p", &[("accept", "a")]).await;
+    f.get_with("/p", &[("accept", "b")]).await;
     // The second response varies on another field, which neither request had: it
     // answers the third request, and the first response is never served again.
-    let got = f
-        .send(f.client.get(f.url("/p")).header("accept", "a"))
-        .await;
+    let got = f.get_with("/p", &[("accept", "a")]).await;
     assert_eq!((got.cache, got.text()), (Some(CacheStatus::Hit), "1"));
-    let other = f
-        .send(f.client.get(f.url("/p")).header("accept-language", "de"))
-        .await;
+    let other = f.get_with("/p", &[("accept-language", "de")]).await;
     assert_eq!(other.cache, Some(CacheStatus::Miss));
 }

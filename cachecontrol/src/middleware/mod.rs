@@ -60,12 +60,18 @@ pub struct CacheControl {
 #[derive(Debug)]
 pub struct CacheControlBuilder {
     store: Arc<dyn Cache>,
+    settings: Settings,
+    background_client: Option<reqwest::Client>,
+}
+
+/// What a [`CacheControlBuilder`] sets, as the middleware uses it.
+#[derive(Debug)]
+struct Settings {
     policy: PolicyOptions,
     cacheable_methods: Vec<Method>,
     status_header: bool,
     follow_redirects: usize,
     coalesce_wait: Duration,
-    background_client: Option<reqwest::Client>,
     clock: Arc<dyn Clock>,
 }
 
@@ -106,13 +112,15 @@ impl CacheControlBuilder {
     fn from_arc(store: Arc<dyn Cache>) -> CacheControlBuilder {
         CacheControlBuilder {
             store,
-            policy: PolicyOptions::default(),
-            cacheable_methods: vec![Method::GET],
-            status_header: true,
-            follow_redirects: 0,
-            coalesce_wait: Duration::from_secs(30),
+            settings: Settings {
+                policy: PolicyOptions::default(),
+                cacheable_methods: vec![Method::GET],
+                status_header: true,
+                follow_redirects: 0,
+                coalesce_wait: Duration::from_secs(30),
+                clock: Arc::new(SystemClock),
+            },
             background_client: None,
-            clock: Arc::new(SystemClock),
         }
     }
 
@@ -121,13 +129,13 @@ impl CacheControlBuilder {
     /// `proxy-revalidate` and `private`, and keeps answers to authenticated requests
     /// only when the origin allows it.
     pub fn shared(mut self, shared: bool) -> Self {
-        self.policy.shared = shared;
+        self.settings.policy.shared = shared;
         self
     }
 
     /// The heuristic that gives a lifetime to responses that do not state one.
     pub fn heuristic(mut self, heuristic: impl Heuristic) -> Self {
-        self.policy.heuristic = Arc::new(heuristic);
+        self.settings.policy.heuristic = Arc::new(heuristic);
         self
     }
 
@@ -135,7 +143,7 @@ impl CacheControlBuilder {
     /// request body is part of the key, a body that is a stream is never cached, and
     /// a response needs an explicit lifetime to be stored.
     pub fn cacheable_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.cacheable_methods = methods.into_iter().collect();
+        self.settings.cacheable_methods = methods.into_iter().collect();
         self
     }
 
@@ -143,14 +151,14 @@ impl CacheControlBuilder {
     /// to revalidate them (`true`, the default); or keep only fresh responses and
     /// replace them once stale (`false`).
     pub fn cache_etags(mut self, cache_etags: bool) -> Self {
-        self.policy.cache_etags = cache_etags;
+        self.settings.policy.cache_etags = cache_etags;
         self
     }
 
     /// Whether responses carry the `x-cache` header (on by default). The
     /// [`CacheStatus`] extension is always there.
     pub fn status_header(mut self, on: bool) -> Self {
-        self.status_header = on;
+        self.settings.status_header = on;
         self
     }
 
@@ -158,7 +166,7 @@ impl CacheControlBuilder {
     /// of Cache-Control and Expires when a response has a valid one; for example
     /// `HeaderName::from_static("cdn-cache-control")`. Off by default.
     pub fn targeted_cache_control(mut self, field: HeaderName) -> Self {
-        self.policy.targeted_field = Some(field);
+        self.settings.policy.targeted_field = Some(field);
         self
     }
 
@@ -168,7 +176,7 @@ impl CacheControlBuilder {
     /// `reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())`;
     /// otherwise reqwest follows them inside the client, out of the cache's sight.
     pub fn follow_redirects(mut self, max_hops: usize) -> Self {
-        self.follow_redirects = max_hops;
+        self.settings.follow_redirects = max_hops;
         self
     }
 
@@ -176,7 +184,7 @@ impl CacheControlBuilder {
     /// the response, before going to the origin itself (30 seconds by default).
     /// `Duration::ZERO` turns coalescing off.
     pub fn coalesce_wait(mut self, wait: Duration) -> Self {
-        self.coalesce_wait = wait;
+        self.settings.coalesce_wait = wait;
         self
     }
 
@@ -190,7 +198,7 @@ impl CacheControlBuilder {
 
     /// Where the cache reads the time (the system clock by default).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.settings.clock = Arc::new(clock);
         self
     }
 
@@ -203,13 +211,8 @@ impl CacheControlBuilder {
         CacheControl {
             shared: Arc::new(Shared {
                 store: self.store,
-                policy: self.policy,
-                cacheable_methods: self.cacheable_methods,
-                status_header: self.status_header,
-                follow_redirects: self.follow_redirects,
-                coalesce_wait: self.coalesce_wait,
+                settings: self.settings,
                 background,
-                clock: self.clock,
                 flights: Flights::default(),
                 revalidating: Mutex::new(HashSet::new()),
                 warned_client_redirects: AtomicBool::new(false),
@@ -226,7 +229,7 @@ impl Middleware for CacheControl {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        if self.shared.follow_redirects == 0 {
+        if self.shared.settings.follow_redirects == 0 {
             self.shared.handle_one(request, extensions, next).await
         } else {
             redirect::follow(&self.shared, request, extensions, next).await
@@ -238,13 +241,8 @@ impl Middleware for CacheControl {
 #[derive(Debug)]
 struct Shared {
     store: Arc<dyn Cache>,
-    policy: PolicyOptions,
-    cacheable_methods: Vec<Method>,
-    status_header: bool,
-    follow_redirects: usize,
-    coalesce_wait: Duration,
+    settings: Settings,
     background: OnceLock<Option<reqwest::Client>>,
-    clock: Arc<dyn Clock>,
     flights: Flights,
     /// Storage keys with a background revalidation under way.
     revalidating: Mutex<HashSet<String>>,
@@ -321,7 +319,7 @@ enum Freshened {
 
 impl Shared {
     fn now(&self) -> u64 {
-        unix_seconds(self.clock.now())
+        unix_seconds(self.settings.clock.now())
     }
 
     async fn handle_one(
@@ -332,10 +330,10 @@ impl Shared {
     ) -> reqwest_middleware::Result<Response> {
         let mode = extensions.get::<CacheMode>().copied().unwrap_or_default();
         let method = request.method();
-        if !is_safe(method) && !self.cacheable_methods.contains(method) {
+        if !is_safe(method) && !self.settings.cacheable_methods.contains(method) {
             return self.forward_unsafe(request, extensions, next).await;
         }
-        let cacheable = method == Method::HEAD || self.cacheable_methods.contains(method);
+        let cacheable = method == Method::HEAD || self.settings.cacheable_methods.contains(method);
         let key = cacheable.then(|| cache_key(&request)).flatten();
         let Some(key) =
             key.filter(|_| mode != CacheMode::NoStore && !bypasses_cache(request.headers()))
@@ -458,7 +456,7 @@ impl Shared {
         key: String,
         stored: Stored,
     ) -> reqwest_middleware::Result<Response> {
-        let conditional = self.policy.cache_etags && stored.policy.has_validator();
+        let conditional = self.settings.policy.cache_etags && stored.policy.has_validator();
         let replay = request.try_clone();
         let sent = Sent::of(&request, self.now());
         let mut upstream = request;
@@ -542,7 +540,7 @@ impl Shared {
             request_time: sent.time,
             response_time: now,
         };
-        match CachePolicy::new(&exchange, &self.policy) {
+        match CachePolicy::new(&exchange, &self.settings.policy) {
             Ok(policy) => {
                 let policy = Arc::new(policy.with_body_of(stored));
                 match self.store.update(key, Arc::clone(&policy)).await {
@@ -571,11 +569,11 @@ impl Shared {
         key: String,
     ) -> reqwest_middleware::Result<Response> {
         let mut guard = None;
-        if self.coalesce_wait > Duration::ZERO && coalescable(&request) {
+        if self.settings.coalesce_wait > Duration::ZERO && coalescable(&request) {
             match self.flights.join(&key) {
                 Join::Leader(leader) => guard = Some(leader),
                 Join::Follower(waiter) => {
-                    waiter.wait(self.coalesce_wait).await;
+                    waiter.wait(self.settings.coalesce_wait).await;
                     let now = self.now();
                     let directives = RequestDirectives::from_headers(request.headers());
                     if let Some(stored) = self.lookup(&key, request.headers()).await
@@ -640,7 +638,7 @@ impl Shared {
             request_time: sent.time,
             response_time: now,
         };
-        let policy = match CachePolicy::new(&exchange, &self.policy) {
+        let policy = match CachePolicy::new(&exchange, &self.settings.policy) {
             Ok(policy) => policy,
             Err(reason) => {
                 tracing::debug!(url = %response.url(), %reason, "response not stored");
@@ -869,7 +867,7 @@ impl Shared {
     }
 
     fn mark(&self, mut response: Response, status: CacheStatus) -> Response {
-        if self.status_header {
+        if self.settings.status_header {
             response
                 .headers_mut()
                 .insert(X_CACHE, status.header_value());

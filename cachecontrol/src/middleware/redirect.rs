@@ -55,11 +55,11 @@ pub(super) async fn follow(
             // gets it as it is.
             return Ok(response);
         };
-        if hops == shared.follow_redirects {
+        if hops == shared.settings.follow_redirects {
             return Err(reqwest_middleware::Error::middleware(
                 Error::TooManyRedirects {
                     url: url.to_string(),
-                    max: shared.follow_redirects,
+                    max: shared.settings.follow_redirects,
                 },
             ));
         }

@@ -96,6 +96,15 @@ impl Fixture {
         self.send(self.client.get(self.url(path))).await
     }
 
+    /// GET `path` with these request headers, read the whole body.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Got {
+        let mut request = self.client.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request).await
+    }
+
     /// Sends a request, reads the whole body.
     pub async fn send(&self, request: RequestBuilder) -> Got {
         let response = request.send().await.unwrap();
