@@ -120,3 +120,8 @@ pub use failure::{Attachment, Failure, Reportable, Section};
 pub use output::{CapturedOutput, Stream};
 pub use process::{Exit, ProcessFailure};
 pub use template::SubjectTemplate;
+
+// The README's examples are compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
