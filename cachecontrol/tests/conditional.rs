@@ -256,3 +256,49 @@ async fn a_single_range_is_served_from_a_stored_complete_response() {
     assert_eq!((several.status, several.text()), (200, "0123456789"));
     assert_eq!(f.origin.hits("/r"), 1);
 }
+
+#[tokio::test]
+async fn a_stale_entry_without_validator_is_fetched_again_with_a_plain_request() {
+    let f = Fixture::new().await;
+    f.origin.sequence(
+        "/p",
+        vec![
+            Reply::ok("one").header("cache-control", "max-age=1, stale-if-error=5"),
+            Reply::ok("two").header("cache-control", "max-age=60"),
+        ],
+    );
+    f.get("/p").await;
+    f.advance(10);
+    let got = f.get("/p").await;
+    assert_eq!((got.cache, got.text()), (Some(CacheStatus::Miss), "two"));
+    let second = &f.origin.requests("/p")[1];
+    assert_eq!(second.header("if-none-match"), None);
+    assert_eq!(second.header("if-modified-since"), None);
+}
+
+#[tokio::test]
+async fn a_matching_head_response_freshens_the_stored_get() {
+    let f = Fixture::new().await;
+    f.origin.sequence(
+        "/h",
+        vec![
+            Reply::ok("body")
+                .header("etag", "\"1\"")
+                .header("cache-control", "max-age=1"),
+            Reply::status(200)
+                .header("etag", "\"1\"")
+                .header("cache-control", "max-age=600")
+                .header("x-updated", "yes"),
+        ],
+    );
+    f.get("/h").await;
+    f.advance(10);
+    // The stale GET entry makes the HEAD a conditional one; this origin answers
+    // with a full 200 to HEAD, which matches the stored validator.
+    let head = f.send(f.client.head(f.url("/h"))).await;
+    assert_eq!(head.status, 200);
+    let got = f.get("/h").await;
+    assert_eq!((got.cache, got.text()), (Some(CacheStatus::Hit), "body"));
+    assert_eq!(got.header("x-updated").as_deref(), Some("yes"));
+    assert_eq!(f.origin.hits("/h"), 2);
+}

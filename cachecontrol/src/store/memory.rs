@@ -297,3 +297,66 @@ mod tests {
         assert_eq!(cache.len(), 0);
     }
 }
+
+#[cfg(test)]
+mod concurrency {
+    use super::*;
+    use crate::policy::{Exchange, PolicyOptions};
+    use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_and_readers_always_see_whole_entries_within_the_bound() {
+        let cache = Arc::new(MemoryCache::new(64 * 1024));
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        let exchange = Exchange {
+            method: &Method::GET,
+            request_headers: &HeaderMap::new(),
+            status: StatusCode::OK,
+            response_headers: &headers,
+            request_time: 0,
+            response_time: 0,
+        };
+        let policy = Arc::new(CachePolicy::new(&exchange, &PolicyOptions::default()).unwrap());
+        let tasks: Vec<_> = (0..8u8)
+            .map(|writer| {
+                let cache = Arc::clone(&cache);
+                let policy = Arc::clone(&policy);
+                tokio::spawn(async move {
+                    for round in 0..200usize {
+                        let key = format!("k{}", round % 20);
+                        // Every body is one repeated byte: a mixed entry would show.
+                        let body = Bytes::from(vec![writer; 500 + round % 7 * 300]);
+                        cache
+                            .put(&key, Meta::Response(Arc::clone(&policy)), Body::Bytes(body))
+                            .await
+                            .unwrap();
+                        if let Some(Entry {
+                            body: Body::Bytes(read),
+                            ..
+                        }) = cache.get(&format!("k{}", (round + 3) % 20)).await.unwrap()
+                        {
+                            assert!(read.iter().all(|b| *b == read[0]), "a torn body");
+                        }
+                        if round % 50 == 0 {
+                            cache.delete(&key).await.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(cache.size() <= 64 * 1024);
+        let recount: usize = {
+            let state = cache.state.lock();
+            state.entries.iter().map(|(_, slot)| slot.size).sum()
+        };
+        assert_eq!(
+            recount,
+            cache.size(),
+            "the byte accounting matches the entries"
+        );
+    }
+}
