@@ -11,5 +11,6 @@
 pub mod net;
 pub mod origin;
 pub mod process;
+pub mod redis;
 pub mod smtp;
 pub mod tls;
