@@ -99,7 +99,7 @@ async fn when_the_client_follows_redirects_the_final_response_is_cached_under_it
     let store = Arc::new(MemoryCache::new(1 << 20));
     // reqwest's default client follows redirects itself.
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(CacheControl::builder_arc(store.clone()).build())
+        .with(CacheControl::builder(store.clone()).build())
         .build();
     let first = client.get(origin.url("/old")).send().await.unwrap();
     assert_eq!(first.url().path(), "/new");

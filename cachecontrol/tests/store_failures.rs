@@ -66,7 +66,7 @@ async fn a_failing_store_means_the_network_and_the_cache_recovers_with_it() {
         broken: AtomicBool::new(true),
     });
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(CacheControl::builder_arc(store.clone()).build())
+        .with(CacheControl::builder(store.clone()).build())
         .build();
     for _ in 0..2 {
         let response = client.get(origin.url("/a")).send().await.unwrap();

@@ -115,7 +115,7 @@ async fn caller_dropping_the_body_early_leaves_no_entry() {
 async fn body_larger_than_the_memory_bound_is_served_but_not_stored() {
     let f = Fixture::with(|b| b).await;
     let small = std::sync::Arc::new(cachecontrol::MemoryCache::new(10_000));
-    let cache = cachecontrol::CacheControl::builder_arc(small.clone()).build();
+    let cache = cachecontrol::CacheControl::builder(small.clone()).build();
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(cache)
         .build();

@@ -79,7 +79,7 @@ async fn demo(args: &Args) -> Result<bool> {
 async fn run(args: &Args, url: &reqwest::Url) -> Result<bool> {
     let headers = parse_headers(&args.headers)?;
     let store = Arc::new(MemoryCache::new(256 << 20));
-    let cache = CacheControl::builder_arc(store)
+    let cache = CacheControl::builder(store)
         .shared(args.shared)
         .follow_redirects(10)
         .build();

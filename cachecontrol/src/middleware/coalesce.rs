@@ -2,9 +2,15 @@
 //!
 //! The first request that misses a key becomes its leader and gets a
 //! [`FlightGuard`]. The guard travels with the response until the store has committed
-//! (or discarded) the entry; dropping it wakes the followers, which look in the cache
-//! again. Followers wait a bounded time; after it, or when the leader's response could
-//! not be stored, they go to the origin themselves.
+//! (or discarded) the entry; dropping it wakes the followers, which then look in the
+//! cache again and go on from what they find there, like any request. The guard is
+//! dropped early when the leader's response will not answer the followers: not
+//! storable, not fresh on arrival, or varying on request headers.
+//!
+//! Followers never wait for long without a reason: at most the configured wait in
+//! all, and once the leader's response has started arriving, at most a few seconds
+//! without progress (a leader whose caller holds the response without reading it
+//! must not hold everyone else).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +19,12 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-type FlightMap = HashMap<String, (u64, watch::Receiver<()>)>;
+/// How long followers wait for the leader's body to move before going themselves.
+pub(crate) const STALL: Duration = Duration::from_secs(3);
+
+type FlightMap = HashMap<String, (u64, watch::Receiver<u64>)>;
 
 /// The keys being fetched right now.
 #[derive(Debug, Default)]
@@ -35,11 +45,12 @@ pub(crate) struct FlightGuard {
     map: Arc<Mutex<FlightMap>>,
     key: String,
     id: u64,
-    _done: watch::Sender<()>,
+    /// Counts the leader's progress: its response head, then each body chunk.
+    progress: watch::Sender<u64>,
 }
 
 /// A follower's wait for the leader.
-pub(crate) struct Waiter(watch::Receiver<()>);
+pub(crate) struct Waiter(watch::Receiver<u64>);
 
 impl Flights {
     pub(crate) fn join(&self, key: &str) -> Join {
@@ -47,23 +58,44 @@ impl Flights {
         if let Some((_, receiver)) = map.get(key) {
             return Join::Follower(Waiter(receiver.clone()));
         }
-        let (sender, receiver) = watch::channel(());
+        let (progress, receiver) = watch::channel(0);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         map.insert(key.to_owned(), (id, receiver));
         Join::Leader(FlightGuard {
             map: Arc::clone(&self.map),
             key: key.to_owned(),
             id,
-            _done: sender,
+            progress,
         })
     }
 }
 
+impl FlightGuard {
+    /// Tells the followers that the leader's response is arriving.
+    pub(crate) fn progress(&self) {
+        self.progress.send_modify(|n| *n += 1);
+    }
+}
+
 impl Waiter {
-    /// Waits until the leader is done, or `limit` has passed.
+    /// Waits until the leader is done, `limit` has passed, or the leader's response,
+    /// once started, has made no progress for [`STALL`].
     pub(crate) async fn wait(mut self, limit: Duration) {
-        // The leader never sends: the channel closes when its guard is dropped.
-        let _ = tokio::time::timeout(limit, self.0.changed()).await;
+        let deadline = Instant::now() + limit;
+        loop {
+            let started = *self.0.borrow_and_update() > 0;
+            let until = if started {
+                deadline.min(Instant::now() + STALL)
+            } else {
+                deadline
+            };
+            match tokio::time::timeout_at(until, self.0.changed()).await {
+                // Progress: wait on.
+                Ok(Ok(())) => {}
+                // The leader's guard is gone, or the wait is over.
+                Ok(Err(_)) | Err(_) => return,
+            }
+        }
     }
 }
 
@@ -114,5 +146,24 @@ mod tests {
         )
         .await
         .expect("the wait is bounded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn followers_stop_waiting_when_a_started_response_stalls() {
+        let flights = Flights::default();
+        let Join::Leader(guard) = flights.join("k") else {
+            panic!("the first request must lead");
+        };
+        let Join::Follower(waiter) = flights.join("k") else {
+            panic!("the second request must follow");
+        };
+        guard.progress();
+        let started = Instant::now();
+        waiter.wait(Duration::from_secs(600)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gave up after the stall, not the limit"
+        );
+        drop(guard);
     }
 }

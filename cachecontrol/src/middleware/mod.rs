@@ -1,36 +1,43 @@
 //! [`CacheControl`]: the middleware that puts the policy and a store together.
+//!
+//! `mod.rs` takes a request and decides: bypass, serve what is stored, revalidate it
+//! (`revalidate.rs`), or fetch and store (`fill.rs`); unsafe methods invalidate
+//! (`invalidate.rs`). The pieces under it: keys, the recording body, coalescing,
+//! ranges, redirects.
 
 mod coalesce;
+mod fill;
+mod invalidate;
 mod keys;
 mod range;
 mod record;
 mod redirect;
+mod revalidate;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode};
+use http::{Extensions, HeaderMap, Method, StatusCode};
 use parking_lot::Mutex;
 use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Middleware, Next};
-use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
 use crate::clock::{Clock, SystemClock, unix_seconds};
 use crate::heuristics::Heuristic;
 use crate::mode::{CacheMode, CacheStatus};
-use crate::policy::{
-    CachePolicy, Exchange, PolicyOptions, Precondition, RequestDirectives, Reuse, VaryKey,
-};
-use crate::store::{Body, Cache, Entry, Meta, StoreError, Variants};
-use coalesce::{FlightGuard, Flights, Join};
-use keys::{cache_key, variant_key};
-use record::{CHANNEL_CAPACITY, RecordingBody, receiver_stream};
+use crate::policy::{CachePolicy, PolicyOptions, Precondition, RequestDirectives, Reuse, VaryKey};
+use crate::store::{Body, Cache, Entry, Meta, StoreError};
+use coalesce::{Flights, Join};
+use invalidate::Invalidations;
+use keys::{Keys, variant_key};
 
 /// The header that says how a response was served.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -51,6 +58,15 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// ```
 ///
 /// Cloning is cheap; clones share the store and the bookkeeping.
+///
+/// # What the middleware cannot see
+///
+/// reqwest adds a client's default headers (`ClientBuilder::default_headers`) and its
+/// cookie store's cookies after the middleware has run. A response to a request whose
+/// `Authorization` comes from default headers looks unauthenticated to the cache: in a
+/// shared cache it may be stored and served to others, and clients that share one
+/// store would share their users' responses. Set credentials on each request, or give
+/// each such client its own [`partition`](CacheControlBuilder::partition).
 #[derive(Debug, Clone)]
 pub struct CacheControl {
     shared: Arc<Shared>,
@@ -61,6 +77,7 @@ pub struct CacheControl {
 pub struct CacheControlBuilder {
     store: Arc<dyn Cache>,
     settings: Settings,
+    partition: Option<String>,
     background_client: Option<reqwest::Client>,
 }
 
@@ -72,6 +89,7 @@ struct Settings {
     status_header: bool,
     follow_redirects: usize,
     coalesce_wait: Duration,
+    store_timeout: Duration,
     clock: Arc<dyn Clock>,
 }
 
@@ -85,15 +103,25 @@ impl CacheControl {
     /// (`shared(false)`), the [`LastModified`](crate::heuristics::LastModified)
     /// heuristic, GET as the only cacheable method, `cache_etags(true)`, the
     /// `x-cache` header on, redirects left to the client, concurrent misses coalesced
-    /// with a wait of at most 30 seconds.
+    /// (a wait of at most 30 seconds), a store timeout of 5 seconds.
+    ///
+    /// To keep a handle on the store (to inspect it, or to share it between
+    /// clients), pass an `Arc`: `CacheControl::builder(Arc::clone(&store))`.
     pub fn builder(store: impl Cache) -> CacheControlBuilder {
-        CacheControlBuilder::from_arc(Arc::new(store))
-    }
-
-    /// Starts configuring a cache over a store that is already shared, for example
-    /// one you keep a handle on to inspect or to share between clients.
-    pub fn builder_arc(store: Arc<dyn Cache>) -> CacheControlBuilder {
-        CacheControlBuilder::from_arc(store)
+        CacheControlBuilder {
+            store: Arc::new(store),
+            settings: Settings {
+                policy: PolicyOptions::default(),
+                cacheable_methods: vec![Method::GET],
+                status_header: true,
+                follow_redirects: 0,
+                coalesce_wait: Duration::from_secs(30),
+                store_timeout: Duration::from_secs(5),
+                clock: Arc::new(SystemClock),
+            },
+            partition: None,
+            background_client: None,
+        }
     }
 
     /// The store this cache uses.
@@ -101,29 +129,14 @@ impl CacheControl {
         &self.shared.store
     }
 
-    /// Closes the store: pending writes are flushed and connections released. After
-    /// it, requests go straight to the network.
+    /// Closes the store ([`Cache::close`]). After it, requests go straight to the
+    /// network. Responses still being recorded are not stored.
     pub async fn close(&self) -> Result<(), StoreError> {
         self.shared.store.close().await
     }
 }
 
 impl CacheControlBuilder {
-    fn from_arc(store: Arc<dyn Cache>) -> CacheControlBuilder {
-        CacheControlBuilder {
-            store,
-            settings: Settings {
-                policy: PolicyOptions::default(),
-                cacheable_methods: vec![Method::GET],
-                status_header: true,
-                follow_redirects: 0,
-                coalesce_wait: Duration::from_secs(30),
-                clock: Arc::new(SystemClock),
-            },
-            background_client: None,
-        }
-    }
-
     /// A shared cache (`true`: a proxy, or a client serving many users) or a private
     /// one (`false`, the default). A shared cache honours `s-maxage`,
     /// `proxy-revalidate` and `private`, and keeps answers to authenticated requests
@@ -139,9 +152,13 @@ impl CacheControlBuilder {
         self
     }
 
-    /// The methods whose responses are stored. GET by default. For other methods the
-    /// request body is part of the key, a body that is a stream is never cached, and
-    /// a response needs an explicit lifetime to be stored.
+    /// The methods whose responses are stored; GET by default (HEAD is always
+    /// answered from stored GET responses). For another method the request body is
+    /// part of the key, a body that is a stream is never cached, and a response needs
+    /// an explicit lifetime to be stored. Note that RFC 9110 §9.3.3 lets a POST
+    /// response be reused only for a later GET of its Content-Location: caching POST
+    /// for POST is for APIs that use POST to read (search and query endpoints). A
+    /// successful unsafe method still invalidates the URL's stored GET response.
     pub fn cacheable_methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.settings.cacheable_methods = methods.into_iter().collect();
         self
@@ -180,17 +197,39 @@ impl CacheControlBuilder {
         self
     }
 
-    /// How long a request waits for a concurrent request of the same URL to bring
-    /// the response, before going to the origin itself (30 seconds by default).
-    /// `Duration::ZERO` turns coalescing off.
+    /// How long a request may wait for a concurrent request of the same URL to bring
+    /// the response, before going to the origin itself (30 seconds by default). Once
+    /// that response has started arriving, a follower waits only while it makes
+    /// progress (a few seconds without it, and the follower goes); a response that
+    /// will not be stored fresh lets the followers go at once. `Duration::ZERO` turns
+    /// coalescing off.
     pub fn coalesce_wait(mut self, wait: Duration) -> Self {
         self.settings.coalesce_wait = wait;
         self
     }
 
+    /// How long the cache waits for its store on any one operation (5 seconds by
+    /// default). A store that takes longer is treated as failed: the request goes to
+    /// the network, and a response being recorded is left unstored.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.store_timeout = timeout;
+        self
+    }
+
+    /// Keeps this cache's entries apart from those of other caches on the same store:
+    /// every key is prefixed with `partition` (a name without spaces). Use it when
+    /// clients that share a store send credentials the middleware cannot see, such as
+    /// a client's default headers: one partition per user.
+    pub fn partition(mut self, partition: impl Into<String>) -> Self {
+        self.partition = Some(partition.into());
+        self
+    }
+
     /// The client for background revalidations (`stale-while-revalidate`). They run
     /// after the response has been served, so they cannot use the middleware chain;
-    /// by default a plain client that does not follow redirects.
+    /// by default a plain client that does not follow redirects, with a one-minute
+    /// timeout. Give it your client's settings (proxy, TLS roots, default headers)
+    /// when the origin needs them.
     pub fn background_client(mut self, client: reqwest::Client) -> Self {
         self.background_client = Some(client);
         self
@@ -212,9 +251,11 @@ impl CacheControlBuilder {
             shared: Arc::new(Shared {
                 store: self.store,
                 settings: self.settings,
+                keys: Keys::partitioned(self.partition.as_deref()),
                 background,
                 flights: Flights::default(),
                 revalidating: Mutex::new(HashSet::new()),
+                invalidations: Invalidations::default(),
                 warned_client_redirects: AtomicBool::new(false),
             }),
         }
@@ -242,10 +283,12 @@ impl Middleware for CacheControl {
 struct Shared {
     store: Arc<dyn Cache>,
     settings: Settings,
+    keys: Keys,
     background: OnceLock<Option<reqwest::Client>>,
     flights: Flights,
     /// Storage keys with a background revalidation under way.
     revalidating: Mutex<HashSet<String>>,
+    invalidations: Invalidations,
     warned_client_redirects: AtomicBool,
 }
 
@@ -265,17 +308,8 @@ struct Sent {
     url: Url,
     headers: HeaderMap,
     time: u64,
-}
-
-impl Sent {
-    fn of(request: &Request, time: u64) -> Sent {
-        Sent {
-            method: request.method().clone(),
-            url: request.url().clone(),
-            headers: request.headers().clone(),
-            time,
-        }
-    }
+    /// The invalidation count when it was sent (see `invalidate.rs`).
+    epoch: u64,
 }
 
 /// The parts of a request that serving a stored response looks at.
@@ -306,20 +340,19 @@ impl<'a> From<&'a Sent> for Asked<'a> {
     }
 }
 
-/// The outcome of a 304 for a stored response.
-enum Freshened {
-    /// The entry was freshened; serve it with this policy.
-    Stored(Arc<CachePolicy>),
-    /// The 304 is about this response, but the result may not be stored: serve it
-    /// once with these headers.
-    Unstorable(HeaderMap),
-    /// The 304 is about another response.
-    Mismatch,
-}
-
 impl Shared {
     fn now(&self) -> u64 {
         unix_seconds(self.settings.clock.now())
+    }
+
+    fn sent(&self, request: &Request) -> Sent {
+        Sent {
+            method: request.method().clone(),
+            url: request.url().clone(),
+            headers: request.headers().clone(),
+            time: self.now(),
+            epoch: self.invalidations.epoch(),
+        }
     }
 
     async fn handle_one(
@@ -330,56 +363,117 @@ impl Shared {
     ) -> reqwest_middleware::Result<Response> {
         let mode = extensions.get::<CacheMode>().copied().unwrap_or_default();
         let method = request.method();
-        if !is_safe(method) && !self.settings.cacheable_methods.contains(method) {
-            return self.forward_unsafe(request, extensions, next).await;
-        }
+        let safe = is_safe(method);
         let cacheable = method == Method::HEAD || self.settings.cacheable_methods.contains(method);
-        let key = cacheable.then(|| cache_key(&request)).flatten();
-        let Some(key) =
-            key.filter(|_| mode != CacheMode::NoStore && !bypasses_cache(request.headers()))
-        else {
+        let use_cache =
+            cacheable && mode != CacheMode::NoStore && !bypasses_cache(request.headers());
+        if !use_cache || self.keys.of_request(&request).is_none() {
+            let url = request.url().clone();
             let response = next.run(request, extensions).await?;
+            if !safe {
+                self.invalidate_after(&url, &response).await;
+            }
             return Ok(self.mark(response, CacheStatus::Bypass));
-        };
+        }
+        if safe {
+            return self.through_cache(request, extensions, next, mode).await;
+        }
+        // A cacheable unsafe method (a POST used to read): it may be answered from
+        // the cache, and when it reaches the origin it still invalidates (§4.4).
+        let url = request.url().clone();
+        let response = self.through_cache(request, extensions, next, mode).await?;
+        let from_origin = !matches!(
+            response.extensions().get::<CacheStatus>(),
+            Some(CacheStatus::Hit | CacheStatus::Stale)
+        );
+        if from_origin {
+            self.invalidate_after(&url, &response).await;
+        }
+        Ok(response)
+    }
 
+    /// Serves from the cache, revalidates, or fetches and stores.
+    async fn through_cache(
+        self: &Arc<Self>,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+        mode: CacheMode,
+    ) -> reqwest_middleware::Result<Response> {
         let directives = RequestDirectives::from_headers(request.headers());
-        let stored = if mode == CacheMode::Reload {
-            None
-        } else {
-            self.lookup(&key, request.headers()).await
-        };
-        let now = self.now();
-        if let Some(stored) = stored {
-            let reuse = match mode {
-                CacheMode::ForceCache | CacheMode::OnlyIfCached if stored.policy.is_fresh(now) => {
-                    Reuse::Fresh
+        let mut waited = false;
+        loop {
+            let stored = match self.keys.of_request(&request) {
+                Some(key) if mode != CacheMode::Reload => {
+                    self.lookup(&key, request.headers()).await
                 }
-                CacheMode::ForceCache | CacheMode::OnlyIfCached => Reuse::StaleAllowed,
-                CacheMode::NoCache => Reuse::Revalidate,
-                _ => stored.policy.reuse(&directives, now),
+                _ => None,
             };
-            let status = match reuse {
-                Reuse::Fresh => CacheStatus::Hit,
-                Reuse::StaleAllowed => CacheStatus::Stale,
-                Reuse::StaleWhileRevalidate => {
-                    self.revalidate_in_background(&request, &stored);
-                    CacheStatus::Stale
+            let now = self.now();
+            if let Some(stored) = stored {
+                let reuse = match mode {
+                    CacheMode::ForceCache | CacheMode::OnlyIfCached
+                        if stored.policy.is_fresh(now) =>
+                    {
+                        Reuse::Fresh
+                    }
+                    CacheMode::ForceCache | CacheMode::OnlyIfCached => Reuse::StaleAllowed,
+                    CacheMode::NoCache => Reuse::Revalidate,
+                    _ => stored.policy.reuse(&directives, now),
+                };
+                let status = match reuse {
+                    Reuse::Fresh => CacheStatus::Hit,
+                    Reuse::StaleAllowed => CacheStatus::Stale,
+                    Reuse::StaleWhileRevalidate => {
+                        self.revalidate_in_background(&request, &stored);
+                        CacheStatus::Stale
+                    }
+                    Reuse::Revalidate if directives.only_if_cached => {
+                        return Ok(self.gateway_timeout(&request));
+                    }
+                    Reuse::Revalidate => {
+                        // stale-if-error is for responses that went stale, not for a
+                        // revalidation the client or the response asked for.
+                        let forced = mode == CacheMode::NoCache
+                            || directives.no_cache
+                            || directives.max_age.is_some()
+                            || directives.min_fresh.is_some()
+                            || stored.policy.is_fresh(now);
+                        return self
+                            .revalidate(request, extensions, next, stored, forced)
+                            .await;
+                    }
+                };
+                return Ok(self.serve(Asked::from(&request), stored, status, false, now));
+            }
+            if mode == CacheMode::OnlyIfCached || directives.only_if_cached {
+                return Ok(self.gateway_timeout(&request));
+            }
+            if !waited
+                && mode != CacheMode::Reload
+                && self.settings.coalesce_wait > Duration::ZERO
+                && coalescable(&request)
+                && let Some(key) = self.keys.of_request(&request)
+            {
+                match self.flights.join(&key) {
+                    Join::Leader(guard) => {
+                        return self
+                            .fetch(request, extensions, next, Some(guard), false)
+                            .await;
+                    }
+                    Join::Follower(waiter) => {
+                        // Then look again, and go on from what is there, like any
+                        // request.
+                        waiter.wait(self.settings.coalesce_wait).await;
+                        waited = true;
+                        continue;
+                    }
                 }
-                Reuse::Revalidate if directives.only_if_cached => {
-                    return Ok(self.gateway_timeout(&request));
-                }
-                Reuse::Revalidate => {
-                    return self
-                        .revalidate(request, extensions, next, key, stored)
-                        .await;
-                }
-            };
-            return Ok(self.serve(Asked::from(&request), stored, status, false, now));
+            }
+            return self
+                .fetch(request, extensions, next, None, mode == CacheMode::Reload)
+                .await;
         }
-        if mode == CacheMode::OnlyIfCached || directives.only_if_cached {
-            return Ok(self.gateway_timeout(&request));
-        }
-        self.fetch(request, extensions, next, key).await
     }
 
     /// Finds the stored response that may answer a request with these headers:
@@ -440,420 +534,15 @@ impl Shared {
                 status,
             );
         }
-        let body = stored.body;
         self.mark(
-            build_response(asked.url, policy.status(), headers, into_reqwest_body(body)),
+            build_response(
+                asked.url,
+                policy.status(),
+                headers,
+                into_reqwest_body(stored.body),
+            ),
             status,
         )
-    }
-
-    /// Asks the origin about a stored response that may not be reused as it is.
-    async fn revalidate(
-        self: &Arc<Self>,
-        request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-        key: String,
-        stored: Stored,
-    ) -> reqwest_middleware::Result<Response> {
-        let conditional = self.settings.policy.cache_etags && stored.policy.has_validator();
-        let replay = request.try_clone();
-        let sent = Sent::of(&request, self.now());
-        let mut upstream = request;
-        if conditional {
-            // The client's own validators are evaluated here, against the stored
-            // response, once it is known to be current.
-            make_conditional(upstream.headers_mut(), &stored.policy);
-        }
-        let result = next.clone().run(upstream, &mut *extensions).await;
-        let now = self.now();
-        let response = match result {
-            Err(error) if stored.policy.serves_stale_on_error(now) => {
-                tracing::warn!(url = %sent.url, %error, "origin failed; serving stale (stale-if-error)");
-                return Ok(self.serve(Asked::from(&sent), stored, CacheStatus::Stale, false, now));
-            }
-            Err(error) => return Err(error),
-            Ok(response) => response,
-        };
-        if response.status() == StatusCode::NOT_MODIFIED && conditional {
-            match self
-                .freshen(&stored.key, &stored.policy, &sent, response.headers(), now)
-                .await
-            {
-                Freshened::Stored(policy) => {
-                    let stored = Stored { policy, ..stored };
-                    return Ok(self.serve(
-                        Asked::from(&sent),
-                        stored,
-                        CacheStatus::Revalidated,
-                        true,
-                        now,
-                    ));
-                }
-                Freshened::Unstorable(headers) => {
-                    let status = stored.policy.status();
-                    let body = if sent.method == Method::HEAD {
-                        empty_body()
-                    } else {
-                        into_reqwest_body(stored.body)
-                    };
-                    return Ok(self.mark(
-                        build_response(&sent.url, status, headers, body),
-                        CacheStatus::Revalidated,
-                    ));
-                }
-                Freshened::Mismatch => {
-                    // Not about what we have: ask again, without conditions.
-                    if let Some(replay) = replay {
-                        drop(response);
-                        return self.fetch(replay, extensions, next, key).await;
-                    }
-                    return Ok(self.mark(response, CacheStatus::Miss));
-                }
-            }
-        }
-        if response.status().is_server_error() && stored.policy.serves_stale_on_error(now) {
-            tracing::warn!(url = %sent.url, status = %response.status(), "origin failed; serving stale (stale-if-error)");
-            return Ok(self.serve(Asked::from(&sent), stored, CacheStatus::Stale, false, now));
-        }
-        Ok(self.store_response(&sent, response, key, now, None).await)
-    }
-
-    /// Applies a 304 to a stored response (RFC 9111 §4.3.4).
-    async fn freshen(
-        &self,
-        key: &str,
-        stored: &CachePolicy,
-        sent: &Sent,
-        not_modified: &HeaderMap,
-        now: u64,
-    ) -> Freshened {
-        if !stored.validated_by(not_modified) {
-            return Freshened::Mismatch;
-        }
-        let headers = stored.freshened_headers(not_modified);
-        let exchange = Exchange {
-            method: &Method::GET,
-            request_headers: &sent.headers,
-            status: stored.status(),
-            response_headers: &headers,
-            request_time: sent.time,
-            response_time: now,
-        };
-        match CachePolicy::new(&exchange, &self.settings.policy) {
-            Ok(policy) => {
-                let policy = Arc::new(policy.with_body_of(stored));
-                match self.store.update(key, Arc::clone(&policy)).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::debug!(key, "entry replaced meanwhile; not freshened"),
-                    Err(error) => log_store_error("update", key, &error),
-                }
-                Freshened::Stored(policy)
-            }
-            Err(reason) => {
-                tracing::debug!(key, %reason, "freshened response may not be stored; removed");
-                self.store_delete(key).await;
-                let mut headers = headers;
-                headers.insert(header::AGE, HeaderValue::from(0));
-                Freshened::Unstorable(headers)
-            }
-        }
-    }
-
-    /// Fetches a response the cache does not have, coalescing concurrent misses.
-    async fn fetch(
-        self: &Arc<Self>,
-        request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-        key: String,
-    ) -> reqwest_middleware::Result<Response> {
-        let mut guard = None;
-        if self.settings.coalesce_wait > Duration::ZERO && coalescable(&request) {
-            match self.flights.join(&key) {
-                Join::Leader(leader) => guard = Some(leader),
-                Join::Follower(waiter) => {
-                    waiter.wait(self.settings.coalesce_wait).await;
-                    let now = self.now();
-                    let directives = RequestDirectives::from_headers(request.headers());
-                    if let Some(stored) = self.lookup(&key, request.headers()).await
-                        && stored.policy.reuse(&directives, now) == Reuse::Fresh
-                    {
-                        return Ok(self.serve(
-                            Asked::from(&request),
-                            stored,
-                            CacheStatus::Hit,
-                            false,
-                            now,
-                        ));
-                    }
-                }
-            }
-        }
-        let sent = Sent::of(&request, self.now());
-        let response = next.run(request, extensions).await?;
-        let now = self.now();
-        Ok(self.store_response(&sent, response, key, now, guard).await)
-    }
-
-    /// Stores a full response from the origin when the policy allows, recording its
-    /// body as it streams to the caller.
-    async fn store_response(
-        &self,
-        sent: &Sent,
-        response: Response,
-        key: String,
-        now: u64,
-        guard: Option<FlightGuard>,
-    ) -> Response {
-        let mut key = key;
-        let mut headers_sent = &sent.headers;
-        let without_credentials;
-        if !same_resource(response.url(), &sent.url) {
-            // reqwest followed a redirect inside the client: this response is not
-            // for the URL that was asked, but for the one it ended at.
-            self.warn_client_redirects(&sent.url, response.url());
-            if sent.method != Method::GET {
-                return self.mark(response, CacheStatus::Miss);
-            }
-            key = keys::url_key(response.url());
-            if !same_origin(response.url(), &sent.url) {
-                // reqwest does not forward credentials to another origin.
-                let mut headers = sent.headers.clone();
-                headers.remove(header::AUTHORIZATION);
-                without_credentials = headers;
-                headers_sent = &without_credentials;
-            }
-        }
-        if sent.method == Method::HEAD {
-            self.update_from_head(&key, headers_sent, &response, sent.time, now)
-                .await;
-            return self.mark(response, CacheStatus::Miss);
-        }
-        let exchange = Exchange {
-            method: &sent.method,
-            request_headers: headers_sent,
-            status: response.status(),
-            response_headers: response.headers(),
-            request_time: sent.time,
-            response_time: now,
-        };
-        let policy = match CachePolicy::new(&exchange, &self.settings.policy) {
-            Ok(policy) => policy,
-            Err(reason) => {
-                tracing::debug!(url = %response.url(), %reason, "response not stored");
-                return self.mark(response, CacheStatus::Miss);
-            }
-        };
-        let key = match policy.vary() {
-            Some(vary) => self.variant_storage_key(&key, vary).await,
-            None => key,
-        };
-        let response = self.record(response, key, policy, guard);
-        self.mark(response, CacheStatus::Miss)
-    }
-
-    /// The key a variant is stored under, creating the URL's variants marker when it
-    /// has none for these field names.
-    async fn variant_storage_key(&self, key: &str, vary: &VaryKey) -> String {
-        let existing = match self.store_get(key).await {
-            Some(Entry {
-                meta: Meta::Variants(variants),
-                ..
-            }) if variants.names == vary.names() => Some(variants.nonce),
-            _ => None,
-        };
-        let nonce = match existing {
-            Some(nonce) => nonce,
-            None => {
-                let variants = Variants {
-                    names: vary.names().to_vec(),
-                    nonce: keys::random_u64(),
-                };
-                let nonce = variants.nonce;
-                if let Err(error) = self
-                    .store
-                    .put(key, Meta::Variants(Arc::new(variants)), Body::empty())
-                    .await
-                {
-                    log_store_error("put", key, &error);
-                }
-                nonce
-            }
-        };
-        variant_key(key, nonce, vary)
-    }
-
-    /// Tees the response body into the store.
-    fn record(
-        &self,
-        response: Response,
-        key: String,
-        policy: CachePolicy,
-        guard: Option<FlightGuard>,
-    ) -> Response {
-        let expected_len = policy
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let url = response.url().clone();
-        let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-        let (stored, stored_signal) = oneshot::channel();
-        let store = Arc::clone(&self.store);
-        let key: Arc<str> = key.into();
-        let meta = Meta::Response(Arc::new(policy));
-        tokio::spawn(async move {
-            let _guard = guard;
-            let body = Body::Stream(receiver_stream(receiver, Arc::clone(&key)));
-            match store.put(&key, meta, body).await {
-                Ok(()) => tracing::trace!(%key, "stored"),
-                Err(StoreError::Incomplete { .. }) => {
-                    tracing::debug!(%key, "body incomplete; not stored")
-                }
-                Err(error) => log_store_error("put", &key, &error),
-            }
-            let _ = stored.send(());
-        });
-        let response: http::Response<reqwest::Body> = response.into();
-        let (parts, body) = response.into_parts();
-        let body = reqwest::Body::wrap(RecordingBody::new(
-            body,
-            sender,
-            stored_signal,
-            expected_len,
-        ));
-        let mut rebuilt = with_url(&url).map(|()| body);
-        *rebuilt.status_mut() = parts.status;
-        *rebuilt.version_mut() = parts.version;
-        *rebuilt.headers_mut() = parts.headers;
-        rebuilt.extensions_mut().extend(parts.extensions);
-        Response::from(rebuilt)
-    }
-
-    /// A HEAD response updates the stored GET response when it matches it, and
-    /// invalidates it otherwise (RFC 9111 §4.3.5).
-    async fn update_from_head(
-        &self,
-        key: &str,
-        request_headers: &HeaderMap,
-        response: &Response,
-        request_time: u64,
-        now: u64,
-    ) {
-        if response.status() != StatusCode::OK {
-            return;
-        }
-        let Some(stored) = self.lookup(key, request_headers).await else {
-            return;
-        };
-        if !stored.policy.updatable_by_head(response.headers()) {
-            self.store_delete(&stored.key).await;
-            return;
-        }
-        let sent = Sent {
-            method: Method::HEAD,
-            url: response.url().clone(),
-            headers: request_headers.clone(),
-            time: request_time,
-        };
-        let _ = self
-            .freshen(&stored.key, &stored.policy, &sent, response.headers(), now)
-            .await;
-    }
-
-    /// Serves stale now and revalidates in the background, at most one revalidation
-    /// per entry at a time.
-    fn revalidate_in_background(self: &Arc<Self>, request: &Request, stored: &Stored) {
-        if !self.revalidating.lock().insert(stored.key.clone()) {
-            return;
-        }
-        let shared = Arc::clone(self);
-        let storage_key = stored.key.clone();
-        let policy = Arc::clone(&stored.policy);
-        let Some(mut upstream) = request.try_clone() else {
-            self.revalidating.lock().remove(&storage_key);
-            return;
-        };
-        *upstream.method_mut() = Method::GET;
-        make_conditional(upstream.headers_mut(), &policy);
-        tokio::spawn(async move {
-            shared
-                .background_revalidation(upstream, storage_key.clone(), policy)
-                .await;
-            shared.revalidating.lock().remove(&storage_key);
-        });
-    }
-
-    async fn background_revalidation(
-        &self,
-        request: Request,
-        storage_key: String,
-        policy: Arc<CachePolicy>,
-    ) {
-        let client = self.background.get_or_init(|| {
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|error| tracing::warn!(%error, "no client for background revalidation"))
-                .ok()
-        });
-        let Some(client) = client else { return };
-        let Some(key) = cache_key(&request) else {
-            return;
-        };
-        let sent = Sent::of(&request, self.now());
-        let response = match client.execute(request).await {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::debug!(url = %sent.url, %error, "background revalidation failed");
-                return;
-            }
-        };
-        let now = self.now();
-        if response.status() == StatusCode::NOT_MODIFIED {
-            let _ = self
-                .freshen(&storage_key, &policy, &sent, response.headers(), now)
-                .await;
-            return;
-        }
-        if response.status().is_server_error() {
-            return;
-        }
-        // A new response: store it, reading the body so that it gets committed.
-        let response = self.store_response(&sent, response, key, now, None).await;
-        if let Err(error) = response.bytes().await {
-            tracing::debug!(url = %sent.url, %error, "background revalidation body failed");
-        }
-    }
-
-    /// Forwards a request with an unsafe method; a non-error response invalidates
-    /// the URL, and its same-origin Location and Content-Location (RFC 9111 §4.4).
-    async fn forward_unsafe(
-        &self,
-        request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
-        let url = request.url().clone();
-        let response = next.run(request, extensions).await?;
-        let status = response.status();
-        if status.is_success() || status.is_redirection() {
-            self.store_delete(&keys::url_key(&url)).await;
-            for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                let target = response
-                    .headers()
-                    .get(&name)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| url.join(v).ok());
-                if let Some(target) = target
-                    && same_origin(&target, &url)
-                {
-                    self.store_delete(&keys::url_key(&target)).await;
-                }
-            }
-        }
-        Ok(self.mark(response, CacheStatus::Bypass))
     }
 
     fn gateway_timeout(&self, request: &Request) -> Response {
@@ -876,32 +565,40 @@ impl Shared {
         response
     }
 
-    fn warn_client_redirects(&self, asked: &Url, got: &Url) {
-        if !self.warned_client_redirects.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                %asked,
-                %got,
-                "the reqwest client followed a redirect, so the cache saw only the final response and \
-                 stored it under its own URL; to cache each hop, build the client with \
-                 .redirect(reqwest::redirect::Policy::none()) and CacheControl with .follow_redirects(10)"
-            );
-        }
-    }
-
-    async fn store_get(&self, key: &str) -> Option<Entry> {
-        match self.store.get(key).await {
-            Ok(entry) => entry,
-            Err(error) => {
-                log_store_error("get", key, &error);
+    /// Runs a store operation within the store timeout; a failure or a timeout is
+    /// logged and becomes `None`: the network will be used.
+    async fn with_store<T>(
+        &self,
+        operation: &str,
+        key: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(self.settings.store_timeout, call).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                log_store_error(operation, key, &error);
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    operation,
+                    key,
+                    timeout = ?self.settings.store_timeout,
+                    "cache store timed out; using the network"
+                );
                 None
             }
         }
     }
 
+    async fn store_get(&self, key: &str) -> Option<Entry> {
+        self.with_store("get", key, self.store.get(key))
+            .await
+            .flatten()
+    }
+
     async fn store_delete(&self, key: &str) {
-        if let Err(error) = self.store.delete(key).await {
-            log_store_error("delete", key, &error);
-        }
+        self.with_store("delete", key, self.store.delete(key)).await;
     }
 }
 
@@ -936,15 +633,6 @@ fn coalescable(request: &Request) -> bool {
         && !headers.contains_key(header::RANGE)
         && !headers.contains_key(header::IF_NONE_MATCH)
         && !headers.contains_key(header::IF_MODIFIED_SINCE)
-}
-
-/// Replaces the request's own validators with those of the stored response.
-fn make_conditional(headers: &mut HeaderMap, policy: &CachePolicy) {
-    headers.remove(header::IF_NONE_MATCH);
-    headers.remove(header::IF_MODIFIED_SINCE);
-    for (name, value) in policy.conditional_headers() {
-        headers.insert(name, value);
-    }
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {
@@ -987,4 +675,9 @@ fn build_response(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     Response::from(response)
+}
+
+/// The key of a request, owned, for the paths that keep it.
+fn owned_key(keys: &Keys, request: &Request) -> Option<String> {
+    keys.of_request(request).map(Cow::into_owned)
 }

@@ -230,6 +230,9 @@ pub struct CachePolicy {
     stale_if_error: u64,
     etag: Option<HeaderValue>,
     last_modified: Option<u64>,
+    /// When the response was last modified, as far as a cache can tell (§4.3.2):
+    /// Last-Modified, else Date, else when it was received.
+    modified_at: u64,
     vary: Option<VaryKey>,
     credential: Option<[u8; 32]>,
     body_id: u64,
@@ -413,6 +416,7 @@ impl CachePolicy {
             stale_if_error,
             etag,
             last_modified,
+            modified_at: last_modified.unwrap_or(date),
             vary,
             credential,
             body_id: random_u64(),
@@ -580,7 +584,7 @@ impl CachePolicy {
     /// Whether the response may be served, stale, when the origin fails (5xx or no
     /// answer) at `now` (`stale-if-error`, RFC 5861 §4).
     pub fn serves_stale_on_error(&self, now: u64) -> bool {
-        if self.must_revalidate {
+        if self.must_revalidate || self.no_cache || self.stale_if_error == 0 {
             return false;
         }
         let age = self.current_age(now);
@@ -651,14 +655,18 @@ impl CachePolicy {
     /// Whether a HEAD response with these headers may update this stored GET response
     /// (§4.3.5): its validators and, when it has one, its Content-Length match.
     pub fn updatable_by_head(&self, head: &HeaderMap) -> bool {
-        let etag_ok = match (head.get(header::ETAG), &self.etag) {
-            (Some(new), Some(old)) => new == old,
+        // §4.3.4's selection: the stored response's validators must be matched; only
+        // a stored response without any may be chosen by a response without any.
+        let etag_ok = match (&self.etag, head.get(header::ETAG)) {
+            (Some(old), Some(new)) => old == new,
+            (Some(_), None) => false,
+            (None, new) => new.is_none(),
+        };
+        let stored_modified = self.last_modified().filter(|_| self.etag.is_none());
+        let last_modified_ok = match (stored_modified, head.get(header::LAST_MODIFIED)) {
+            (Some(old), Some(new)) => old == new,
             (Some(_), None) => false,
             (None, _) => true,
-        };
-        let last_modified_ok = match head.get(header::LAST_MODIFIED) {
-            Some(new) => self.headers.get(header::LAST_MODIFIED) == Some(new),
-            None => true,
         };
         let length_ok = match head.get(header::CONTENT_LENGTH) {
             Some(new) => self.headers.get(header::CONTENT_LENGTH) == Some(new),
@@ -693,11 +701,7 @@ impl CachePolicy {
         if let Some(since) = request.get(header::IF_MODIFIED_SINCE)
             && let Some(since) = parse_http_date(since.as_bytes(), now)
         {
-            // §4.3.2: Last-Modified, else Date, else when it was received.
-            let modified = self
-                .last_modified
-                .or_else(|| single_date(&self.headers, header::DATE, now))
-                .unwrap_or(self.response_time);
+            let modified = self.modified_at;
             return if modified <= since {
                 Precondition::NotModified
             } else {

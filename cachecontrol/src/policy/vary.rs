@@ -10,7 +10,9 @@ pub struct VaryKey {
     /// Field names, lower-case, in the order the response listed them, without repeats.
     names: Vec<HeaderName>,
     /// The normalized value of each field in that request; `None` when it was absent.
-    values: Vec<Option<String>>,
+    /// Bytes, not text: two values that differ only in bytes that are not UTF-8 are
+    /// still different.
+    values: Vec<Option<Vec<u8>>>,
 }
 
 /// What a response's Vary says.
@@ -67,7 +69,7 @@ impl VaryKey {
     }
 
     /// The normalized values, one per name.
-    pub fn values(&self) -> &[Option<String>] {
+    pub fn values(&self) -> &[Option<Vec<u8>>] {
         &self.values
     }
 
@@ -84,17 +86,18 @@ impl VaryKey {
 /// into one list, with the white space around commas and at the ends removed
 /// (RFC 9111 §4.1 allows this normalization; case is kept, because it matters for
 /// some fields).
-pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<String> {
+pub fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     let mut values = request.get_all(name).iter().peekable();
     values.peek()?;
-    let mut out = String::new();
+    let mut out = Vec::new();
+    let mut first = true;
     for value in values {
         for element in value.as_bytes().split(|b| *b == b',') {
-            let element = element.trim_ascii();
-            if !out.is_empty() {
-                out.push_str(", ");
+            if !first {
+                out.extend_from_slice(b", ");
             }
-            out.push_str(&String::from_utf8_lossy(element));
+            first = false;
+            out.extend_from_slice(element.trim_ascii());
         }
     }
     Some(out)
@@ -150,6 +153,16 @@ mod tests {
         assert!(key.matches(&headers(&[("accept-language", " en , fr ")])));
         assert!(!key.matches(&headers(&[("accept-language", "fr, en")])));
         assert!(!key.matches(&headers(&[])));
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_compared_as_bytes() {
+        let name = HeaderName::from_static("x-token");
+        let mut one = HeaderMap::new();
+        one.insert(&name, HeaderValue::from_bytes(b"a\xff").unwrap());
+        let mut two = HeaderMap::new();
+        two.insert(&name, HeaderValue::from_bytes(b"a\xfe").unwrap());
+        assert!(!VaryKey::new(vec![name], &one).matches(&two));
     }
 
     #[test]

@@ -74,6 +74,13 @@ impl MemoryCache {
         self.state.lock().bytes
     }
 
+    fn remove(&self, key: &str) {
+        let mut state = self.state.lock();
+        if let Some(slot) = state.entries.pop(key) {
+            state.bytes -= slot.size;
+        }
+    }
+
     fn check_open(&self) -> Result<(), StoreError> {
         if self.closed.load(Ordering::Acquire) {
             Err(StoreError::Closed)
@@ -84,6 +91,7 @@ impl MemoryCache {
 
     fn insert(&self, key: &str, meta: Meta, body: Bytes) {
         let size = entry_size(key, &meta, body.len());
+        let mut state = self.state.lock();
         if size > self.max_bytes {
             tracing::debug!(
                 key,
@@ -91,9 +99,11 @@ impl MemoryCache {
                 max = self.max_bytes,
                 "entry larger than the memory cache; not stored"
             );
+            // The newer response replaces the stored one even when it cannot be kept.
+            drop(state);
+            self.remove(key);
             return;
         }
-        let mut state = self.state.lock();
         if let Some(old) = state.entries.put(key.to_owned(), Slot { meta, body, size }) {
             state.bytes -= old.size;
         }
@@ -105,6 +115,16 @@ impl MemoryCache {
             }
         }
     }
+}
+
+/// The chunks of a body as one buffer of exactly `len` bytes. Even one chunk is
+/// copied: it may be a slice of a larger network buffer that it would keep alive.
+fn join(chunks: Vec<Bytes>, len: usize) -> Bytes {
+    let mut buffer = BytesMut::with_capacity(len);
+    for chunk in chunks {
+        buffer.extend_from_slice(&chunk);
+    }
+    buffer.freeze()
 }
 
 fn entry_size(key: &str, meta: &Meta, body: usize) -> usize {
@@ -135,20 +155,27 @@ impl Cache for MemoryCache {
         let body = match body {
             Body::Bytes(bytes) => bytes,
             Body::Stream(mut stream) => {
-                let mut buffer = BytesMut::new();
+                // Chunks are kept as they come and joined once, at the exact size: a
+                // growing buffer would keep up to twice the body in memory.
+                let mut chunks = Vec::new();
+                let mut len = 0;
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
-                    if buffer.len() + chunk.len() > self.max_bytes {
+                    len += chunk.len();
+                    if len > self.max_bytes {
                         tracing::debug!(
                             key,
                             max = self.max_bytes,
                             "body larger than the memory cache; not stored"
                         );
+                        // The newer response replaces the stored one even when it
+                        // cannot be kept.
+                        self.remove(key);
                         return Ok(());
                     }
-                    buffer.extend_from_slice(&chunk);
+                    chunks.push(chunk);
                 }
-                buffer.freeze()
+                join(chunks, len)
             }
         };
         // The store may have been closed while the body was arriving.
@@ -176,10 +203,7 @@ impl Cache for MemoryCache {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.check_open()?;
-        let mut state = self.state.lock();
-        if let Some(slot) = state.entries.pop(key) {
-            state.bytes -= slot.size;
-        }
+        self.remove(key);
         Ok(())
     }
 

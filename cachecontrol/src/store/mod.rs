@@ -143,3 +143,28 @@ pub trait Cache: Send + Sync + fmt::Debug + 'static {
     /// returns [`StoreError::Closed`] at once.
     async fn close(&self) -> Result<(), StoreError>;
 }
+
+/// A shared store is a store: `CacheControl::builder(Arc::clone(&store))` keeps a
+/// handle on it, and one store can serve several caches.
+#[async_trait]
+impl<C: Cache + ?Sized> Cache for Arc<C> {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        (**self).get(key).await
+    }
+
+    async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {
+        (**self).put(key, meta, body).await
+    }
+
+    async fn update(&self, key: &str, policy: Arc<CachePolicy>) -> Result<bool, StoreError> {
+        (**self).update(key, policy).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        (**self).delete(key).await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        (**self).close().await
+    }
+}

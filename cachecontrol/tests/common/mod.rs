@@ -68,8 +68,7 @@ impl Fixture {
         let origin = Origin::start().await.unwrap();
         let clock = ManualClock::starting_now();
         let store = Arc::new(MemoryCache::new(64 << 20));
-        let cache =
-            configure(CacheControl::builder_arc(store.clone()).clock(clock.clone())).build();
+        let cache = configure(CacheControl::builder(store.clone()).clock(clock.clone())).build();
         let client = reqwest_middleware::ClientBuilder::new(
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())

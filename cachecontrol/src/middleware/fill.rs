@@ -1,0 +1,216 @@
+//! Filling the cache: fetching what is not stored, and recording what may be.
+
+use std::sync::Arc;
+
+use http::header;
+use http::{Extensions, HeaderMap, Method};
+use reqwest::{Request, Response};
+use reqwest_middleware::Next;
+use tokio::sync::{mpsc, oneshot};
+
+use super::coalesce::FlightGuard;
+use super::keys::variant_key;
+use super::record::{CHANNEL_CAPACITY, RecordingBody, receiver_stream};
+use super::{Sent, Shared, owned_key, same_origin, same_resource, with_url};
+use crate::mode::CacheStatus;
+use crate::policy::{CachePolicy, Exchange, VaryKey, random_u64};
+use crate::store::{Body, Entry, Meta, StoreError, Variants};
+
+impl Shared {
+    /// Fetches a response the cache does not have (or must not use), and stores it
+    /// when the policy allows. `replaces`: the response supersedes a stored one, which
+    /// is removed if the new one cannot be stored.
+    pub(super) async fn fetch(
+        self: &Arc<Self>,
+        request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+        guard: Option<FlightGuard>,
+        replaces: bool,
+    ) -> reqwest_middleware::Result<Response> {
+        let key = owned_key(&self.keys, &request);
+        let sent = self.sent(&request);
+        let response = next.run(request, extensions).await?;
+        let now = self.now();
+        Ok(match key {
+            Some(key) => {
+                self.store_response(&sent, response, key, now, guard, replaces)
+                    .await
+            }
+            None => self.mark(response, CacheStatus::Miss),
+        })
+    }
+
+    /// Stores a full response from the origin when the policy allows, recording its
+    /// body as it streams to the caller.
+    pub(super) async fn store_response(
+        self: &Arc<Self>,
+        sent: &Sent,
+        response: Response,
+        key: String,
+        now: u64,
+        guard: Option<FlightGuard>,
+        replaces: bool,
+    ) -> Response {
+        let mut key = key;
+        let mut headers_sent = &sent.headers;
+        let without_credentials;
+        if !same_resource(response.url(), &sent.url) {
+            // reqwest followed a redirect inside the client: this response is not
+            // for the URL that was asked, but for the one it ended at.
+            self.warn_client_redirects(&sent.url, response.url());
+            if sent.method != Method::GET {
+                return self.mark(response, CacheStatus::Miss);
+            }
+            key = self.keys.of_url(response.url()).into_owned();
+            if !same_origin(response.url(), &sent.url) {
+                // reqwest does not forward credentials to another origin.
+                let mut headers = sent.headers.clone();
+                headers.remove(header::AUTHORIZATION);
+                without_credentials = headers;
+                headers_sent = &without_credentials;
+            }
+        }
+        if sent.method == Method::HEAD {
+            self.update_from_head(&key, headers_sent, &response, sent.time, now)
+                .await;
+            return self.mark(response, CacheStatus::Miss);
+        }
+        let exchange = Exchange {
+            method: &sent.method,
+            request_headers: headers_sent,
+            status: response.status(),
+            response_headers: response.headers(),
+            request_time: sent.time,
+            response_time: now,
+        };
+        let policy = match CachePolicy::new(&exchange, &self.settings.policy) {
+            Ok(policy) => policy,
+            Err(reason) => {
+                tracing::debug!(url = %response.url(), %reason, "response not stored");
+                let status = response.status();
+                if replaces && (status.is_success() || status.is_redirection()) {
+                    // A newer response that may not be stored supersedes the stored
+                    // one: serving the old one later would go back in time.
+                    self.store_delete(&key).await;
+                }
+                return self.mark(response, CacheStatus::Miss);
+            }
+        };
+        // Followers can only use a fresh response of this very key: for anything
+        // else, let them go now rather than when the body has been read.
+        let guard = guard.filter(|_| policy.vary().is_none() && policy.is_fresh(now));
+        let storage_key = match policy.vary() {
+            Some(vary) => self.variant_storage_key(&key, vary).await,
+            None => key.clone(),
+        };
+        let response = self.record(response, key, storage_key, policy, guard, sent.epoch);
+        self.mark(response, CacheStatus::Miss)
+    }
+
+    /// The key a variant is stored under, creating the URL's variants marker when it
+    /// has none for these field names.
+    async fn variant_storage_key(&self, key: &str, vary: &VaryKey) -> String {
+        let existing = match self.store_get(key).await {
+            Some(Entry {
+                meta: Meta::Variants(variants),
+                ..
+            }) if variants.names == vary.names() => Some(variants.nonce),
+            _ => None,
+        };
+        let nonce = match existing {
+            Some(nonce) => nonce,
+            None => {
+                let variants = Variants {
+                    names: vary.names().to_vec(),
+                    nonce: random_u64(),
+                };
+                let nonce = variants.nonce;
+                let marker = Meta::Variants(Arc::new(variants));
+                self.with_store("put", key, self.store.put(key, marker, Body::empty()))
+                    .await;
+                nonce
+            }
+        };
+        variant_key(key, nonce, vary)
+    }
+
+    /// Tees the response body into the store.
+    fn record(
+        self: &Arc<Self>,
+        response: Response,
+        key: String,
+        storage_key: String,
+        policy: CachePolicy,
+        guard: Option<FlightGuard>,
+        epoch: u64,
+    ) -> Response {
+        let expected_len = content_length(policy.headers());
+        let url = response.url().clone();
+        let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let (stored, stored_signal) = oneshot::channel();
+        let flight = guard.map(Arc::new);
+        if let Some(flight) = &flight {
+            // The head has arrived: followers now wait only while the body moves.
+            flight.progress();
+        }
+        let storage_key: Arc<str> = storage_key.into();
+        let body_stream = receiver_stream(receiver, Arc::clone(&storage_key), flight.clone());
+        let meta = Meta::Response(Arc::new(policy));
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let _flight = flight;
+            match shared
+                .store
+                .put(&storage_key, meta, Body::Stream(body_stream))
+                .await
+            {
+                Ok(()) if shared.invalidations.since(&key, epoch) => {
+                    // The URL was invalidated while this response was on its way.
+                    shared.store_delete(&storage_key).await;
+                }
+                Ok(()) => tracing::trace!(key = %storage_key, "stored"),
+                Err(StoreError::Incomplete { .. }) => {
+                    tracing::debug!(key = %storage_key, "body incomplete; not stored")
+                }
+                Err(error) => super::log_store_error("put", &storage_key, &error),
+            }
+            let _ = stored.send(());
+        });
+        let response: http::Response<reqwest::Body> = response.into();
+        let (parts, body) = response.into_parts();
+        let body = RecordingBody::new(
+            body,
+            sender,
+            stored_signal,
+            expected_len,
+            self.settings.store_timeout,
+        );
+        let mut rebuilt = with_url(&url).map(|()| reqwest::Body::wrap(body));
+        *rebuilt.status_mut() = parts.status;
+        *rebuilt.version_mut() = parts.version;
+        *rebuilt.headers_mut() = parts.headers;
+        rebuilt.extensions_mut().extend(parts.extensions);
+        Response::from(rebuilt)
+    }
+
+    fn warn_client_redirects(&self, asked: &url::Url, got: &url::Url) {
+        use std::sync::atomic::Ordering;
+        if !self.warned_client_redirects.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %asked,
+                %got,
+                "the reqwest client followed a redirect, so the cache saw only the final response and \
+                 stored it under its own URL; to cache each hop, build the client with \
+                 .redirect(reqwest::redirect::Policy::none()) and CacheControl with .follow_redirects(10)"
+            );
+        }
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
