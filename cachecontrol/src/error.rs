@@ -5,6 +5,7 @@
 /// Store failures are not among them: a store that fails is logged and bypassed,
 /// never allowed to fail a request.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The redirect chain was longer than
     /// [`follow_redirects`](crate::CacheControlBuilder::follow_redirects) allows.

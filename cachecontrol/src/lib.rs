@@ -34,14 +34,15 @@
 //! 1. looks up the stored response for the URL (and, when the response varied on
 //!    request headers, for this request's values of them);
 //! 2. asks the [policy](policy::CachePolicy) whether it may be reused: fresh → served
-//!    at once ([`CacheStatus::Hit`]); stale but acceptable (`max-stale`,
-//!    `stale-while-revalidate`) → served, and revalidated in the background
-//!    ([`CacheStatus::Stale`]); otherwise → revalidated with the origin, a 304 merged
-//!    into the stored response ([`CacheStatus::Revalidated`]);
+//!    at once ([`CacheStatus::Hit`]); stale but acceptable → served
+//!    ([`CacheStatus::Stale`]), and, within a `stale-while-revalidate` window,
+//!    revalidated in the background; otherwise → revalidated with the origin, a 304
+//!    merged into the stored response ([`CacheStatus::Revalidated`]);
 //! 3. on a miss, sends the request, and if the response may be stored, streams its
 //!    body to the caller while recording it; the entry is committed only when the
 //!    body is complete and as long as announced ([`CacheStatus::Miss`]). Concurrent
-//!    misses for one URL go to the origin once.
+//!    misses for one URL wait for the first one's response when it will be stored
+//!    fresh, and are served from it.
 //!
 //! Unsafe methods (POST, PUT, DELETE, ...) go straight through and, when they succeed,
 //! invalidate what is stored for their URL. Per-request modes ([`CacheMode`]) let a
@@ -69,13 +70,19 @@
 //! shared cache, unless the origin marked it `public`, `s-maxage` or
 //! `must-revalidate`). Only a digest of the credentials is kept.
 //!
+//! The middleware sees the request as it is when it reaches the middleware: a
+//! client's default headers and cookie store are added by reqwest afterwards. Put
+//! credentials on the requests, or give each user's client its own
+//! [`partition`](CacheControlBuilder::partition) of a shared store.
+//!
 //! # The hit path
 //!
 //! Whether a stored response may be reused is decided from numbers computed once,
 //! when it was stored: its freshness lifetime, its corrected initial age, a few
 //! flags. Serving a fresh hit from [`MemoryCache`] parses no stored header and
 //! decodes nothing: it reads the clock, compares two numbers, clones a header map and
-//! shares the body ([`bytes::Bytes`], no copy).
+//! shares the body ([`bytes::Bytes`], no copy). For a GET it allocates no cache key
+//! either (the key is borrowed from the request's URL).
 //!
 //! # Stores
 //!

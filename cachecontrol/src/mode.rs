@@ -19,6 +19,7 @@ use http::HeaderValue;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CacheMode {
     /// HTTP caching as RFC 9111 says: fresh stored responses are served, stale ones
     /// revalidated, new ones stored.
@@ -52,6 +53,7 @@ pub enum CacheMode {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CacheStatus {
     /// Served from the cache, without contacting the origin.
     Hit,
@@ -63,8 +65,9 @@ pub enum CacheStatus {
     /// the background (`stale-while-revalidate`), or because the origin failed
     /// (`stale-if-error`).
     Stale,
-    /// The cache was not involved: an unsafe method, a range or precondition it
-    /// does not evaluate, or [`CacheMode::NoStore`].
+    /// The cache was not involved: an unsafe method that is not cacheable, a
+    /// precondition meant for the origin (`If-Match`, `If-Unmodified-Since`,
+    /// `If-Range`), a request body that cannot be keyed, or [`CacheMode::NoStore`].
     Bypass,
 }
 

@@ -138,7 +138,8 @@ async fn run(args: &Args, url: &reqwest::Url) -> Result<bool> {
             true,
         ),
         Some(CacheStatus::Miss) => ("MISS: fetched again from the origin", false),
-        Some(CacheStatus::Bypass) | None => ("BYPASS: the cache was not involved", false),
+        Some(CacheStatus::Bypass) => ("BYPASS: the cache was not involved", false),
+        Some(_) | None => ("the cache did not say how it served it", false),
     };
     println!("second request: {verdict}");
     Ok(cached)

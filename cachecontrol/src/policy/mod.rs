@@ -87,6 +87,7 @@ pub struct Exchange<'a> {
 
 /// Why a response may not be stored (RFC 9111 §3), or would be of no use stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NotStorable {
     /// The request method is not one this cache stores.
     Method(Method),
@@ -145,6 +146,7 @@ impl fmt::Display for NotStorable {
 
 /// Where a freshness lifetime came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LifetimeSource {
     /// `s-maxage` (shared caches).
     SMaxAge,

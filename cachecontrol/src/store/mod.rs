@@ -90,6 +90,7 @@ pub struct Entry {
 
 /// Errors of a store.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The store was closed; it answers nothing any more.
     #[error("the cache store is closed")]
