@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cachecontrol::policy::CachePolicy;
-use cachecontrol::store::{Body, Entry, Meta};
+use cachecontrol::store::{Body, Entry, EntryStream, Meta};
 use cachecontrol::{Cache, CacheControl, CacheMode, CacheStatus, MemoryCache, StoreError};
 use common::Fixture;
 use testbed::origin::{Origin, Reply};
@@ -174,6 +174,15 @@ impl Cache for Stalled {
         std::future::pending().await
     }
     async fn delete(&self, _key: &str) -> Result<(), StoreError> {
+        std::future::pending().await
+    }
+    fn entries(&self) -> EntryStream<'_> {
+        Box::pin(futures_util::stream::pending())
+    }
+    async fn delete_prefix(&self, _prefix: &str) -> Result<u64, StoreError> {
+        std::future::pending().await
+    }
+    async fn clear(&self) -> Result<(), StoreError> {
         std::future::pending().await
     }
     async fn close(&self) -> Result<(), StoreError> {

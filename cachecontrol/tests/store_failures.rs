@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use cachecontrol::policy::CachePolicy;
-use cachecontrol::store::{Body, Entry, Meta};
+use cachecontrol::store::{Body, Entry, EntryStream, Meta};
 use cachecontrol::{Cache, CacheControl, CacheStatus, MemoryCache, StoreError};
 use common::Fixture;
 use testbed::origin::{Origin, Reply};
@@ -48,6 +48,17 @@ impl Cache for Flaky {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.check()?;
         self.inner.delete(key).await
+    }
+    fn entries(&self) -> EntryStream<'_> {
+        self.inner.entries()
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.clear().await
     }
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.close().await

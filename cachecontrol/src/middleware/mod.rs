@@ -653,7 +653,7 @@ fn empty_body() -> reqwest::Body {
 fn into_reqwest_body(body: Body) -> reqwest::Body {
     match body {
         Body::Bytes(bytes) => reqwest::Body::from(bytes),
-        Body::Stream(stream) => reqwest::Body::wrap_stream(stream),
+        body @ (Body::Stream(_) | Body::File(_)) => reqwest::Body::wrap_stream(body.into_stream()),
     }
 }
 

@@ -30,6 +30,7 @@ pub(super) fn satisfiable(
 ) -> Option<Satisfiable> {
     let length = match body {
         Body::Bytes(bytes) => bytes.len() as u64,
+        Body::File(file) => file.len(),
         // A streamed body was checked against its Content-Length when it was stored.
         Body::Stream(_) => headers
             .get(header::CONTENT_LENGTH)
@@ -63,6 +64,8 @@ pub(super) fn partial_response(
     let body = match body {
         Body::Bytes(bytes) => reqwest::Body::from(bytes.slice(first as usize..=last as usize)),
         Body::Stream(stream) => reqwest::Body::wrap_stream(slice_stream(stream, first, last)),
+        // A file is read from where the range starts, not from its beginning.
+        Body::File(file) => reqwest::Body::wrap_stream(file.range_stream(first, last - first + 1)),
     };
     build_response(url, StatusCode::PARTIAL_CONTENT, headers, body)
 }

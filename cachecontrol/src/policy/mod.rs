@@ -33,6 +33,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use sha2::{Digest, Sha256};
 
 use crate::heuristics::{HEURISTICALLY_CACHEABLE, Heuristic, HeuristicInput, LastModified};
+use crate::store::format::{FormatError, Reader, Writer};
 pub use date::{format_http_date, parse_http_date};
 pub use directives::{Delta, FieldScope, MaxStale, RequestDirectives, ResponseDirectives};
 pub use vary::{Vary, VaryKey};
@@ -160,6 +161,31 @@ pub enum LifetimeSource {
     Invalid,
     /// Nothing: the response is stale as soon as it arrives.
     None,
+}
+
+impl LifetimeSource {
+    fn code(self) -> u8 {
+        match self {
+            LifetimeSource::SMaxAge => 1,
+            LifetimeSource::MaxAge => 2,
+            LifetimeSource::Expires => 3,
+            LifetimeSource::Heuristic => 4,
+            LifetimeSource::Invalid => 5,
+            LifetimeSource::None => 6,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<LifetimeSource> {
+        Some(match code {
+            1 => LifetimeSource::SMaxAge,
+            2 => LifetimeSource::MaxAge,
+            3 => LifetimeSource::Expires,
+            4 => LifetimeSource::Heuristic,
+            5 => LifetimeSource::Invalid,
+            6 => LifetimeSource::None,
+            _ => return None,
+        })
+    }
 }
 
 /// How long a response stays fresh, and why (RFC 9111 §4.2.1).
@@ -423,6 +449,115 @@ impl CachePolicy {
             credential,
             body_id: random_u64(),
         })
+    }
+
+    /// Writes the policy for a store ([`crate::store::format`]).
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        w.u64(u64::from(self.status.as_u16()));
+        w.len(self.headers.len());
+        for (name, value) in &self.headers {
+            w.blob(name.as_str().as_bytes());
+            w.blob(value.as_bytes());
+        }
+        w.u64(self.response_time);
+        w.u64(self.corrected_initial_age);
+        w.u64(self.lifetime.seconds);
+        w.u8(self.lifetime.source.code());
+        w.bool(self.no_cache);
+        w.len(self.no_cache_fields.len());
+        for name in &self.no_cache_fields {
+            w.blob(name.as_str().as_bytes());
+        }
+        w.bool(self.must_revalidate);
+        w.bool(self.immutable);
+        w.u64(self.stale_while_revalidate);
+        w.u64(self.stale_if_error);
+        w.option(self.etag.as_ref(), |w, etag| w.blob(etag.as_bytes()));
+        w.option(self.last_modified, Writer::u64);
+        w.u64(self.modified_at);
+        w.option(self.vary.as_ref(), |w, vary| {
+            w.len(vary.names().len());
+            for (name, value) in vary.names().iter().zip(vary.values()) {
+                w.blob(name.as_str().as_bytes());
+                w.option(value.as_deref(), Writer::blob);
+            }
+        });
+        w.option(self.credential.as_ref(), |w, digest| w.blob(digest));
+        w.u64(self.body_id);
+    }
+
+    /// Reads a policy written by [`CachePolicy::encode`], checking every field.
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<CachePolicy, FormatError> {
+        let status = u16::try_from(r.u64()?)
+            .ok()
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or(FormatError::Malformed("a status code"))?;
+        let count = r.len()?;
+        let mut headers = HeaderMap::with_capacity(count.min(256));
+        for _ in 0..count {
+            let name = r.header_name()?;
+            let value = r.header_value()?;
+            headers.append(name, value);
+        }
+        let response_time = r.u64()?;
+        let corrected_initial_age = r.u64()?;
+        let lifetime = FreshnessLifetime {
+            seconds: r.u64()?,
+            source: LifetimeSource::from_code(r.u8()?)
+                .ok_or(FormatError::Malformed("a lifetime source"))?,
+        };
+        let no_cache = r.bool()?;
+        let fields = r.len()?;
+        let mut no_cache_fields = Vec::with_capacity(fields.min(64));
+        for _ in 0..fields {
+            no_cache_fields.push(r.header_name()?);
+        }
+        let must_revalidate = r.bool()?;
+        let immutable = r.bool()?;
+        let stale_while_revalidate = r.u64()?;
+        let stale_if_error = r.u64()?;
+        let etag = r.option(Reader::header_value)?;
+        let last_modified = r.option(Reader::u64)?;
+        let modified_at = r.u64()?;
+        let vary = r.option(|r| {
+            let count = r.len()?;
+            let mut names = Vec::with_capacity(count.min(64));
+            let mut values = Vec::with_capacity(count.min(64));
+            for _ in 0..count {
+                names.push(r.header_name()?);
+                values.push(r.option(|r| r.blob().map(<[u8]>::to_vec))?);
+            }
+            VaryKey::from_parts(names, values).ok_or(FormatError::Malformed("a Vary key"))
+        })?;
+        let credential = r.option(|r| {
+            <[u8; 32]>::try_from(r.blob()?)
+                .map_err(|_| FormatError::Malformed("a credential digest"))
+        })?;
+        let body_id = r.u64()?;
+        Ok(CachePolicy {
+            status,
+            headers,
+            response_time,
+            corrected_initial_age,
+            lifetime,
+            no_cache,
+            no_cache_fields,
+            must_revalidate,
+            immutable,
+            stale_while_revalidate,
+            stale_if_error,
+            etag,
+            last_modified,
+            modified_at,
+            vary,
+            credential,
+            body_id,
+        })
+    }
+
+    /// When the response was received (seconds since the Unix epoch).
+    pub fn response_time(&self) -> u64 {
+        self.response_time
     }
 
     /// The stored status.

@@ -63,6 +63,14 @@ impl VaryKey {
         VaryKey { names, values }
     }
 
+    /// A key read back from a store.
+    pub(crate) fn from_parts(
+        names: Vec<HeaderName>,
+        values: Vec<Option<Vec<u8>>>,
+    ) -> Option<VaryKey> {
+        (names.len() == values.len()).then_some(VaryKey { names, values })
+    }
+
     /// The field names.
     pub fn names(&self) -> &[HeaderName] {
         &self.names

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use super::{Body, Cache, Entry, Meta, StoreError};
+use super::{Body, Cache, Entry, EntryInfo, EntryStream, Meta, StoreError};
 use crate::policy::CachePolicy;
 
 /// What an entry costs beyond its key, body and headers: the policy, the map's slot.
@@ -154,7 +154,8 @@ impl Cache for MemoryCache {
         self.check_open()?;
         let body = match body {
             Body::Bytes(bytes) => bytes,
-            Body::Stream(mut stream) => {
+            body @ (Body::Stream(_) | Body::File(_)) => {
+                let mut stream = body.into_stream();
                 // Chunks are kept as they come and joined once, at the exact size: a
                 // growing buffer would keep up to twice the body in memory.
                 let mut chunks = Vec::new();
@@ -204,6 +205,52 @@ impl Cache for MemoryCache {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.check_open()?;
         self.remove(key);
+        Ok(())
+    }
+
+    fn entries(&self) -> EntryStream<'_> {
+        if let Err(error) = self.check_open() {
+            return Box::pin(futures_util::stream::iter([Err(error)]));
+        }
+        let listed: Vec<Result<EntryInfo, StoreError>> = self
+            .state
+            .lock()
+            .entries
+            .iter()
+            .filter_map(|(key, slot)| match &slot.meta {
+                Meta::Response(policy) => Some(Ok(EntryInfo::new(
+                    key.clone(),
+                    slot.body.len() as u64,
+                    policy.response_time(),
+                ))),
+                Meta::Variants(_) => None,
+            })
+            .collect();
+        Box::pin(futures_util::stream::iter(listed))
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.check_open()?;
+        let mut state = self.state.lock();
+        let doomed: Vec<String> = state
+            .entries
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &doomed {
+            if let Some(slot) = state.entries.pop(key) {
+                state.bytes -= slot.size;
+            }
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.check_open()?;
+        let mut state = self.state.lock();
+        state.entries.clear();
+        state.bytes = 0;
         Ok(())
     }
 
@@ -300,6 +347,90 @@ mod tests {
             panic!("the entry is still there");
         };
         assert_eq!(&body[..], b"body");
+    }
+
+    #[tokio::test]
+    async fn entries_list_responses_and_prefixes_delete_variants_too() {
+        use futures_util::TryStreamExt;
+        let cache = MemoryCache::new(1 << 20);
+        let body = || Body::Bytes(Bytes::from_static(b"12345"));
+        cache
+            .put("http://a/x", Meta::Response(policy("max-age=60")), body())
+            .await
+            .unwrap();
+        cache
+            .put(
+                "http://a/x vary:1:ab",
+                Meta::Response(policy("max-age=60")),
+                body(),
+            )
+            .await
+            .unwrap();
+        let marker = crate::store::Variants {
+            names: vec![],
+            nonce: 1,
+        };
+        cache
+            .put(
+                "http://a/y",
+                Meta::Variants(Arc::new(marker)),
+                Body::empty(),
+            )
+            .await
+            .unwrap();
+        cache
+            .put("http://b/z", Meta::Response(policy("max-age=60")), body())
+            .await
+            .unwrap();
+        let mut listed: Vec<EntryInfo> = cache.entries().try_collect().await.unwrap();
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        let keys: Vec<&str> = listed.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["http://a/x", "http://a/x vary:1:ab", "http://b/z"]);
+        assert!(listed.iter().all(|e| e.size == 5 && e.stored_at == 1000));
+        assert_eq!(cache.delete_prefix("http://a/").await.unwrap(), 3);
+        assert_eq!(cache.len(), 1);
+        cache.clear().await.unwrap();
+        assert!(cache.is_empty());
+        assert_eq!(cache.size(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_file_body_is_read_into_memory() {
+        use std::io::{Seek, Write};
+        let mut file = tempfile_in_target();
+        file.write_all(b"from a file").unwrap();
+        file.rewind().unwrap();
+        let cache = MemoryCache::new(1 << 20);
+        cache
+            .put(
+                "k",
+                Meta::Response(policy("max-age=60")),
+                Body::File(crate::store::FileBody::new(file, 11)),
+            )
+            .await
+            .unwrap();
+        let Some(Entry {
+            body: Body::Bytes(body),
+            ..
+        }) = cache.get("k").await.unwrap()
+        else {
+            panic!("stored");
+        };
+        assert_eq!(&body[..], b"from a file");
+    }
+
+    /// A scratch file that removes itself (no tempfile dependency in the library).
+    fn tempfile_in_target() -> std::fs::File {
+        let path =
+            std::env::temp_dir().join(format!("cachecontrol-test-{}", crate::policy::random_u64()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file
     }
 
     #[tokio::test]

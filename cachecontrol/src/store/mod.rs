@@ -11,6 +11,7 @@
 //! length does not match its Content-Length, or a caller who dropped the response
 //! early leaves no entry behind.
 
+pub mod format;
 pub mod memory;
 
 use std::fmt;
@@ -36,12 +37,27 @@ pub enum Body {
     /// The body as a stream of chunks. When writing, a chunk that is an error means
     /// "do not commit this entry".
     Stream(BodyStream),
+    /// The body in a file the store has opened: a snapshot of the entry (a writer
+    /// that replaces the entry publishes a new file; this one does not change), which
+    /// a reader can copy or reflink without reading it through memory.
+    File(FileBody),
 }
 
 impl Body {
     /// An empty body.
     pub fn empty() -> Body {
         Body::Bytes(Bytes::new())
+    }
+
+    /// The body as a stream, whatever its form.
+    pub fn into_stream(self) -> BodyStream {
+        match self {
+            Body::Bytes(bytes) => Box::pin(futures_util::stream::iter(
+                (!bytes.is_empty()).then_some(Ok(bytes)),
+            )),
+            Body::Stream(stream) => stream,
+            Body::File(file) => file.into_stream(),
+        }
     }
 }
 
@@ -50,9 +66,102 @@ impl fmt::Debug for Body {
         match self {
             Body::Bytes(bytes) => write!(f, "Body::Bytes({} bytes)", bytes.len()),
             Body::Stream(_) => f.write_str("Body::Stream"),
+            Body::File(file) => write!(f, "Body::File({} bytes)", file.len),
         }
     }
 }
+
+/// A body in an open file; see [`Body::File`].
+#[derive(Debug)]
+pub struct FileBody {
+    file: std::fs::File,
+    len: u64,
+}
+
+/// How much of a file body is read at a time when it is streamed.
+const FILE_CHUNK: usize = 64 * 1024;
+
+impl FileBody {
+    /// A body of `len` bytes, from the start of `file`.
+    pub fn new(file: std::fs::File, len: u64) -> FileBody {
+        FileBody { file, len }
+    }
+
+    /// The open file: copy it with `copy_file_range`, or reflink it, from here.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole body, read in chunks.
+    pub fn into_stream(self) -> BodyStream {
+        let len = self.len;
+        self.range_stream(0, len)
+    }
+
+    /// `len` bytes from `start`, read in chunks.
+    pub fn range_stream(self, start: u64, len: u64) -> BodyStream {
+        use futures_util::TryStreamExt;
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let file = tokio::fs::File::from_std(self.file);
+        let stream = futures_util::stream::once(async move {
+            let mut file = file;
+            file.seek(std::io::SeekFrom::Start(start)).await?;
+            Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
+                file.take(len),
+                FILE_CHUNK,
+            ))
+        })
+        .try_flatten()
+        .map_err(|source| StoreError::Io {
+            context: "reading a stored body".to_owned(),
+            source,
+        });
+        Box::pin(stream)
+    }
+}
+
+/// One stored response, as [`Cache::entries`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    /// Its key: the URL without its fragment, preceded by the cache's partition when
+    /// it has one, followed by ` vary:...` for one variant of a URL; for a method
+    /// other than GET, the method and a digest of the request body are in it too.
+    pub key: String,
+    /// The size of its body, in bytes.
+    pub size: u64,
+    /// When the response was received, in seconds since the Unix epoch.
+    pub stored_at: u64,
+}
+
+impl EntryInfo {
+    /// An entry's description.
+    pub fn new(key: String, size: u64, stored_at: u64) -> EntryInfo {
+        EntryInfo {
+            key,
+            size,
+            stored_at,
+        }
+    }
+
+    /// How long it has been stored, at `now` (seconds since the Unix epoch).
+    pub fn age(&self, now: u64) -> u64 {
+        now.saturating_sub(self.stored_at)
+    }
+}
+
+/// A stream of stored entries.
+pub type EntryStream<'a> = Pin<Box<dyn Stream<Item = Result<EntryInfo, StoreError>> + Send + 'a>>;
 
 /// The marker stored under a URL whose responses vary on request headers
 /// (RFC 9111 §4.1). Each variant is stored under its own key, derived from the URL,
@@ -140,6 +249,16 @@ pub trait Cache: Send + Sync + fmt::Debug + 'static {
     /// Removes the entry under `key`, if any.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 
+    /// Lists the stored responses (not the variants markers), in no particular order.
+    fn entries(&self) -> EntryStream<'_>;
+
+    /// Removes every entry whose key starts with `prefix` (a URL's variants start
+    /// with the URL's key); returns how many were removed.
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError>;
+
+    /// Removes every entry.
+    async fn clear(&self) -> Result<(), StoreError>;
+
     /// Flushes what is pending and releases resources. Afterwards every operation
     /// returns [`StoreError::Closed`] at once.
     async fn close(&self) -> Result<(), StoreError>;
@@ -163,6 +282,18 @@ impl<C: Cache + ?Sized> Cache for Arc<C> {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         (**self).delete(key).await
+    }
+
+    fn entries(&self) -> EntryStream<'_> {
+        (**self).entries()
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        (**self).delete_prefix(prefix).await
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        (**self).clear().await
     }
 
     async fn close(&self) -> Result<(), StoreError> {
