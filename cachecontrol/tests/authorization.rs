@@ -46,7 +46,7 @@ async fn shared_cache_does_not_store_authenticated_responses_without_permission(
         .get_with("/me", &[("authorization", "Bearer alice")])
         .await;
     assert_eq!(again.cache, Some(CacheStatus::Miss));
-    assert!(f.store.is_empty());
+    assert_eq!(f.stored().await, 0);
 }
 
 #[tokio::test]

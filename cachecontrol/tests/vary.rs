@@ -57,7 +57,7 @@ async fn vary_star_is_never_stored() {
     );
     f.get("/star").await;
     assert_eq!(f.get("/star").await.cache, Some(CacheStatus::Miss));
-    assert!(f.store.is_empty());
+    assert_eq!(f.stored().await, 0);
 }
 
 #[tokio::test]

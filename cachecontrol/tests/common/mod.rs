@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cachecontrol::clock::ManualClock;
-use cachecontrol::{CacheControl, CacheControlBuilder, CacheStatus, MemoryCache};
+use cachecontrol::{Cache, CacheControl, CacheControlBuilder, CacheStatus, MemoryCache};
+use futures_util::TryStreamExt;
 use http::HeaderMap;
 use reqwest_middleware::{ClientWithMiddleware, RequestBuilder};
 use testbed::origin::Origin;
@@ -16,8 +17,21 @@ pub struct Fixture {
     pub origin: Origin,
     pub client: ClientWithMiddleware,
     pub clock: ManualClock,
-    pub store: Arc<MemoryCache>,
+    pub store: Arc<dyn Cache>,
     pub cache: CacheControl,
+    /// What the store needs to stay alive (a directory, a server).
+    _store_guard: Box<dyn std::any::Any + Send>,
+}
+
+/// The store the behaviour tests run on, chosen by `CACHECONTROL_TEST_STORE`
+/// (`memory`, the default; the persistent stores add their names), with what keeps it
+/// alive.
+pub fn test_store() -> (Arc<dyn Cache>, Box<dyn std::any::Any + Send>) {
+    let kind = std::env::var("CACHECONTROL_TEST_STORE").unwrap_or_else(|_| "memory".to_owned());
+    match kind.as_str() {
+        "memory" => (Arc::new(MemoryCache::new(64 << 20)), Box::new(())),
+        other => panic!("CACHECONTROL_TEST_STORE={other}: no such store"),
+    }
 }
 
 /// A response, read to its end.
@@ -67,8 +81,9 @@ impl Fixture {
             .try_init();
         let origin = Origin::start().await.unwrap();
         let clock = ManualClock::starting_now();
-        let store = Arc::new(MemoryCache::new(64 << 20));
-        let cache = configure(CacheControl::builder(store.clone()).clock(clock.clone())).build();
+        let (store, store_guard) = test_store();
+        let cache =
+            configure(CacheControl::builder(Arc::clone(&store)).clock(clock.clone())).build();
         let client = reqwest_middleware::ClientBuilder::new(
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -83,6 +98,7 @@ impl Fixture {
             clock,
             store,
             cache,
+            _store_guard: store_guard,
         }
     }
 
@@ -117,6 +133,12 @@ impl Fixture {
             headers,
             body,
         }
+    }
+
+    /// How many responses the store holds.
+    pub async fn stored(&self) -> usize {
+        let entries: Vec<_> = self.store.entries().try_collect().await.unwrap();
+        entries.len()
     }
 
     /// Moves the cache's clock forward.
