@@ -13,6 +13,7 @@
 
 pub mod format;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::pin::Pin;
@@ -25,6 +26,7 @@ use http::HeaderName;
 
 use crate::policy::CachePolicy;
 
+pub use self::redis::RedisCache;
 pub use memory::MemoryCache;
 
 /// A stream of body chunks.

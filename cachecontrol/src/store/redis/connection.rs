@@ -1,0 +1,369 @@
+//! The store's link to Redis: one managed connection (a single node) or one cluster
+//! connection, made on first use, shared by every operation, and released by
+//! `close()`.
+//!
+//! Every operation works in a [`Session`]: a clone of the connection and a read
+//! permit on the link. `close()` takes the write side: it waits until no session is
+//! open, then drops the connection, so that nothing can use it afterwards and its
+//! sockets close. A session cannot be opened once closing has begun.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{
+    Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, ScriptInvocation, Value,
+};
+use tokio::sync::{OnceCell, OwnedRwLockReadGuard, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::StoreError;
+
+/// How to reach Redis.
+pub(super) enum Target {
+    /// One server, through a connection manager that reconnects by itself.
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    /// A Redis Cluster.
+    Cluster(ClusterClient),
+}
+
+impl Target {
+    async fn connect(&self) -> RedisResult<Connection> {
+        match self {
+            Target::Single { client, config } => {
+                ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                    .map(Connection::Single)
+            }
+            Target::Cluster(client) => client.get_async_connection().await.map(Connection::Cluster),
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster(_))
+    }
+}
+
+/// A connection to a single node or to a cluster; cloning it shares it.
+#[derive(Clone)]
+pub(super) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            Connection::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// A server to SCAN: the only one, or one master of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Node {
+    /// The single server.
+    Only,
+    /// A cluster master.
+    Master { host: String, port: u16 },
+}
+
+/// The link: the connection (made on first use), its name, and the closing state.
+pub(super) struct Link {
+    target: Target,
+    name: String,
+    /// `None` once closed. The `OnceCell` is filled by the first session.
+    connection: Arc<RwLock<Option<OnceCell<Connection>>>>,
+    closing: AtomicBool,
+    /// Whether the connection has been named since it was last seen failing (a
+    /// failure may mean the connection was replaced by a new, unnamed one).
+    named: Arc<AtomicBool>,
+    /// Cancelled when writes still in flight after the close grace must stop.
+    abandon: CancellationToken,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("cluster", &self.target.is_cluster())
+            .field("name", &self.name)
+            .field("closing", &self.closing.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    pub(super) fn new(target: Target, name: String) -> Link {
+        Link {
+            target,
+            name,
+            connection: Arc::new(RwLock::new(Some(OnceCell::new()))),
+            closing: AtomicBool::new(false),
+            named: Arc::new(AtomicBool::new(false)),
+            abandon: CancellationToken::new(),
+        }
+    }
+
+    /// Whether the store is closing or closed.
+    pub(super) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Cancelled when writes in flight must give up (the close grace is over).
+    pub(super) fn abandoned(&self) -> &CancellationToken {
+        &self.abandon
+    }
+
+    /// Opens a session: [`StoreError::Closed`] at once when closing has begun;
+    /// connects (and names the connection) when that has not been done yet.
+    pub(super) async fn session(&self) -> Result<Session, StoreError> {
+        if self.is_closing() {
+            return Err(StoreError::Closed);
+        }
+        // Fails only while close() waits for the sessions to end, or has ended them.
+        let permit = Arc::clone(&self.connection)
+            .try_read_owned()
+            .map_err(|_| StoreError::Closed)?;
+        let connection = match permit.as_ref() {
+            None => return Err(StoreError::Closed),
+            Some(cell) => cell
+                .get_or_try_init(|| self.target.connect())
+                .await
+                .map_err(|error| StoreError::Backend(format!("cannot connect to Redis: {error}")))?
+                .clone(),
+        };
+        let mut session = Session {
+            connection,
+            named: Arc::clone(&self.named),
+            _permit: permit,
+        };
+        if !self.named.swap(true, Ordering::AcqRel) {
+            // A client name lets an operator (and the tests) tell our connections in
+            // CLIENT LIST; in a cluster, the command goes to every node.
+            let mut setname = redis::cmd("CLIENT");
+            setname.arg("SETNAME").arg(&self.name);
+            session
+                .query::<()>(&setname)
+                .await
+                .map_err(|error| failed("naming the connection (CLIENT SETNAME)", error))?;
+        }
+        Ok(session)
+    }
+
+    /// Refuses new sessions, waits for those open (writes in flight get `grace` to
+    /// finish, then are told to give up), and drops the connection.
+    pub(super) async fn close(&self, grace: Duration) {
+        self.closing.store(true, Ordering::Release);
+        let write = Arc::clone(&self.connection).write_owned();
+        tokio::pin!(write);
+        let mut guard = tokio::select! {
+            guard = &mut write => guard,
+            () = tokio::time::sleep(grace) => {
+                tracing::debug!(?grace, "writes still in flight after the close grace; abandoning them");
+                self.abandon.cancel();
+                write.await
+            }
+        };
+        // Dropping the last handle ends the connection's tasks, which close its
+        // sockets; yielding lets them run now on a single-threaded runtime too.
+        drop(guard.take());
+        drop(guard);
+        tokio::task::yield_now().await;
+    }
+}
+
+/// An open session: a connection that stays usable until it is dropped.
+pub(super) struct Session {
+    connection: Connection,
+    named: Arc<AtomicBool>,
+    _permit: OwnedRwLockReadGuard<Option<OnceCell<Connection>>>,
+}
+
+impl Session {
+    /// Runs a command.
+    pub(super) async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        let result = cmd.query_async(&mut self.connection).await;
+        self.observe(result)
+    }
+
+    /// Runs a pipeline (all its keys in one slot).
+    pub(super) async fn pipeline<T: FromRedisValue>(
+        &mut self,
+        pipeline: &Pipeline,
+    ) -> RedisResult<T> {
+        let result = pipeline.query_async(&mut self.connection).await;
+        self.observe(result)
+    }
+
+    /// Runs a script.
+    pub(super) async fn script<T: FromRedisValue>(
+        &mut self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> RedisResult<T> {
+        let result = invocation.invoke_async(&mut self.connection).await;
+        self.observe(result)
+    }
+
+    /// The servers whose keys a SCAN must visit: the one server, or every master.
+    pub(super) async fn nodes(&mut self) -> RedisResult<Vec<Node>> {
+        if let Connection::Single(_) = self.connection {
+            return Ok(vec![Node::Only]);
+        }
+        let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
+        let masters = parse_cluster_nodes(&nodes);
+        if masters.is_empty() {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "CLUSTER NODES lists no master",
+            )));
+        }
+        Ok(masters)
+    }
+
+    /// One SCAN step on `node`: the next cursor (0 at the end) and the keys found.
+    pub(super) async fn scan(
+        &mut self,
+        node: &Node,
+        cursor: u64,
+        pattern: &str,
+    ) -> RedisResult<(u64, Vec<Vec<u8>>)> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        let result = match (node, &mut self.connection) {
+            (Node::Master { host, port }, Connection::Cluster(cluster)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                match cluster.route_command(scan, routing).await {
+                    Ok(value) => redis::from_redis_value(value).map_err(RedisError::from),
+                    Err(error) => Err(error),
+                }
+            }
+            _ => scan.query_async(&mut self.connection).await,
+        };
+        let (cursor, keys): (String, Vec<Vec<u8>>) = self.observe(result)?;
+        let cursor = cursor.parse().map_err(|_| {
+            RedisError::from((
+                redis::ErrorKind::Parse,
+                "SCAN returned a cursor that is not a number",
+            ))
+        })?;
+        Ok((cursor, keys))
+    }
+
+    fn observe<T>(&self, result: RedisResult<T>) -> RedisResult<T> {
+        if let Err(error) = &result
+            && (error.is_io_error() || error.is_unrecoverable_error() || error.is_timeout())
+        {
+            // The connection may be replaced: name the next one.
+            self.named.store(false, Ordering::Release);
+        }
+        result
+    }
+}
+
+/// How many keys a SCAN step looks at.
+const SCAN_COUNT: usize = 1000;
+
+/// The masters listed by CLUSTER NODES: `<id> <ip:port@cport[,hostname]> <flags> ...`.
+fn parse_cluster_nodes(text: &str) -> Vec<Node> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let _id = fields.next()?;
+            let address = fields.next()?;
+            let flags = fields.next()?;
+            let flags: Vec<&str> = flags.split(',').collect();
+            if !flags.contains(&"master")
+                || flags
+                    .iter()
+                    .any(|f| f.starts_with("fail") || *f == "noaddr")
+            {
+                return None;
+            }
+            let address = address.split([',', '@']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            let port = port.parse().ok()?;
+            (!host.is_empty() && port != 0).then(|| Node::Master {
+                host: host.to_owned(),
+                port,
+            })
+        })
+        .collect()
+}
+
+/// A Redis failure as a store error that says what was being done.
+pub(super) fn failed(what: &str, error: RedisError) -> StoreError {
+    StoreError::Backend(format!("Redis: {what}: {error}"))
+}
+
+/// Whether Redis refused a command because the key holds another type of value.
+pub(super) fn is_wrong_type(error: &RedisError) -> bool {
+    error.code() == Some("WRONGTYPE")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_lists_the_reachable_masters() {
+        let text = "\
+07c3 127.0.0.1:30004@31004,host-a slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@31003 master,fail - 0 1426238318243 3 connected 10923-16383
+e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
+aaaa :0@0 master,noaddr - 0 0 1 connected
+";
+        assert_eq!(
+            parse_cluster_nodes(text),
+            [
+                Node::Master {
+                    host: "127.0.0.1".into(),
+                    port: 30002
+                },
+                Node::Master {
+                    host: "127.0.0.1".into(),
+                    port: 30001
+                },
+            ]
+        );
+        assert!(parse_cluster_nodes("garbage\n\n").is_empty());
+    }
+}
