@@ -30,6 +30,15 @@ pub fn test_store() -> (Arc<dyn Cache>, Box<dyn std::any::Any + Send>) {
     let kind = std::env::var("CACHECONTROL_TEST_STORE").unwrap_or_else(|_| "memory".to_owned());
     match kind.as_str() {
         "memory" => (Arc::new(MemoryCache::new(64 << 20)), Box::new(())),
+        "redis" => {
+            // A server of its own, kept alive by the guard; the store connects on first
+            // use, inside the test's runtime.
+            let server = testbed::redis::RedisServer::start().unwrap();
+            let store = cachecontrol::RedisCache::builder(server.url())
+                .build_lazy()
+                .unwrap();
+            (Arc::new(store), Box::new(server))
+        }
         other => panic!("CACHECONTROL_TEST_STORE={other}: no such store"),
     }
 }
