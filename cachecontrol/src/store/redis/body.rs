@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use redis::{RedisWrite, ToRedisArgs};
+use std::io::Write;
 
 use super::connection::{Session, failed, is_wrong_type};
 use super::keys::EntryKeys;
-use super::record::BodyShape;
+use super::record::{BodyShape, CHUNK_HEADER_LEN, chunk_header};
 use super::{BATCH, PENDING_TTL, Shared};
 use crate::store::{BodyStream, StoreError};
 
@@ -102,7 +104,10 @@ impl<'a> ChunkWriter<'a> {
         let index = self.written;
         let mut set = redis::cmd("SET");
         set.arg(self.keys.chunk(self.generation, index))
-            .arg(&chunk[..])
+            .arg(ChunkValue {
+                header: chunk_header(self.generation, index),
+                payload: &chunk,
+            })
             .arg("PX")
             .arg(PENDING_TTL.as_millis() as u64);
         self.session
@@ -111,6 +116,24 @@ impl<'a> ChunkWriter<'a> {
             .map_err(|error| failed(&format!("writing chunk {index} of {}", self.key), error))?;
         self.written += 1;
         Ok(())
+    }
+}
+
+/// A chunk as stored: its header, then its bytes, written as one argument.
+struct ChunkValue<'a> {
+    header: [u8; CHUNK_HEADER_LEN],
+    payload: &'a [u8],
+}
+
+impl ToRedisArgs for ChunkValue<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        let mut arg = out.writer_for_next_arg();
+        // Writing to the command's own buffer cannot fail.
+        let _ = arg.write_all(&self.header);
+        let _ = arg.write_all(self.payload);
     }
 }
 
@@ -197,9 +220,18 @@ pub(super) async fn fetch(
         }
     };
     let expected = reading.shape.chunk_len(index);
+    let header = chunk_header(reading.shape.generation, index);
     let problem = match chunk {
-        Some(chunk) if chunk.len() as u64 == expected => return Ok(Fetched::Chunk(chunk)),
-        Some(chunk) => format!("it has {} bytes instead of {expected}", chunk.len()),
+        Some(chunk) if !chunk.starts_with(&header) => {
+            "it was not written there by this store (its header does not match)".to_owned()
+        }
+        Some(chunk) if (chunk.len() - CHUNK_HEADER_LEN) as u64 == expected => {
+            return Ok(Fetched::Chunk(chunk.slice(CHUNK_HEADER_LEN..)));
+        }
+        Some(chunk) => format!(
+            "it has {} bytes instead of {expected}",
+            chunk.len() - CHUNK_HEADER_LEN
+        ),
         None => {
             "it is gone (the entry was replaced, removed or expired while it was read)".to_owned()
         }

@@ -26,6 +26,9 @@
 //! <prefix>{<h>}:body:<generation>:<i>    chunk i of the body written by write <generation>
 //! ```
 //!
+//! Each chunk starts with a 20-byte header that names its write and its place (the
+//! generation and the index); the record is described in `record.rs`.
+//!
 //! `<h>` is the first half of the SHA-256 of the cache key, in hex; the record keeps
 //! the cache key itself (listing and [`delete_prefix`](Cache::delete_prefix) read it
 //! from there, and a read checks it). The prefix is `cachecontrol:` unless
@@ -86,9 +89,11 @@
 //! half second redis-rs would use.
 //!
 //! A value under the store's keys that is not what the store wrote (another type,
-//! bytes that do not parse, metadata that fails its checksum, a chunk of the wrong
-//! length or missing) is a miss, and the entry is removed; nothing read from Redis
-//! can make the store panic or serve a wrong body.
+//! bytes that do not parse, metadata that fails its checksum, the record of another
+//! key, a chunk that is missing, of the wrong length or without the header of its
+//! place) is a miss, and the entry is removed; nothing read from Redis can make the
+//! store panic. The body's bytes themselves carry no checksum: Redis is trusted to
+//! keep what it was given, as a file system is by a file store.
 //!
 //! # Closing
 //!
@@ -947,5 +952,99 @@ impl Cache for RedisCache {
         self.shared.link.close(self.shared.close_grace).await;
         self.shared.decoded.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Exchange, PolicyOptions};
+    use http::{HeaderMap, HeaderValue, Method, StatusCode};
+    use redis::Commands;
+    use testbed::redis::RedisServer;
+
+    fn policy(cache_control: &'static str) -> Arc<CachePolicy> {
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", HeaderValue::from_static(cache_control));
+        headers.insert("etag", HeaderValue::from_static("\"1\""));
+        let exchange = Exchange {
+            method: &Method::GET,
+            request_headers: &HeaderMap::new(),
+            status: StatusCode::OK,
+            response_headers: &headers,
+            request_time: 1000,
+            response_time: 1000,
+        };
+        Arc::new(CachePolicy::new(&exchange, &PolicyOptions::default()).unwrap())
+    }
+
+    fn cache_control(meta: &Meta) -> String {
+        match meta {
+            Meta::Response(policy) => policy.headers()["cache-control"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+            Meta::Variants(_) => panic!("a response"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hit_decodes_the_metadata_once_per_version_of_the_record() {
+        let server = RedisServer::start().unwrap();
+        let writer = RedisCache::new(server.url()).await.unwrap();
+        let reader = RedisCache::new(server.url()).await.unwrap();
+        let stored = policy("max-age=60");
+        writer
+            .put(
+                "k",
+                Meta::Response(Arc::clone(&stored)),
+                Body::Bytes(Bytes::from_static(b"x")),
+            )
+            .await
+            .unwrap();
+        let entry = reader.get("k").await.unwrap().unwrap();
+        assert_eq!(cache_control(&entry.meta), "max-age=60");
+
+        // What the reader decoded is what its next hits use: a planted stand-in
+        // under the same fingerprint is served, so nothing was decoded again.
+        let record: Vec<u8> = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+            .get(writer.shared.keys.entry("k").meta())
+            .unwrap();
+        let planted = Meta::Response(Arc::new(
+            (*policy("max-age=1")).clone().with_body_of(&stored),
+        ));
+        reader
+            .shared
+            .decoded
+            .remember("k", format::fingerprint(&record), planted);
+        for _ in 0..3 {
+            let entry = reader.get("k").await.unwrap().unwrap();
+            assert_eq!(cache_control(&entry.meta), "max-age=1");
+        }
+
+        // A new version of the record (a 304 freshened it) is decoded, once.
+        let freshened = Arc::new((*policy("max-age=600")).clone().with_body_of(&stored));
+        assert!(writer.update("k", freshened).await.unwrap());
+        let entry = reader.get("k").await.unwrap().unwrap();
+        assert_eq!(cache_control(&entry.meta), "max-age=600");
+
+        // And the writer remembers what it wrote: its own hits decode nothing.
+        let record: Vec<u8> = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+            .get(writer.shared.keys.entry("k").meta())
+            .unwrap();
+        let known = writer
+            .shared
+            .decoded
+            .get_or_decode("k", format::fingerprint(&record), || {
+                panic!("the writer had to decode its own record")
+            })
+            .unwrap();
+        assert_eq!(cache_control(&known.unwrap()), "max-age=600");
     }
 }

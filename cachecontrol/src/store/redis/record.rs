@@ -1,5 +1,5 @@
-//! The value under an entry's metadata key: which body it points to, and the
-//! metadata itself.
+//! What the store writes: the record under an entry's metadata key (which body it
+//! points to, and the metadata itself), and the header of each body chunk.
 //!
 //! ```text
 //! "CCr" | version: u8 | generation: u64 | body_id: u64 | body_len: u64 | chunk_size: u32
@@ -200,6 +200,23 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Record<'_>, NotARecord> {
     })
 }
 
+const CHUNK_MAGIC: &[u8; 3] = b"CCc";
+/// The length of the header that starts every chunk.
+pub(super) const CHUNK_HEADER_LEN: usize = 20;
+
+/// The header of chunk `index` of the body of write `generation`:
+/// `"CCc" | version: u8 | generation: u64 | index: u64`. A value under a chunk key
+/// that does not start with the header of that very place was not written there by
+/// this store.
+pub(super) fn chunk_header(generation: u64, index: u64) -> [u8; CHUNK_HEADER_LEN] {
+    let mut header = [0u8; CHUNK_HEADER_LEN];
+    header[..3].copy_from_slice(CHUNK_MAGIC);
+    header[3] = VERSION;
+    header[4..12].copy_from_slice(&generation.to_le_bytes());
+    header[12..].copy_from_slice(&index.to_le_bytes());
+    header
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +288,14 @@ mod tests {
         };
         assert_eq!(exact.chunk_count(), 2);
         assert_eq!(BodyShape { len: 0, ..SHAPE }.chunk_count(), 0);
+    }
+
+    #[test]
+    fn a_chunk_header_names_its_write_and_place() {
+        let header = chunk_header(0x0102, 3);
+        assert!(header.starts_with(b"CCc\x01\x02\x01"));
+        assert_ne!(header, chunk_header(0x0102, 4));
+        assert_ne!(header, chunk_header(0x0103, 3));
     }
 
     #[test]
