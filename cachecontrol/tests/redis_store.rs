@@ -897,6 +897,16 @@ async fn requests_succeed_while_redis_is_killed_and_the_cache_works_again_after_
         Some(CacheStatus::Hit)
     );
     assert_eq!(origin.hits("/item/33"), hits);
+    // The new connection gets its name too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !has_named_connection(&server, NAME) {
+        assert!(
+            Instant::now() < deadline,
+            "the new connection was never named"
+        );
+        fetch_item(&client, &origin, 33).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -109,9 +111,14 @@ pub(super) struct Link {
     /// Whether the connection has been named since it was last seen failing (a
     /// failure may mean the connection was replaced by a new, unnamed one).
     named: Arc<AtomicBool>,
+    /// When naming may be tried again.
+    next_naming: Mutex<Instant>,
     /// Cancelled when writes still in flight after the close grace must stop.
     abandon: CancellationToken,
 }
+
+/// How long after an attempt to name the connection the next one may be made.
+const NAMING_RETRY: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,6 +138,7 @@ impl Link {
             connection: Arc::new(RwLock::new(Some(OnceCell::new()))),
             closing: AtomicBool::new(false),
             named: Arc::new(AtomicBool::new(false)),
+            next_naming: Mutex::new(Instant::now()),
             abandon: CancellationToken::new(),
         }
     }
@@ -168,17 +176,45 @@ impl Link {
             named: Arc::clone(&self.named),
             _permit: permit,
         };
-        if !self.named.swap(true, Ordering::AcqRel) {
-            // A client name lets an operator (and the tests) tell our connections in
-            // CLIENT LIST; in a cluster, the command goes to every node.
-            let mut setname = redis::cmd("CLIENT");
-            setname.arg("SETNAME").arg(&self.name);
-            session
-                .query::<()>(&setname)
-                .await
-                .map_err(|error| failed("naming the connection (CLIENT SETNAME)", error))?;
+        if self.naming_is_due() {
+            self.name(&mut session).await;
         }
         Ok(session)
+    }
+
+    /// Whether the connection should be named now: it is not, and the last attempt
+    /// was long enough ago (naming is tried at most once per [`NAMING_RETRY`], so
+    /// that a node that is down does not slow every operation with it).
+    fn naming_is_due(&self) -> bool {
+        if self.named.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut next = self.next_naming.lock();
+        let now = Instant::now();
+        if now < *next {
+            return false;
+        }
+        *next = now + NAMING_RETRY;
+        true
+    }
+
+    /// Gives the connection its name: a client name lets an operator (and the tests)
+    /// tell our connections in CLIENT LIST; in a cluster, the command goes to every
+    /// node. Best effort: an operation never fails for want of a name.
+    async fn name(&self, session: &mut Session) {
+        let mut setname = redis::cmd("CLIENT");
+        setname.arg("SETNAME").arg(&self.name);
+        match session.query::<()>(&setname).await {
+            Ok(()) => self.named.store(true, Ordering::Release),
+            Err(error) if error.is_io_error() || error.is_timeout() => {
+                tracing::debug!(%error, "could not name the Redis connection yet");
+            }
+            Err(error) => {
+                // Refused (an ACL, a proxy): asking again would not help.
+                self.named.store(true, Ordering::Release);
+                tracing::warn!(%error, "Redis refused CLIENT SETNAME; the connections stay unnamed");
+            }
+        }
     }
 
     /// Refuses new sessions, waits for those open (writes in flight get `grace` to

@@ -103,8 +103,8 @@
 //! they stop, remove their chunks and fail), waits for the operations under way, and
 //! then drops the connection: Redis sees it close. Connections are named
 //! (`CLIENT SETNAME`, `cachecontrol` by default) so that they can be told apart in
-//! `CLIENT LIST`; a connection that replaced a failed one is named on the next
-//! operation.
+//! `CLIENT LIST`; a connection that replaced a failed one is named by a later
+//! operation (naming is tried at most once a second, and never fails an operation).
 //!
 //! # The hit path
 //!
