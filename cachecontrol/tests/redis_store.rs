@@ -643,10 +643,20 @@ async fn close_lets_writes_in_flight_finish_then_releases_the_connections() {
         tokio::spawn(async move { store.put("k", fresh(), Body::Stream(body)).await })
     };
     sender.send(Ok(Bytes::from(vec![5; 2048]))).await.unwrap();
+    let mut redis = raw(&server);
+    while keys(&mut redis, "t:*:body:*").len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let closing = {
         let store = store.clone();
         tokio::spawn(async move { store.close().await })
     };
+    // Once closing has begun, operations fail at once, while close waits.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !matches!(store.get("other").await, Err(StoreError::Closed)) {
+        assert!(Instant::now() < deadline, "closing never began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!closing.is_finished(), "close waits for the write");
     let started = Instant::now();

@@ -4,8 +4,8 @@
 //!
 //! Every operation works in a [`Session`]: a clone of the connection and a read
 //! permit on the link. `close()` takes the write side: it waits until no session is
-//! open, then drops the connection, so that nothing can use it afterwards and its
-//! sockets close. A session cannot be opened once closing has begun.
+//! open, then has the server close the connection (QUIT) and drops it, so that
+//! nothing can use it afterwards. A session cannot be opened once closing has begun.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,9 @@ use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, SingleNodeRoutingInfo,
+};
 use redis::{
     Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, ScriptInvocation, Value,
 };
@@ -91,6 +93,34 @@ impl ConnectionLike for Connection {
         }
     }
 }
+
+impl Connection {
+    /// Asks the server (every node of a cluster) to close the connection; best
+    /// effort, within [`QUIT_TIMEOUT`].
+    async fn quit(&mut self) {
+        let quit = redis::cmd("QUIT");
+        let sent = async {
+            match self {
+                Connection::Single(connection) => quit.query_async::<()>(connection).await,
+                Connection::Cluster(connection) => {
+                    let every_node = RoutingInfo::MultiNode((
+                        MultipleNodeRoutingInfo::AllNodes,
+                        Some(ResponsePolicy::AllSucceeded),
+                    ));
+                    connection.route_command(quit, every_node).await.map(drop)
+                }
+            }
+        };
+        match tokio::time::timeout(QUIT_TIMEOUT, sent).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "QUIT failed; the connection is dropped"),
+            Err(_) => tracing::debug!("QUIT timed out; the connection is dropped"),
+        }
+    }
+}
+
+/// How long close() waits for Redis to acknowledge QUIT.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A server to SCAN: the only one, or one master of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,11 +261,15 @@ impl Link {
                 write.await
             }
         };
-        // Dropping the last handle ends the connection's tasks, which close its
-        // sockets; yielding lets them run now on a single-threaded runtime too.
-        drop(guard.take());
+        let connection = guard.take().and_then(OnceCell::into_inner);
         drop(guard);
-        tokio::task::yield_now().await;
+        if let Some(mut connection) = connection {
+            // The server closes a connection that says QUIT once it has answered, so
+            // when close() returns, Redis lists none of ours. Dropping the handles
+            // alone would close the sockets a little later, from the connections'
+            // own tasks.
+            connection.quit().await;
+        }
     }
 }
 

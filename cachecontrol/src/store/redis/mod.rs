@@ -101,7 +101,8 @@
 //! lets writes in flight finish (for at most the
 //! [close grace](RedisCacheBuilder::close_grace), 10 seconds by default, after which
 //! they stop, remove their chunks and fail), waits for the operations under way, and
-//! then drops the connection: Redis sees it close. Connections are named
+//! then has Redis close the connection (`QUIT`, to every node of a cluster) and drops
+//! it: when `close()` returns, `CLIENT LIST` shows none of the store's connections. Connections are named
 //! (`CLIENT SETNAME`, `cachecontrol` by default) so that they can be told apart in
 //! `CLIENT LIST`; a connection that replaced a failed one is named by a later
 //! operation (naming is tried at most once a second, and never fails an operation).
