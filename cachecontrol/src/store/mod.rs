@@ -13,6 +13,7 @@
 
 pub mod format;
 pub mod memory;
+pub mod tiered;
 
 use std::fmt;
 use std::pin::Pin;
@@ -26,6 +27,7 @@ use http::HeaderName;
 use crate::policy::CachePolicy;
 
 pub use memory::MemoryCache;
+pub use tiered::Tiered;
 
 /// A stream of body chunks.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;
