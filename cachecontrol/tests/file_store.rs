@@ -878,13 +878,18 @@ async fn least_recently_used_entries_are_evicted_over_the_bound() {
 }
 
 #[tokio::test]
-async fn a_body_larger_than_the_bound_is_not_stored_and_replaces_the_old_entry() {
+async fn an_entry_larger_than_the_bound_is_not_stored_and_replaces_the_old_one() {
     let dir = tempdir();
     let store = FileCache::builder(dir.path())
         .max_bytes(20_000)
         .build()
         .unwrap();
+    store
+        .put("neighbour", response(&[]), bytes(b"small"))
+        .await
+        .unwrap();
     store.put("k", response(&[]), ten_kb()).await.unwrap();
+    // A streamed body that goes past the bound...
     let large = (0..30).map(|_| Ok(Bytes::from(vec![1; 1000])));
     store
         .put(
@@ -895,7 +900,17 @@ async fn a_body_larger_than_the_bound_is_not_stored_and_replaces_the_old_entry()
         .await
         .unwrap();
     assert!(store.get("k").await.unwrap().is_none());
-    eventually("nothing is left", || all_files(dir.path()).is_empty()).await;
+    // ...and a body of exactly the bound, which its metadata takes over it: neither
+    // is stored, and the other entries are not evicted to make room.
+    store.put("k", response(&[]), ten_kb()).await.unwrap();
+    store
+        .put("k", response(&[]), Body::Bytes(vec![2; 20_000].into()))
+        .await
+        .unwrap();
+    assert!(store.get("k").await.unwrap().is_none());
+    assert_eq!(stored(&store, "neighbour").await.1, b"small");
+    let root = dir.path().to_owned();
+    eventually("only the neighbour is left", || all_files(&root).len() == 2).await;
 }
 
 #[tokio::test]

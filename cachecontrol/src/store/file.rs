@@ -421,11 +421,19 @@ impl Cache for FileCache {
             let place = place.clone();
             blocking(&self.inner, move |inner| inner.create_temp(&place)).await?
         };
-        let Some(body_len) = self.write_body(&temp, file, body).await? else {
+        let written = self.write_body(&temp, file, body).await?;
+        let generation = random_u64();
+        let published = written.map(|body_len| Published {
+            generation,
+            body_len,
+            meta: encode_meta_file(key, generation, body_len, &meta),
+        });
+        let max = self.inner.options.max_bytes.unwrap_or(u64::MAX);
+        let Some(published) = published.filter(|p| p.meta.len() as u64 + p.body_len <= max) else {
             tracing::debug!(
                 key,
-                max = self.inner.options.max_bytes,
-                "body larger than the file cache's bound; not stored"
+                max,
+                "entry larger than the file cache's bound; not stored"
             );
             drop(temp);
             // The newer response replaces the stored one even when it cannot be kept.
@@ -434,8 +442,12 @@ impl Cache for FileCache {
         self.refresh_index().await;
         let key = key.to_owned();
         self.writing(move |inner| {
-            inner.publish(&name, &place, &key, meta, temp, body_len)?;
-            inner.evict()
+            inner.publish(&name, &place, &key, meta, temp, published)?;
+            // The entry is stored: a failure to evict others is not this write's.
+            if let Err(error) = inner.evict() {
+                tracing::warn!(%error, "file cache eviction failed");
+            }
+            Ok(())
         })
         .await
     }
@@ -769,10 +781,13 @@ impl Inner {
         key: &str,
         meta: Meta,
         body: TempFile,
-        body_len: u64,
+        published: Published,
     ) -> Result<(), StoreError> {
-        let generation = random_u64();
-        let bytes = encode_meta_file(key, generation, body_len, &meta);
+        let Published {
+            generation,
+            body_len,
+            meta: bytes,
+        } = published;
         let (meta_temp, fingerprint) = self.write_temp(place, &bytes)?;
         let lock = self.lock_dir(&place.dir)?;
         let body_path = place.body(generation);
@@ -1161,6 +1176,15 @@ impl Name {
         }
         Some(Name(name))
     }
+}
+
+/// An entry about to be published: its body's generation and length, its metadata
+/// file's bytes.
+#[derive(Debug)]
+struct Published {
+    generation: u64,
+    body_len: u64,
+    meta: Vec<u8>,
 }
 
 /// Where an entry's body is, as learnt from a metadata file with `fingerprint`.
