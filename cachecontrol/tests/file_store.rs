@@ -56,6 +56,23 @@ fn bytes(body: &'static [u8]) -> Body {
     Body::Bytes(Bytes::from_static(body))
 }
 
+/// The marker of a URL whose responses vary.
+fn variants_marker() -> Meta {
+    Meta::Variants(Arc::new(Variants {
+        names: vec![],
+        nonce: 1,
+    }))
+}
+
+/// A body that arrives as a stream of these chunks.
+fn streamed<I>(chunks: I) -> Body
+where
+    I: IntoIterator<Item = Result<Bytes, StoreError>>,
+    I::IntoIter: Send + 'static,
+{
+    Body::Stream(Box::pin(futures_util::stream::iter(chunks)))
+}
+
 fn header(meta: &Meta, name: &str) -> Option<String> {
     match meta {
         Meta::Response(policy) => policy
@@ -195,7 +212,7 @@ async fn streamed_and_file_bodies_are_stored_whole() {
     let dir = tempdir();
     let store = FileCache::new(dir.path()).unwrap();
     let chunks = (0..100u8).map(|i| Ok(Bytes::from(vec![i; 1000])));
-    let stream = Body::Stream(Box::pin(futures_util::stream::iter(chunks)));
+    let stream = streamed(chunks);
     store.put("k", response(&[]), stream).await.unwrap();
     let (_, body) = stored(&store, "k").await;
     assert_eq!(body.len(), 100_000);
@@ -281,10 +298,7 @@ async fn update_rewrites_only_the_metadata_and_only_for_the_same_body() {
         "a policy made for another body is refused"
     );
     assert!(!store.update("missing", other).await.unwrap());
-    let marker = Meta::Variants(Arc::new(Variants {
-        names: vec![],
-        nonce: 1,
-    }));
+    let marker = variants_marker();
     store.put("marker", marker, Body::empty()).await.unwrap();
     assert!(!store.update("marker", first).await.unwrap());
     assert_eq!(
@@ -302,13 +316,7 @@ async fn a_body_stream_that_ends_in_an_error_stores_nothing_and_keeps_the_old_en
         Ok(Bytes::from_static(b"new, but ")),
         Err(StoreError::Incomplete { key: "k".into() }),
     ];
-    let result = store
-        .put(
-            "k",
-            response(&[]),
-            Body::Stream(Box::pin(futures_util::stream::iter(chunks))),
-        )
-        .await;
+    let result = store.put("k", response(&[]), streamed(chunks)).await;
     assert!(
         matches!(result, Err(StoreError::Incomplete { .. })),
         "{result:?}"
@@ -333,10 +341,7 @@ async fn entries_list_responses_and_prefixes_and_clear_remove_entries() {
         .put("http://a/x vary:1:ab", response(&[]), body())
         .await
         .unwrap();
-    let marker = Meta::Variants(Arc::new(Variants {
-        names: vec![],
-        nonce: 1,
-    }));
+    let marker = variants_marker();
     store
         .put("http://a/y", marker, Body::empty())
         .await
@@ -375,7 +380,7 @@ async fn entries_list_responses_and_prefixes_and_clear_remove_entries() {
 }
 
 #[tokio::test]
-async fn close_makes_renames_durable_and_then_every_operation_is_closed() {
+async fn after_close_every_operation_is_closed_and_the_entries_stay_on_disk() {
     let dir = tempdir();
     let store = FileCache::new(dir.path()).unwrap();
     store.put("k", response(&[]), bytes(b"kept")).await.unwrap();
@@ -486,6 +491,13 @@ async fn store_two(dir: &Path) -> FileCache {
     store
 }
 
+/// Changes the bytes of the file at `path`.
+fn rewrite(path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = std::fs::read(path).unwrap();
+    change(&mut bytes);
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// `key` is a miss, its files are gone, and the other entry is untouched.
 async fn assert_removed(store: &FileCache, root: &Path, key: &str) {
     assert!(store.get(key).await.unwrap().is_none());
@@ -507,21 +519,17 @@ async fn garbage_in_a_metadata_file_is_a_miss_and_is_removed() {
     std::fs::write(meta_file(dir.path(), "k"), b"garbage, not metadata").unwrap();
     assert_removed(&store, dir.path(), "k").await;
 
-    // Flipped bits in the middle, and a file cut short, likewise.
-    for damage in [
-        (|bytes: &mut Vec<u8>| bytes[20] ^= 1) as fn(&mut Vec<u8>),
-        |bytes| {
-            let at = bytes.len() - 3;
-            bytes[at] ^= 0x40;
-        },
-        |bytes| bytes.truncate(bytes.len() / 2),
-    ] {
-        let path = meta_file(dir.path(), "k");
-        let mut meta = std::fs::read(&path).unwrap();
-        damage(&mut meta);
-        std::fs::write(&path, meta).unwrap();
-        assert_removed(&store, dir.path(), "k").await;
-    }
+    // Flipped bits in the header and in the policy, and a file cut short, likewise.
+    let path = meta_file(dir.path(), "k");
+    rewrite(&path, |meta| meta[20] ^= 1);
+    assert_removed(&store, dir.path(), "k").await;
+    rewrite(&path, |meta| {
+        let at = meta.len() - 3;
+        meta[at] ^= 0x40;
+    });
+    assert_removed(&store, dir.path(), "k").await;
+    rewrite(&path, |meta| meta.truncate(meta.len() / 2));
+    assert_removed(&store, dir.path(), "k").await;
 }
 
 #[tokio::test]
@@ -548,17 +556,17 @@ async fn metadata_of_another_version_is_a_miss_and_is_removed() {
     let path = meta_file(dir.path(), "k");
 
     // The file's own layout version (the byte after "CCf")...
-    let mut meta = std::fs::read(&path).unwrap();
-    assert_eq!(&meta[..3], b"CCf");
-    meta[3] += 1;
-    std::fs::write(&path, meta).unwrap();
+    rewrite(&path, |meta| {
+        assert_eq!(&meta[..3], b"CCf");
+        meta[3] += 1;
+    });
     assert_removed(&store, dir.path(), "k").await;
 
     // ...and the version of the policy encoding inside it (the byte after "CCm").
-    let mut meta = std::fs::read(&path).unwrap();
-    let at = meta.windows(3).position(|w| w == b"CCm").unwrap() + 3;
-    meta[at] += 1;
-    std::fs::write(&path, meta).unwrap();
+    rewrite(&path, |meta| {
+        let at = meta.windows(3).position(|w| w == b"CCm").unwrap() + 3;
+        meta[at] += 1;
+    });
     assert_removed(&store, dir.path(), "k").await;
 }
 
@@ -892,11 +900,7 @@ async fn an_entry_larger_than_the_bound_is_not_stored_and_replaces_the_old_one()
     // A streamed body that goes past the bound...
     let large = (0..30).map(|_| Ok(Bytes::from(vec![1; 1000])));
     store
-        .put(
-            "k",
-            response(&[]),
-            Body::Stream(Box::pin(futures_util::stream::iter(large))),
-        )
+        .put("k", response(&[]), streamed(large))
         .await
         .unwrap();
     assert!(store.get("k").await.unwrap().is_none());
@@ -1067,11 +1071,7 @@ async fn large_body_child() {
     // Generated on the fly: never more than a chunk of it in memory here.
     let chunks = (0..CHUNKS).map(|index| Ok(Bytes::from(vec![chunk_byte(index); CHUNK])));
     store
-        .put(
-            "large",
-            response(&[]),
-            Body::Stream(Box::pin(futures_util::stream::iter(chunks))),
-        )
+        .put("large", response(&[]), streamed(chunks))
         .await
         .unwrap();
     let after_put = peak_rss_kib();

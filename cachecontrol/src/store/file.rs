@@ -103,6 +103,10 @@
 //! happened in, which [`Cache::close`] does for every directory this process changed.
 //! A crash before that can lose the latest entries (a miss later), never serve a wrong
 //! one: a metadata file whose body did not survive fails its checks and is removed.
+//!
+//! `close` waits for the writes being published, removals and scans in flight; a body
+//! still arriving is not waited for: its writer gets [`StoreError::Closed`] at its
+//! next chunk, and its temp file is removed. Then the directories are synced.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -1710,5 +1714,100 @@ impl Index {
         self.slots.clear();
         self.by_use.clear();
         self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn marker() -> Meta {
+        Meta::Variants(Arc::new(super::super::Variants {
+            names: vec![],
+            nonce: 7,
+        }))
+    }
+
+    #[test]
+    fn a_metadata_file_reads_back_as_it_was_written() {
+        let bytes = encode_meta_file("http://a/x", 42, 1234, &marker());
+        let file = parse_meta_file(bytes, 9).unwrap();
+        assert_eq!(
+            (file.key.as_str(), file.generation, file.body_len),
+            ("http://a/x", 42, 1234)
+        );
+        assert!(matches!(
+            format::decode(&file.payload),
+            Ok(Meta::Variants(_))
+        ));
+    }
+
+    #[test]
+    fn body_and_temp_names_parse_back() {
+        let place = Place {
+            dir: PathBuf::new(),
+            hex: Name::of("k").hex(),
+        };
+        let body = place.body(0xabc);
+        let body = body.to_str().unwrap();
+        assert!(matches!(
+            FileName::parse(body),
+            Some(FileName::Body(hex, 0xabc)) if hex == place.hex
+        ));
+        assert!(matches!(
+            FileName::parse(place.temp().to_str().unwrap()),
+            Some(FileName::Temp)
+        ));
+        assert_eq!(Name::from_hex(&place.hex), Some(Name::of("k")));
+    }
+
+    fn view() -> View {
+        View {
+            fingerprint: 0,
+            generation: 0,
+            body_len: 0,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_bytes_make_parsing_a_metadata_file_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_meta_file(bytes, 0);
+        }
+
+        #[test]
+        fn no_damage_to_a_valid_header_makes_parsing_panic(at in 0usize..64, value in any::<u8>(), cut in 0usize..80) {
+            let mut bytes = encode_meta_file("http://a/x", 1, 2, &marker());
+            if let Some(byte) = bytes.get_mut(at) {
+                *byte = value;
+            }
+            bytes.truncate(cut.max(1));
+            let _ = parse_meta_file(bytes, 0);
+        }
+
+        /// Whatever happens to the index, the bytes it counts are those of its slots,
+        /// and its order lists each slot once.
+        #[test]
+        fn the_index_accounting_matches_its_slots(ops in proptest::collection::vec((0u8..6, 0u8..8, 1u64..1000), 0..200)) {
+            let mut index = Index::new(Some(5));
+            for (op, entry, size) in ops {
+                let name = Name::of(&entry.to_string());
+                match op {
+                    0 => index.record(&name, size, view()),
+                    1 => index.learn(&name, size, view()),
+                    2 => index.touch(&name),
+                    3 => index.remove(&name),
+                    4 => { index.pop_oldest_over(2000); }
+                    _ => index.merge(vec![Scanned { name, size, last_use: size }], index.epoch),
+                }
+                prop_assert_eq!(index.bytes, index.slots.values().map(|slot| slot.size).sum::<u64>());
+                prop_assert_eq!(index.by_use.len(), index.slots.len());
+                prop_assert!(index.slots.len() <= 5);
+                for (name, slot) in &index.slots {
+                    prop_assert!(index.by_use.contains(&(slot.last_use, *name)));
+                }
+            }
+        }
     }
 }
