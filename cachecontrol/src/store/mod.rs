@@ -11,6 +11,8 @@
 //! length does not match its Content-Length, or a caller who dropped the response
 //! early leaves no entry behind.
 
+#[cfg(unix)]
+pub mod file;
 pub mod format;
 pub mod memory;
 pub mod tiered;
@@ -26,6 +28,8 @@ use http::HeaderName;
 
 use crate::policy::CachePolicy;
 
+#[cfg(unix)]
+pub use file::{FileCache, FileCacheBuilder};
 pub use memory::MemoryCache;
 pub use tiered::Tiered;
 
