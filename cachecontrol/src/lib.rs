@@ -114,6 +114,8 @@ pub use error::Error;
 pub use middleware::{CacheControl, CacheControlBuilder, X_CACHE};
 pub use mode::{CacheMode, CacheStatus};
 pub use store::{Cache, MemoryCache, RedisCache, StoreError};
+#[cfg(unix)]
+pub use store::{FileCache, FileCacheBuilder};
 
 // The README's examples are compiled and run as doc tests.
 #[cfg(doctest)]

@@ -11,9 +11,12 @@
 //! length does not match its Content-Length, or a caller who dropped the response
 //! early leaves no entry behind.
 
+#[cfg(unix)]
+pub mod file;
 pub mod format;
 pub mod memory;
 pub mod redis;
+pub mod tiered;
 
 use std::fmt;
 use std::pin::Pin;
@@ -27,7 +30,10 @@ use http::HeaderName;
 use crate::policy::CachePolicy;
 
 pub use self::redis::RedisCache;
+#[cfg(unix)]
+pub use file::{FileCache, FileCacheBuilder};
 pub use memory::MemoryCache;
+pub use tiered::Tiered;
 
 /// A stream of body chunks.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, StoreError>> + Send>>;

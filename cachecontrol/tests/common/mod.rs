@@ -30,6 +30,11 @@ pub fn test_store() -> (Arc<dyn Cache>, Box<dyn std::any::Any + Send>) {
     let kind = std::env::var("CACHECONTROL_TEST_STORE").unwrap_or_else(|_| "memory".to_owned());
     match kind.as_str() {
         "memory" => (Arc::new(MemoryCache::new(64 << 20)), Box::new(())),
+        "file" => {
+            let dir = tempfile::tempdir().unwrap();
+            let store = cachecontrol::FileCache::new(dir.path()).unwrap();
+            (Arc::new(store), Box::new(dir))
+        }
         "redis" => {
             // A server of its own, kept alive by the guard; the store connects on first
             // use, inside the test's runtime.
