@@ -83,6 +83,15 @@ fn builder(server: &RedisServer) -> cachecontrol::store::redis::RedisCacheBuilde
         .client_name(NAME)
 }
 
+/// A server, a store on it with chunks of 1 KiB (so that small bodies take several),
+/// and a plain connection to look at what it wrote.
+async fn small_chunks() -> (RedisServer, RedisCache, redis::Connection) {
+    let server = RedisServer::start().unwrap();
+    let store = builder(&server).chunk_size(1024).build().await.unwrap();
+    let redis = raw(&server);
+    (server, store, redis)
+}
+
 async fn store_on(server: &RedisServer) -> RedisCache {
     builder(server).build().await.unwrap()
 }
@@ -206,9 +215,7 @@ async fn bodies_of_several_mib_are_written_in_chunks_and_read_back_exactly() {
 
 #[tokio::test]
 async fn replacing_an_entry_removes_the_old_body_and_ends_a_read_of_it_with_an_error() {
-    let server = RedisServer::start().unwrap();
-    let store = builder(&server).chunk_size(1024).build().await.unwrap();
-    let mut redis = raw(&server);
+    let (_server, store, mut redis) = small_chunks().await;
     let old = pattern(10 * 1024, 1);
     let new = pattern(7 * 1024 + 5, 2);
     store
@@ -329,9 +336,7 @@ async fn concurrent_writers_and_readers_of_one_key_never_see_a_mixed_body() {
 
 #[tokio::test]
 async fn a_body_that_fails_is_not_stored_and_leaves_nothing_behind() {
-    let server = RedisServer::start().unwrap();
-    let store = builder(&server).chunk_size(1024).build().await.unwrap();
-    let mut redis = raw(&server);
+    let (_server, store, mut redis) = small_chunks().await;
     store
         .put("k", fresh(), Body::Bytes(Bytes::from_static(b"before")))
         .await
@@ -391,9 +396,7 @@ async fn update_rewrites_the_metadata_only_for_the_same_body() {
 
 #[tokio::test]
 async fn delete_entries_delete_prefix_and_clear() {
-    let server = RedisServer::start().unwrap();
-    let store = builder(&server).chunk_size(1024).build().await.unwrap();
-    let mut redis = raw(&server);
+    let (_server, store, mut redis) = small_chunks().await;
     let body = || Body::Bytes(Bytes::from(vec![7u8; 2500]));
     for key in [
         "http://a/x",
@@ -528,9 +531,7 @@ async fn every_key_has_the_ttl_of_its_entry_and_an_update_renews_them_all() {
 
 #[tokio::test]
 async fn garbage_under_the_stores_keys_is_a_miss_and_is_removed() {
-    let server = RedisServer::start().unwrap();
-    let store = builder(&server).chunk_size(1024).build().await.unwrap();
-    let mut redis = raw(&server);
+    let (_server, store, mut redis) = small_chunks().await;
     let record_key = |redis: &mut redis::Connection| -> String {
         let found = keys(redis, "t:*:meta");
         assert_eq!(found.len(), 1, "{found:?}");

@@ -964,7 +964,9 @@ mod tests {
     use redis::Commands;
     use testbed::redis::RedisServer;
 
-    fn policy(cache_control: &'static str) -> Arc<CachePolicy> {
+    /// A policy for a response received at 1000 with an ETag and this
+    /// Cache-Control (the module's unit tests share it).
+    pub(super) fn policy(cache_control: &'static str) -> Arc<CachePolicy> {
         let mut headers = HeaderMap::new();
         headers.insert("cache-control", HeaderValue::from_static(cache_control));
         headers.insert("etag", HeaderValue::from_static("\"1\""));

@@ -220,26 +220,12 @@ pub(super) fn chunk_header(generation: u64, index: u64) -> [u8; CHUNK_HEADER_LEN
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{CachePolicy, Exchange, PolicyOptions};
     use crate::store::Variants;
-    use http::{HeaderMap, HeaderValue, Method, StatusCode};
     use proptest::prelude::*;
     use std::sync::Arc;
 
     fn response() -> Meta {
-        let mut headers = HeaderMap::new();
-        headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
-        let exchange = Exchange {
-            method: &Method::GET,
-            request_headers: &HeaderMap::new(),
-            status: StatusCode::OK,
-            response_headers: &headers,
-            request_time: 1_000,
-            response_time: 1_001,
-        };
-        Meta::Response(Arc::new(
-            CachePolicy::new(&exchange, &PolicyOptions::default()).unwrap(),
-        ))
+        Meta::Response(super::super::tests::policy("max-age=60"))
     }
 
     const SHAPE: BodyShape = BodyShape {
@@ -256,7 +242,7 @@ mod tests {
         assert_eq!(record.key, "http://a/x");
         assert_eq!(record.body(), SHAPE);
         assert_eq!(record.kind, Kind::Response);
-        assert_eq!(record.stored_at, 1_001);
+        assert_eq!(record.stored_at, 1_000);
         assert!(record.agrees_with(&format::decode(record.meta).unwrap()));
         assert!(record.agrees_with(&meta));
         assert_eq!(record.guard(), &bytes[..GUARD_LEN]);
