@@ -77,7 +77,7 @@ async fn get_body(store: &RedisCache, key: &str) -> Option<Vec<u8>> {
     Some(read(entry.body).await.unwrap())
 }
 
-fn builder(server: &RedisServer) -> cachecontrol::store::redis::RedisCacheBuilder {
+fn builder(server: &RedisServer) -> cachecontrol::RedisCacheBuilder {
     RedisCache::builder(server.url())
         .prefix(PREFIX)
         .client_name(NAME)
@@ -772,9 +772,8 @@ async fn a_store_built_while_redis_is_down_connects_once_it_is_up() {
 
 #[test]
 fn a_bad_configuration_is_refused_with_a_reason() {
-    let refused = |builder: cachecontrol::store::redis::RedisCacheBuilder| {
-        builder.build_lazy().unwrap_err().to_string()
-    };
+    let refused =
+        |builder: cachecontrol::RedisCacheBuilder| builder.build_lazy().unwrap_err().to_string();
     let url = "redis://127.0.0.1:1/";
     assert!(refused(RedisCache::builder("not a url")).contains("URL"));
     assert!(refused(RedisCache::builder(url).prefix("a{b}")).contains("brace"));

@@ -29,7 +29,7 @@ use http::HeaderName;
 
 use crate::policy::CachePolicy;
 
-pub use self::redis::RedisCache;
+pub use self::redis::{RedisCache, RedisCacheBuilder};
 #[cfg(unix)]
 pub use file::{FileCache, FileCacheBuilder};
 pub use memory::MemoryCache;

@@ -169,7 +169,7 @@ pub(super) enum Fetched {
 }
 
 /// The body as a stream: `first` (chunk 0, already read), then every other chunk
-/// fetched as the stream is consumed, one ahead. A chunk that is missing or of the
+/// fetched as the stream is consumed, at most two ahead of it. A chunk that is missing or of the
 /// wrong length ends the stream with an error (the entry was replaced, removed or
 /// damaged while it was read); a body is never made of two writes.
 pub(super) fn stream(shared: Arc<Shared>, reading: Reading, first: Bytes) -> BodyStream {

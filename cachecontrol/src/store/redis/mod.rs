@@ -26,8 +26,9 @@
 //! <prefix>{<h>}:body:<generation>:<i>    chunk i of the body written by write <generation>
 //! ```
 //!
-//! Each chunk starts with a 20-byte header that names its write and its place (the
-//! generation and the index); the record is described in `record.rs`.
+//! The record holds the metadata (as [`format::encode`] writes it), the cache key,
+//! and the body's generation, length and chunk size. Each chunk starts with a 20-byte
+//! header that names its write and its place (the generation and the index).
 //!
 //! `<h>` is the first half of the SHA-256 of the cache key, in hex; the record keeps
 //! the cache key itself (listing and [`delete_prefix`](Cache::delete_prefix) read it
@@ -45,7 +46,7 @@
 //!
 //! A reader reads the record, then the chunks of *its* generation: the first one at
 //! once (a body of one chunk is handed out whole), the others as the body stream is
-//! consumed, one ahead. If the entry is replaced while a body is being read, the
+//! consumed, at most two ahead of it. If the entry is replaced while a body is being read, the
 //! next chunk of the old generation is gone and the stream ends with an error: a body
 //! is never stitched from two versions. A chunk of the wrong length is treated the
 //! same way.
@@ -62,7 +63,8 @@
 //! plus its `stale-while-revalidate` / `stale-if-error` window); a response with a
 //! validator can be revalidated long after it went stale, and is kept for the
 //! [retention](RedisCacheBuilder::retention) (7 days by default), as are variants
-//! markers. The TTL counts from when the response was received, at least one second.
+//! markers. The TTL counts from when the write began (the response has just
+//! arrived), and is at least one second and at most ten years.
 //! Chunks are written with a provisional TTL of one hour (a write that takes longer
 //! is not stored), and get the entry's TTL just before the record is published, so
 //! that the record and its chunks expire together; an update sets the new TTL on all
@@ -102,10 +104,11 @@
 //! [close grace](RedisCacheBuilder::close_grace), 10 seconds by default, after which
 //! they stop, remove their chunks and fail), waits for the operations under way, and
 //! then has Redis close the connection (`QUIT`, to every node of a cluster) and drops
-//! it: when `close()` returns, `CLIENT LIST` shows none of the store's connections. Connections are named
-//! (`CLIENT SETNAME`, `cachecontrol` by default) so that they can be told apart in
-//! `CLIENT LIST`; a connection that replaced a failed one is named by a later
-//! operation (naming is tried at most once a second, and never fails an operation).
+//! it: when `close()` returns, `CLIENT LIST` shows none of the store's connections.
+//! Connections are named (`CLIENT SETNAME`, `cachecontrol` by default) so that they
+//! can be told apart in `CLIENT LIST`; a connection that replaced a failed one is
+//! named by a later operation (naming is tried at most once a second, and never fails
+//! an operation).
 //!
 //! # The hit path
 //!
