@@ -90,6 +90,11 @@
 //! connect and 10 seconds for a response (a chunk of a MiB over a slow link), not the
 //! half second redis-rs would use.
 //!
+//! Every key has a TTL, so a `maxmemory-policy` of `volatile-lru` (or any
+//! `allkeys-*` one) can evict entries; a chunk evicted under a record is found
+//! missing and the entry is dropped, as below. The store needs Redis 6.2 or later
+//! (`SET ... GET`).
+//!
 //! A value under the store's keys that is not what the store wrote (another type,
 //! bytes that do not parse, metadata that fails its checksum, the record of another
 //! key, a chunk that is missing, of the wrong length or without the header of its
