@@ -113,7 +113,7 @@ pub mod store;
 pub use error::Error;
 pub use middleware::{CacheControl, CacheControlBuilder, X_CACHE};
 pub use mode::{CacheMode, CacheStatus};
-pub use store::{Cache, MemoryCache, StoreError};
+pub use store::{Cache, MemoryCache, RedisCache, RedisCacheBuilder, StoreError};
 #[cfg(unix)]
 pub use store::{FileCache, FileCacheBuilder};
 

@@ -98,6 +98,32 @@ impl RedisServer {
         Ok(())
     }
 
+    /// Freezes it (SIGSTOP): it keeps its connections but answers nothing, like a
+    /// server that has become very slow, until [`resume`](RedisServer::resume).
+    pub fn pause(&self) -> io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) -> io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> io::Result<()> {
+        let pid = self
+            .daemon
+            .as_ref()
+            .and_then(Daemon::pid)
+            .ok_or_else(|| io::Error::other("the server is not running"))?;
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!("kill {signal} {pid} failed")));
+        }
+        Ok(())
+    }
+
     /// Runs a `redis-cli` command against it and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> io::Result<String> {
         redis_cli(self.port, args)
@@ -236,6 +262,14 @@ mod tests {
             "",
             "nothing was persisted"
         );
+    }
+
+    #[test]
+    fn a_paused_server_answers_once_resumed() {
+        let server = RedisServer::start().unwrap();
+        server.pause().unwrap();
+        server.resume().unwrap();
+        assert_eq!(server.cli(&["ping"]).unwrap().trim(), "PONG");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod file;
 pub mod format;
 pub mod memory;
+pub mod redis;
 pub mod tiered;
 
 use std::fmt;
@@ -28,6 +29,7 @@ use http::HeaderName;
 
 use crate::policy::CachePolicy;
 
+pub use self::redis::{RedisCache, RedisCacheBuilder};
 #[cfg(unix)]
 pub use file::{FileCache, FileCacheBuilder};
 pub use memory::MemoryCache;

@@ -35,6 +35,15 @@ pub fn test_store() -> (Arc<dyn Cache>, Box<dyn std::any::Any + Send>) {
             let store = cachecontrol::FileCache::new(dir.path()).unwrap();
             (Arc::new(store), Box::new(dir))
         }
+        "redis" => {
+            // A server of its own, kept alive by the guard; the store connects on first
+            // use, inside the test's runtime.
+            let server = testbed::redis::RedisServer::start().unwrap();
+            let store = cachecontrol::RedisCache::builder(server.url())
+                .build_lazy()
+                .unwrap();
+            (Arc::new(store), Box::new(server))
+        }
         other => panic!("CACHECONTROL_TEST_STORE={other}: no such store"),
     }
 }
