@@ -87,8 +87,19 @@
 //! # Stores
 //!
 //! [`Cache`] is the store trait: async, object-safe, streaming bodies in and out,
-//! with `close()`. [`MemoryCache`] is here; a store failure never fails a request:
-//! it is logged and the network is used.
+//! inspection (`entries`, `delete_prefix`, `clear`), and `close()`. The stores:
+//!
+//! - [`MemoryCache`]: in memory, bounded by bytes, least recently used out;
+//! - [`FileCache`]: metadata and body in files under a directory, published atomically,
+//!   safe across threads and processes, bodies handed out as open files (zero-copy);
+//! - [`RedisCache`]: Redis or Redis Cluster, bodies in chunks, a TTL on every key;
+//! - [`store::Tiered`]: a near store in front of a far one, such as a `FileCache` in
+//!   front of a `RedisCache` shared by a cluster's nodes.
+//!
+//! Persistent stores write metadata in a versioned, checksummed format
+//! ([`store::format`]); an entry that cannot be read back is a miss and is removed. A
+//! store failure (down, slow, full, corrupt) never fails a request: it is logged and
+//! the network is used.
 //!
 //! # Reading
 //!
