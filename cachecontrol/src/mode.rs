@@ -93,3 +93,68 @@ impl fmt::Display for CacheStatus {
         f.write_str(self.as_str())
     }
 }
+
+/// Where the body of a response served from the cache comes from: a response
+/// extension on every whole response (`200` and the like, not a `206` or a `304`)
+/// whose body is the stored one (`HIT`, `STALE`, `REVALIDATED`).
+///
+/// With a [`FileCache`](crate::FileCache) the stored body is a file, handed out here
+/// so that it can be copied by the kernel (`copy_file_range`, a reflink) instead of
+/// being read through the response:
+///
+/// ```no_run
+/// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), Box<dyn std::error::Error>> {
+/// use cachecontrol::FromCache;
+/// let response = client.get("https://example.com/big.tar").send().await?;
+/// if let Some(stored) = response.extensions().get::<FromCache>().and_then(|from| from.file.clone()) {
+///     // Copy stored.file() (stored.len() bytes, from offset 0) with positioned I/O,
+///     // and drop the response without reading its body.
+///     drop(response);
+///     let _ = (stored.file(), stored.len());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct FromCache {
+    /// The stored body as an open file, when the store keeps bodies in files.
+    pub file: Option<StoredFile>,
+    /// Whether the entry came from the far store of a [`Tiered`](crate::store::Tiered)
+    /// store (the shared tier) rather than from its near one.
+    pub from_far: bool,
+}
+
+/// A stored body's file: a snapshot, which writers of the store do not change.
+///
+/// It shares its file offset with the response's body, which reads it from the
+/// start: use positioned I/O (`copy_file_range` with offsets, `read_at`, a reflink)
+/// or do not read the response's body.
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    file: std::sync::Arc<std::fs::File>,
+    len: u64,
+}
+
+impl StoredFile {
+    pub(crate) fn new(file: std::fs::File, len: u64) -> StoredFile {
+        StoredFile {
+            file: std::sync::Arc::new(file),
+            len,
+        }
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// The body's length: the file's first `len` bytes are the body.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}

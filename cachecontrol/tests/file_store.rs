@@ -91,7 +91,7 @@ async fn read(body: Body) -> Vec<u8> {
 
 /// The entry under `key`, which must be there, with its body read.
 async fn stored(store: &FileCache, key: &str) -> (Meta, Vec<u8>) {
-    let Entry { meta, body } = store.get(key).await.unwrap().expect("stored");
+    let Entry { meta, body, .. } = store.get(key).await.unwrap().expect("stored");
     assert!(matches!(body, Body::File(_)), "a file body: {body:?}");
     (meta, read(body).await)
 }
@@ -196,7 +196,7 @@ async fn a_stored_entry_is_read_back_as_an_open_file() {
         .put("http://a/x", response(&[("x-a", "1")]), bytes(b"hello"))
         .await
         .unwrap();
-    let Entry { meta, body } = store.get("http://a/x").await.unwrap().unwrap();
+    let Entry { meta, body, .. } = store.get("http://a/x").await.unwrap().unwrap();
     let Body::File(file) = body else {
         panic!("not a file body");
     };
@@ -627,7 +627,7 @@ async fn write_and_read(store: &FileCache, writer: usize, rounds: usize) -> usiz
             .await
             .unwrap();
         let read_key = format!("http://shared/{}", (round * 7 + writer) % KEYS);
-        if let Some(Entry { meta, body }) = store.get(&read_key).await.unwrap() {
+        if let Some(Entry { meta, body, .. }) = store.get(&read_key).await.unwrap() {
             let version = header(&meta, "x-version").expect("a version");
             assert_eq!(
                 read(body).await,
@@ -683,7 +683,7 @@ async fn assert_whole(root: &Path) {
         let key = format!("http://shared/{n}");
         let on_disk = meta_file(root, &key).exists();
         match store.get(&key).await.unwrap() {
-            Some(Entry { meta, body }) => {
+            Some(Entry { meta, body, .. }) => {
                 let version = header(&meta, "x-version").unwrap();
                 assert_eq!(read(body).await, versioned_body(&version));
             }
@@ -1173,4 +1173,67 @@ async fn a_stored_response_survives_a_restart() {
     assert_eq!(status, Some(CacheStatus::Hit));
     assert_eq!(body, "stored before the restart");
     assert_eq!(origin.hits("/a"), 1);
+}
+
+#[tokio::test]
+async fn a_hit_hands_out_the_stored_file_and_a_miss_does_not() {
+    use std::os::unix::fs::FileExt;
+    let origin = Origin::start().await.unwrap();
+    let body: Vec<u8> = (0..200_000u32).map(|n| (n % 251) as u8).collect();
+    origin.always(
+        "/a",
+        Reply::ok(body.clone()).header("cache-control", "max-age=600"),
+    );
+    let dir = tempdir();
+    let client = client(FileCache::new(dir.path()).unwrap());
+    let url = origin.url("/a");
+
+    let miss = client.get(&url).send().await.unwrap();
+    assert!(miss.extensions().get::<cachecontrol::FromCache>().is_none());
+    assert_eq!(miss.bytes().await.unwrap(), body);
+
+    let hit = client.get(&url).send().await.unwrap();
+    let from = hit
+        .extensions()
+        .get::<cachecontrol::FromCache>()
+        .cloned()
+        .expect("a hit says where its body comes from");
+    assert!(!from.from_far);
+    let stored = from.file.expect("a FileCache hands out its body's file");
+    assert_eq!(stored.len(), body.len() as u64);
+    let mut read = vec![0; body.len()];
+    stored.file().read_exact_at(&mut read, 0).unwrap();
+    assert_eq!(read, body, "the file holds the body");
+    // Positioned reads do not disturb the response's own body.
+    assert_eq!(hit.bytes().await.unwrap(), body);
+    assert_eq!(origin.hits("/a"), 1);
+}
+
+#[tokio::test]
+async fn an_invalidated_url_goes_back_to_the_origin() {
+    let origin = Origin::start().await.unwrap();
+    origin.sequence(
+        "/a",
+        vec![
+            Reply::ok("first").header("cache-control", "max-age=600"),
+            Reply::ok("second").header("cache-control", "max-age=600"),
+        ],
+    );
+    let dir = tempdir();
+    let cache = CacheControl::new(FileCache::new(dir.path()).unwrap());
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(cache.clone())
+        .build();
+    let url = origin.url("/a");
+    assert_eq!(get(&client, &url).await.1, "first");
+    assert_eq!(
+        get(&client, &url).await,
+        (Some(CacheStatus::Hit), Bytes::from("first"))
+    );
+    cache.invalidate(&url.parse().unwrap()).await;
+    assert_eq!(
+        get(&client, &url).await,
+        (Some(CacheStatus::Miss), Bytes::from("second"))
+    );
+    assert_eq!(origin.hits("/a"), 2);
 }

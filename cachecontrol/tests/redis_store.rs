@@ -137,6 +137,7 @@ async fn an_entry_reads_back_with_its_metadata_and_a_small_body_whole() {
     let Some(Entry {
         meta: Meta::Response(read_back),
         body: Body::Bytes(body),
+        ..
     }) = store.get("http://a/x").await.unwrap()
     else {
         panic!("a response with its body in one piece");
@@ -155,6 +156,7 @@ async fn an_entry_reads_back_with_its_metadata_and_a_small_body_whole() {
     let Some(Entry {
         meta: Meta::Variants(variants),
         body,
+        ..
     }) = store.get("http://a/v").await.unwrap()
     else {
         panic!("the marker");
@@ -321,6 +323,7 @@ async fn concurrent_writers_and_readers_of_one_key_never_see_a_mixed_body() {
     let Some(Entry {
         meta: Meta::Response(last),
         body,
+        ..
     }) = store.get("one").await.unwrap()
     else {
         panic!("the last write");

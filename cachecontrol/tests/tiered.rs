@@ -45,6 +45,11 @@ async fn a_second_node_is_served_from_the_shared_tier() {
         response.extensions().get::<CacheStatus>(),
         Some(&CacheStatus::Hit)
     );
+    let from = response.extensions().get::<cachecontrol::FromCache>();
+    assert!(
+        from.is_some_and(|from| from.from_far && from.file.is_none()),
+        "the hit says it came from the far tier: {from:?}"
+    );
     assert_eq!(response.bytes().await.unwrap().len(), 100_000);
     assert_eq!(
         origin.hits("/artifact"),
@@ -67,6 +72,13 @@ async fn a_second_node_is_served_from_the_shared_tier() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     assert!(copied);
+    // Now the second node's own tier answers.
+    let response = second.get(origin.url("/artifact")).send().await.unwrap();
+    let from = response.extensions().get::<cachecontrol::FromCache>();
+    assert!(
+        from.is_some_and(|from| !from.from_far),
+        "the hit came from the near tier: {from:?}"
+    );
 }
 
 #[tokio::test]

@@ -80,7 +80,7 @@ impl Shared {
         }
     }
 
-    async fn invalidate(&self, url: &Url) {
+    pub(super) async fn invalidate(&self, url: &Url) {
         let key = self.keys.of_url(url);
         self.invalidations.record(&key);
         self.store_delete(&key).await;

@@ -32,7 +32,7 @@ use url::Url;
 
 use crate::clock::{Clock, SystemClock, unix_seconds};
 use crate::heuristics::Heuristic;
-use crate::mode::{CacheMode, CacheStatus};
+use crate::mode::{CacheMode, CacheStatus, FromCache, StoredFile};
 use crate::policy::{CachePolicy, PolicyOptions, Precondition, RequestDirectives, Reuse, VaryKey};
 use crate::store::{Body, Cache, Entry, Meta, StoreError};
 use coalesce::{Flights, Join};
@@ -127,6 +127,15 @@ impl CacheControl {
     /// The store this cache uses.
     pub fn store(&self) -> &Arc<dyn Cache> {
         &self.shared.store
+    }
+
+    /// Forgets what is stored for `url` (every variant of it), as a successful
+    /// unsafe request to it would (RFC 9111 §4.4): for a caller that found the stored
+    /// response wrong, for example a body whose checksum is not the expected one.
+    /// A response to `url` being recorded at the same time is not stored. Store
+    /// errors are logged, not returned, as everywhere in the middleware.
+    pub async fn invalidate(&self, url: &Url) {
+        self.shared.invalidate(url).await;
     }
 
     /// Closes the store ([`Cache::close`]). After it, requests go straight to the
@@ -299,6 +308,8 @@ struct Stored {
     key: String,
     policy: Arc<CachePolicy>,
     body: Body,
+    /// Found in the far store of a tiered store.
+    from_far: bool,
 }
 
 /// What the policy needs of a request once it has been sent.
@@ -497,6 +508,7 @@ impl Shared {
             key,
             policy,
             body: entry.body,
+            from_far: entry.from_far,
         })
     }
 
@@ -534,15 +546,18 @@ impl Shared {
                 status,
             );
         }
-        self.mark(
-            build_response(
-                asked.url,
-                policy.status(),
-                headers,
-                into_reqwest_body(stored.body),
-            ),
-            status,
-        )
+        let from_cache = FromCache {
+            file: stored_file(&stored.body),
+            from_far: stored.from_far,
+        };
+        let mut response = build_response(
+            asked.url,
+            policy.status(),
+            headers,
+            into_reqwest_body(stored.body),
+        );
+        response.extensions_mut().insert(from_cache);
+        self.mark(response, status)
     }
 
     fn gateway_timeout(&self, request: &Request) -> Response {
@@ -648,6 +663,21 @@ fn same_resource(a: &Url, b: &Url) -> bool {
 
 fn empty_body() -> reqwest::Body {
     reqwest::Body::from(Bytes::new())
+}
+
+/// A stored body's file, for [`FromCache`]: the same open file (a duplicated
+/// descriptor), so nothing is opened or read.
+fn stored_file(body: &Body) -> Option<StoredFile> {
+    let Body::File(file) = body else {
+        return None;
+    };
+    match file.file().try_clone() {
+        Ok(clone) => Some(StoredFile::new(clone, file.len())),
+        Err(error) => {
+            tracing::debug!(%error, "could not duplicate a stored body's file descriptor");
+            None
+        }
+    }
 }
 
 fn into_reqwest_body(body: Body) -> reqwest::Body {

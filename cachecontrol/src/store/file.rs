@@ -616,7 +616,7 @@ impl Inner {
             };
             if let Ok(body) = self.open_body(&place, &view)? {
                 self.index.lock().touch(&name);
-                return Ok(Some(Entry { meta, body }));
+                return Ok(Some(Entry::new(meta, body)));
             }
             // Replaced since its metadata was read, or damaged: look again.
             self.index.lock().forget_view(&name);
@@ -705,7 +705,7 @@ impl Inner {
             Loaded::Found(meta, view) => match self.open_body(place, &view)? {
                 Ok(body) => {
                     self.index.lock().touch(name);
-                    return Ok(Some(Entry { meta, body }));
+                    return Ok(Some(Entry::new(meta, body)));
                 }
                 Err(damage) => damage,
             },

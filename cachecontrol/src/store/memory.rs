@@ -144,10 +144,10 @@ impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.check_open()?;
         let mut state = self.state.lock();
-        Ok(state.entries.get(key).map(|slot| Entry {
-            meta: slot.meta.clone(),
-            body: Body::Bytes(slot.body.clone()),
-        }))
+        Ok(state
+            .entries
+            .get(key)
+            .map(|slot| Entry::new(slot.meta.clone(), Body::Bytes(slot.body.clone()))))
     }
 
     async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {

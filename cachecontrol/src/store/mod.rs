@@ -197,12 +197,30 @@ pub enum Meta {
 }
 
 /// An entry read from a store.
+///
+/// Stores build it with [`Entry::new`]; more fields may come, so it cannot be
+/// built or matched field by field outside this crate.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Entry {
     /// Its metadata.
     pub meta: Meta,
     /// Its body (empty for a [`Meta::Variants`] marker).
     pub body: Body,
+    /// Whether a [`Tiered`] store found it in its far store (the shared tier) rather
+    /// than in its near one. `false` for every other store.
+    pub from_far: bool,
+}
+
+impl Entry {
+    /// An entry with this metadata and body.
+    pub fn new(meta: Meta, body: Body) -> Entry {
+        Entry {
+            meta,
+            body,
+            from_far: false,
+        }
+    }
 }
 
 /// Errors of a store.

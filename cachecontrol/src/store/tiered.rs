@@ -94,10 +94,9 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
             }
             body => Body::Stream(to_near.tee(body.into_stream())),
         };
-        Ok(Some(Entry {
-            meta: entry.meta,
-            body,
-        }))
+        let mut entry = Entry::new(entry.meta, body);
+        entry.from_far = true;
+        Ok(Some(entry))
     }
 
     async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {

@@ -755,10 +755,7 @@ impl Cache for RedisCache {
         drop(session);
         let shape = record.body();
         if shape.len == 0 {
-            return Ok(Some(Entry {
-                meta,
-                body: Body::empty(),
-            }));
+            return Ok(Some(Entry::new(meta, Body::empty())));
         }
         let reading = Reading {
             key: key.to_owned(),
@@ -778,7 +775,7 @@ impl Cache for RedisCache {
         } else {
             Body::Stream(body::stream(Arc::clone(shared), reading, first))
         };
-        Ok(Some(Entry { meta, body }))
+        Ok(Some(Entry::new(meta, body)))
     }
 
     async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {
