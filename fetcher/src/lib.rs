@@ -1,5 +1,99 @@
-//! Fetches a job's artifacts into its run directory through `cachecontrol`.
+//! Fetches a job's artifacts into its run directory through `cachecontrol`, so
+//! that the many runs of one job, on many hosts, cost almost nothing after the
+//! first.
 //!
-//! Not written yet: this crate is a placeholder in the workspace until its issue is taken.
+//! # Flow
+//!
+//! A job names its [`Artifact`]s: a name (a relative path in the run directory), a
+//! URL, optionally a SHA-256 and an archive format to unpack. [`Fetcher::fetch`]
+//! checks every name first (no `..`, no absolute path, nothing through a symbolic
+//! link, no two overlapping), then fetches the artifacts concurrently, each through
+//! an HTTP cache ([`cachecontrol::CacheControl`] over a [`FileCache`], with an
+//! optional shared tier such as Redis behind it):
+//!
+//! - **Fresh in the cache**: no request at all. The stored body is a file; it is put
+//!   in the run directory by the kernel (a reflink where the file system shares
+//!   blocks, else `copy_file_range`; a hard link for a read-only artifact), never
+//!   read through this process.
+//! - **Stale**: a conditional request; a `304` moves no body, and the stored file is
+//!   used as above.
+//! - **New or changed**: downloaded, streamed to disk as it arrives (and into the
+//!   cache at the same time), never whole in memory.
+//! - **With a digest**: any stored copy that has it is used without asking the
+//!   origin (the content is what was asked for); the digest is checked before the
+//!   file is used, and a mismatch is an error naming the artifact and both
+//!   digests, leaving the file neither in the run directory nor in the cache.
+//!   Checking a stored copy again is free: its identity is recorded once verified.
+//!
+//! On one host, fetches of one URL take turns (a lock file per URL in the cache
+//! directory), so runs that start together download it once; the others find it in
+//! the cache. Failed requests (connection errors, timeouts, `5xx`) are retried with
+//! exponential backoff and jitter ([`Retry`]); a `4xx` is final. Every file is
+//! written under a temporary name and renamed into place, so a failure leaves
+//! nothing half-written. Archives are unpacked with limits and never outside their
+//! directory ([`unpack`]).
+//!
+//! The [`FetchReport`] says, per artifact, how it was served ([`Served`]), how it
+//! got into the run directory ([`Materialized`]), and how many bytes came over the
+//! network; [`FetcherBuilder::on_progress`] reports progress as it happens.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use fetcher::{Artifact, Archive, Fetcher, ProgressEvent};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let fetcher = Fetcher::builder()
+//!     .cache_dir("/var/cache/dadd")
+//!     .on_progress(|progress| {
+//!         if let ProgressEvent::Bytes { done, total } = progress.event {
+//!             eprintln!("{}: {done} of {total:?} bytes", progress.name);
+//!         }
+//!     })
+//!     .build()?;
+//! let artifacts = [
+//!     Artifact::new("input.csv", "https://example.com/input.csv".parse()?)
+//!         .sha256("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".parse()?),
+//!     Artifact::new("tools", "https://example.com/tools.tar.gz".parse()?).unpack(Archive::TarGz),
+//! ];
+//! let report = fetcher.fetch(&artifacts, "/tmp/run-1".as_ref()).await?;
+//! println!("{report}");
+//! fetcher.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! On a cluster, put a shared tier behind each host's file cache, so that an
+//! artifact one host fetched is served to the others without the origin:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let fetcher = fetcher::Fetcher::builder()
+//!     .shared_tier(cachecontrol::RedisCache::new("redis://cache.internal:6379").await?)
+//!     .build()?;
+//! # let _ = fetcher; Ok(()) }
+//! ```
+#![cfg(unix)]
+// Errors are rare and say which artifact, which URL and which digests: boxing them
+// would only make them clumsier to match.
+#![allow(clippy::result_large_err)]
 
+mod artifact;
+mod error;
+mod fetcher;
+mod lock;
+mod materialize;
+mod report;
+mod retry;
 pub mod unpack;
+mod verified;
+
+pub use artifact::{Artifact, InvalidSha256, Sha256};
+pub use error::FetchError;
+pub use fetcher::{Fetcher, FetcherBuilder, default_cache_dir};
+pub use materialize::Materialized;
+pub use report::{ArtifactReport, FetchReport, Progress, ProgressEvent, Served, human_bytes};
+pub use retry::Retry;
+pub use unpack::{Archive, Limits};
+
+#[doc(no_inline)]
+pub use cachecontrol::FileCache;

@@ -1,0 +1,816 @@
+//! [`Fetcher`]: fetches artifacts into a run directory through the cache.
+
+use std::fs::Permissions;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cachecontrol::store::Tiered;
+use cachecontrol::{Cache, CacheControl, CacheMode, CacheStatus, FileCache, FromCache};
+use futures_util::{StreamExt, TryStreamExt};
+use reqwest::StatusCode;
+use reqwest_middleware::ClientWithMiddleware;
+use sha2::Digest;
+
+use crate::artifact::{Artifact, Sha256, check_names};
+use crate::error::FetchError;
+use crate::lock::{self, TryLock, UrlLock};
+use crate::materialize::{self, Materialized, READ_ONLY, WRITABLE};
+use crate::report::{ArtifactReport, FetchReport, Progress, ProgressEvent, Served};
+use crate::retry::Retry;
+use crate::unpack::{self, Limits};
+use crate::verified::{Identity, Verified};
+
+/// A progress callback.
+type ProgressFn = Arc<dyn Fn(&Progress<'_>) + Send + Sync>;
+
+/// Fetches artifacts into run directories, through a `cachecontrol` cache.
+///
+/// Cloning is cheap; clones share the cache and the client.
+#[derive(Clone)]
+pub struct Fetcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: ClientWithMiddleware,
+    cache: CacheControl,
+    locks: PathBuf,
+    verified: Verified,
+    concurrency: usize,
+    retry: Retry,
+    limits: Limits,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("cache", &self.inner.cache)
+            .field("locks", &self.inner.locks)
+            .field("concurrency", &self.inner.concurrency)
+            .field("retry", &self.inner.retry)
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`Fetcher`]; see [`Fetcher::builder`].
+#[must_use]
+pub struct FetcherBuilder {
+    cache_dir: Option<PathBuf>,
+    max_cache_bytes: Option<u64>,
+    shared_tier: Option<Arc<dyn Cache>>,
+    store: Option<Arc<dyn Cache>>,
+    client: Option<reqwest::Client>,
+    concurrency: usize,
+    retry: Retry,
+    limits: Limits,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for FetcherBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetcherBuilder")
+            .field("cache_dir", &self.cache_dir)
+            .field("max_cache_bytes", &self.max_cache_bytes)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cache directory used when none is given: `$XDG_CACHE_HOME/dadd/artifacts`,
+/// else `$HOME/.cache/dadd/artifacts`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| Path::new(dir).is_absolute())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
+    Some(base.join("dadd").join("artifacts"))
+}
+
+impl Fetcher {
+    /// A fetcher with the defaults of [`Fetcher::builder`].
+    pub fn new() -> Result<Fetcher, FetchError> {
+        Fetcher::builder().build()
+    }
+
+    /// Starts configuring a fetcher. The defaults: a [`FileCache`] in
+    /// [`default_cache_dir`] bounded to 20 GiB, no shared tier, 4 artifacts at a
+    /// time, [`Retry::default`], [`Limits::default`] for archives, a client with a
+    /// 10 s connect timeout and a 60 s read timeout (no limit on a whole download).
+    pub fn builder() -> FetcherBuilder {
+        FetcherBuilder {
+            cache_dir: None,
+            max_cache_bytes: Some(20 << 30),
+            shared_tier: None,
+            store: None,
+            client: None,
+            concurrency: 4,
+            retry: Retry::default(),
+            limits: Limits::default(),
+            progress: None,
+        }
+    }
+
+    /// The cache this fetcher goes through.
+    pub fn cache(&self) -> &CacheControl {
+        &self.inner.cache
+    }
+
+    /// Closes the cache's store (flushing what is pending, releasing connections).
+    pub async fn close(&self) -> Result<(), cachecontrol::StoreError> {
+        self.inner.cache.close().await
+    }
+
+    /// Fetches `artifacts` into `dir` (created if missing), at most
+    /// [`concurrency`](FetcherBuilder::concurrency) at a time.
+    ///
+    /// Every name is checked before anything is fetched. The first failure stops
+    /// the fetch and is returned; files of other artifacts already in place stay,
+    /// and nothing half-written is left.
+    pub async fn fetch(
+        &self,
+        artifacts: &[Artifact],
+        dir: &Path,
+    ) -> Result<FetchReport, FetchError> {
+        let started = Instant::now();
+        for artifact in artifacts {
+            if !matches!(artifact.url.scheme(), "http" | "https") {
+                return Err(FetchError::UnsupportedUrl {
+                    name: artifact.name.clone(),
+                    url: artifact.url.clone(),
+                });
+            }
+        }
+        let paths = check_names(artifacts, dir)?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|error| FetchError::io("creating the run directory", dir, error))?;
+        let mut reports: Vec<(usize, ArtifactReport)> =
+            futures_util::stream::iter(artifacts.iter().zip(paths).enumerate())
+                .map(|(index, (artifact, path))| async move {
+                    let report = self.fetch_one(artifact, dir, &path).await?;
+                    Ok::<_, FetchError>((index, report))
+                })
+                .buffer_unordered(self.inner.concurrency)
+                .try_collect()
+                .await?;
+        reports.sort_by_key(|(index, _)| *index);
+        Ok(FetchReport {
+            artifacts: reports.into_iter().map(|(_, report)| report).collect(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    async fn fetch_one(
+        &self,
+        artifact: &Artifact,
+        dir: &Path,
+        relative: &Path,
+    ) -> Result<ArtifactReport, FetchError> {
+        let started = Instant::now();
+        self.progress(artifact, ProgressEvent::Started);
+        let dest = dir.join(relative);
+        let parent = dest.parent().unwrap_or(dir).to_path_buf();
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|error| FetchError::io("creating the directory", &parent, error))?;
+        let _lock = self.lock(artifact).await?;
+
+        // With a digest, any stored copy that has it will do: no need to ask.
+        let mut mode = match artifact.sha256 {
+            Some(_) => CacheMode::ForceCache,
+            None => CacheMode::Default,
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let failure = match self.attempt(artifact, &dest, mode).await {
+                Ok(done) => {
+                    self.progress(
+                        artifact,
+                        ProgressEvent::Done {
+                            served: done.served,
+                            size: done.size,
+                        },
+                    );
+                    return Ok(ArtifactReport {
+                        name: artifact.name.clone(),
+                        url: artifact.url.clone(),
+                        path: dest,
+                        served: done.served,
+                        materialized: done.materialized,
+                        size: done.size,
+                        network_bytes: done.network_bytes,
+                        sha256: artifact.sha256,
+                        attempts: if done.requested {
+                            attempts
+                        } else {
+                            attempts - 1
+                        },
+                        elapsed: started.elapsed(),
+                    });
+                }
+                Err(failure) => failure,
+            };
+            match failure {
+                Failure::StoredCopyIsWrong { actual } => {
+                    // Not what the artifact names: forget it and ask the origin.
+                    tracing::info!(
+                        artifact = %artifact.name, url = %artifact.url, %actual,
+                        "the cached copy does not have the artifact's digest; downloading it again"
+                    );
+                    self.inner.cache.invalidate(&artifact.url).await;
+                    mode = CacheMode::Reload;
+                    attempts -= 1;
+                }
+                Failure::Final(error) => return Err(error),
+                Failure::Transient(error) if attempts >= self.inner.retry.attempts => {
+                    return Err(error.into_error(artifact, attempts));
+                }
+                Failure::Transient(error) => {
+                    let delay = self.inner.retry.delay(attempts);
+                    tracing::warn!(
+                        artifact = %artifact.name, url = %artifact.url, attempt = attempts,
+                        error = %error, ?delay, "fetch failed; retrying"
+                    );
+                    self.progress(
+                        artifact,
+                        ProgressEvent::Retrying {
+                            attempt: attempts,
+                            error: error.to_string(),
+                            delay,
+                        },
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Takes the host-wide lock of the artifact's URL, waiting for another fetch of
+    /// it to finish.
+    async fn lock(&self, artifact: &Artifact) -> Result<UrlLock, FetchError> {
+        let dir = self.inner.locks.clone();
+        let url = artifact.url.clone();
+        let tried = tokio::task::spawn_blocking(move || lock::try_lock(&dir, &url))
+            .await
+            .map_err(|error| {
+                FetchError::io("locking", &self.inner.locks, std::io::Error::other(error))
+            })?
+            .map_err(|error| FetchError::io("locking", &self.inner.locks, error))?;
+        match tried {
+            TryLock::Taken(lock) => Ok(lock),
+            TryLock::Busy(file, path) => {
+                self.progress(artifact, ProgressEvent::Waiting);
+                tokio::task::spawn_blocking(move || lock::wait(file))
+                    .await
+                    .map_err(|error| {
+                        FetchError::io("waiting for the lock", &path, std::io::Error::other(error))
+                    })?
+                    .map_err(|error| FetchError::io("waiting for the lock", &path, error))
+            }
+        }
+    }
+
+    /// One request, and the file in place if it succeeds.
+    async fn attempt(
+        &self,
+        artifact: &Artifact,
+        dest: &Path,
+        mode: CacheMode,
+    ) -> Result<Done, Failure> {
+        let response = self
+            .inner
+            .client
+            .get(artifact.url.clone())
+            .with_extension(mode)
+            .send()
+            .await
+            .map_err(|error| Failure::Transient(Transient::Request(error)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let transient = status.is_server_error()
+                || status == StatusCode::REQUEST_TIMEOUT
+                || status == StatusCode::TOO_MANY_REQUESTS;
+            return Err(if transient {
+                Failure::Transient(Transient::Status(status))
+            } else {
+                Failure::Final(FetchError::Status {
+                    name: artifact.name.clone(),
+                    url: artifact.url.clone(),
+                    status,
+                    attempts: 0,
+                })
+            });
+        }
+        let cache_status = response.extensions().get::<CacheStatus>().copied();
+        let from_cache = response.extensions().get::<FromCache>().cloned();
+        let served = match (cache_status, &from_cache) {
+            (Some(CacheStatus::Hit | CacheStatus::Stale), Some(from)) if from.from_far => {
+                Served::SharedTier
+            }
+            (Some(CacheStatus::Hit | CacheStatus::Stale), _) => Served::Cached,
+            (Some(CacheStatus::Revalidated), _) => Served::Revalidated,
+            _ => Served::Downloaded,
+        };
+        let requested = !matches!(served, Served::Cached | Served::SharedTier);
+        let scratch = Scratch::new(dest);
+        let (materialized, size, network_bytes) = match from_cache.and_then(|from| from.file) {
+            Some(stored) if status == StatusCode::OK => {
+                drop(response);
+                let (materialized, size) =
+                    self.materialize_stored(artifact, stored, &scratch).await?;
+                (materialized, size, 0)
+            }
+            _ => {
+                let size = self
+                    .stream_to_file(artifact, response, &scratch, served)
+                    .await?;
+                let network = if matches!(served, Served::Downloaded | Served::SharedTier) {
+                    size
+                } else {
+                    0
+                };
+                (Materialized::Streamed, size, network)
+            }
+        };
+        let materialized = self
+            .put_in_place(artifact, scratch, dest, materialized)
+            .await?;
+        Ok(Done {
+            served,
+            materialized,
+            size,
+            network_bytes,
+            requested,
+        })
+    }
+
+    /// Copies a stored body file to the scratch path (without reading it when the
+    /// file system allows), and checks its digest (without reading it either when
+    /// this file was verified before).
+    async fn materialize_stored(
+        &self,
+        artifact: &Artifact,
+        stored: cachecontrol::StoredFile,
+        scratch: &Scratch,
+    ) -> Result<(Materialized, u64), Failure> {
+        let path = scratch.path.clone();
+        let expected = artifact.sha256;
+        let read_only = artifact.read_only;
+        let verified = self.inner.verified.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let file = stored.file();
+            let len = stored.len();
+            if let Some(expected) = expected {
+                let identity =
+                    Identity::of(file).map_err(|error| ("reading the stored copy of", error))?;
+                if !verified.contains(&expected, &identity) {
+                    let actual = materialize::hash_file(file, len)
+                        .map_err(|error| ("reading the stored copy of", error))?;
+                    if actual != expected {
+                        return Ok(Err(actual));
+                    }
+                    verified.record(&expected, &identity);
+                }
+            }
+            let how = materialize::from_stored(file, len, &path, read_only)
+                .map_err(|error| ("copying the stored copy to", error))?;
+            Ok(Ok((how, len)))
+        })
+        .await
+        .map_err(|error| {
+            Failure::Final(FetchError::io(
+                "copying",
+                &scratch.path,
+                std::io::Error::other(error),
+            ))
+        })?;
+        match outcome {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(actual)) => Err(Failure::StoredCopyIsWrong { actual }),
+            Err((action, error)) => {
+                Err(Failure::Final(FetchError::io(action, &scratch.path, error)))
+            }
+        }
+    }
+
+    /// Writes a response's body to the scratch path as it arrives (hashing it when
+    /// the artifact names a digest), off the async threads; returns its length.
+    async fn stream_to_file(
+        &self,
+        artifact: &Artifact,
+        response: reqwest::Response,
+        scratch: &Scratch,
+        served: Served,
+    ) -> Result<u64, Failure> {
+        let total = response.content_length();
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let path = scratch.path.clone();
+        let hash = artifact.sha256.is_some();
+        let mode = if artifact.read_only {
+            READ_ONLY
+        } else {
+            WRITABLE
+        };
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Sha256>> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode | 0o200)
+                .open(&path)?;
+            let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+            let mut hasher = hash.then(sha2::Sha256::new);
+            while let Some(chunk) = receiver.blocking_recv() {
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&chunk);
+                }
+                file.write_all(&chunk)?;
+            }
+            file.flush()?;
+            Ok(hasher.map(|hasher| Sha256(hasher.finalize().into())))
+        });
+        let mut body = response.bytes_stream();
+        let mut done = 0u64;
+        let mut reported = 0u64;
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    done += chunk.len() as u64;
+                    if sender.send(chunk).await.is_err() {
+                        // The writer stopped: its error says why.
+                        break;
+                    }
+                    if done - reported >= 1 << 20 {
+                        reported = done;
+                        self.progress(artifact, ProgressEvent::Bytes { done, total });
+                    }
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        drop(sender);
+        let written = writer
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|result| result);
+        if let Some(error) = failure {
+            return Err(Failure::Transient(Transient::Request(
+                reqwest_middleware::Error::Reqwest(error),
+            )));
+        }
+        let digest = written
+            .map_err(|error| Failure::Final(FetchError::io("writing", &scratch.path, error)))?;
+        self.progress(artifact, ProgressEvent::Bytes { done, total });
+        if let (Some(expected), Some(actual)) = (artifact.sha256, digest)
+            && actual != expected
+        {
+            return Err(match served {
+                Served::Downloaded => {
+                    // Nothing wrong may stay in the cache either.
+                    self.inner.cache.invalidate(&artifact.url).await;
+                    Failure::Final(FetchError::ChecksumMismatch {
+                        name: artifact.name.clone(),
+                        url: artifact.url.clone(),
+                        expected,
+                        actual,
+                    })
+                }
+                _ => Failure::StoredCopyIsWrong { actual },
+            });
+        }
+        Ok(done)
+    }
+
+    /// Moves the scratch file to its name (or unpacks it there), with its final mode.
+    async fn put_in_place(
+        &self,
+        artifact: &Artifact,
+        scratch: Scratch,
+        dest: &Path,
+        materialized: Materialized,
+    ) -> Result<Materialized, Failure> {
+        let Some(archive) = artifact.unpack else {
+            let mode = if artifact.read_only {
+                READ_ONLY
+            } else {
+                WRITABLE
+            };
+            if materialized != Materialized::HardLink {
+                tokio::fs::set_permissions(&scratch.path, Permissions::from_mode(mode))
+                    .await
+                    .map_err(|error| {
+                        Failure::Final(FetchError::io("setting the mode of", &scratch.path, error))
+                    })?;
+            }
+            tokio::fs::rename(&scratch.path, dest)
+                .await
+                .map_err(|error| {
+                    Failure::Final(FetchError::io("renaming into place", dest, error))
+                })?;
+            scratch.disarm();
+            return Ok(materialized);
+        };
+        self.progress(artifact, ProgressEvent::Unpacking);
+        let unpacked = Scratch::new(dest);
+        let archive_path = scratch.path.clone();
+        let into = unpacked.path.clone();
+        let limits = self.inner.limits.clone();
+        let read_only = artifact.read_only;
+        let result = tokio::task::spawn_blocking(move || {
+            let result = unpack::unpack(&archive_path, archive, &into, &limits);
+            if result.is_ok() && read_only {
+                make_read_only(&into);
+            }
+            result
+        })
+        .await
+        .map_err(|error| {
+            Failure::Final(FetchError::io(
+                "unpacking",
+                dest,
+                std::io::Error::other(error),
+            ))
+        })?;
+        drop(scratch);
+        result.map_err(|source| {
+            Failure::Final(FetchError::Unpack {
+                name: artifact.name.clone(),
+                source,
+            })
+        })?;
+        // Replace what a previous fetch into this directory unpacked.
+        match tokio::fs::symlink_metadata(dest).await {
+            Ok(metadata) if metadata.is_dir() => {
+                tokio::fs::remove_dir_all(dest).await.map_err(|error| {
+                    Failure::Final(FetchError::io("removing the previous", dest, error))
+                })?
+            }
+            Ok(_) => tokio::fs::remove_file(dest).await.map_err(|error| {
+                Failure::Final(FetchError::io("removing the previous", dest, error))
+            })?,
+            Err(_) => {}
+        }
+        tokio::fs::rename(&unpacked.path, dest)
+            .await
+            .map_err(|error| Failure::Final(FetchError::io("renaming into place", dest, error)))?;
+        unpacked.disarm();
+        Ok(Materialized::Unpacked)
+    }
+
+    fn progress(&self, artifact: &Artifact, event: ProgressEvent) {
+        if let Some(progress) = &self.inner.progress {
+            progress(&Progress {
+                name: &artifact.name,
+                event,
+            });
+        }
+    }
+}
+
+/// Clears the write bits of everything under `dir` (best effort).
+fn make_read_only(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        let path = entry.path();
+        if file_type.is_dir() {
+            make_read_only(&path);
+        } else if file_type.is_file()
+            && let Ok(metadata) = entry.metadata()
+        {
+            let mode = metadata.permissions().mode() & !0o222;
+            let _ = std::fs::set_permissions(&path, Permissions::from_mode(mode));
+        }
+    }
+}
+
+/// What a successful attempt did.
+struct Done {
+    served: Served,
+    materialized: Materialized,
+    size: u64,
+    network_bytes: u64,
+    /// Whether a request reached the network.
+    requested: bool,
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// Worth another try.
+    Transient(Transient),
+    /// Not.
+    Final(FetchError),
+    /// The cache's copy does not have the artifact's digest.
+    StoredCopyIsWrong { actual: Sha256 },
+}
+
+/// A failure that may pass.
+#[derive(Debug, thiserror::Error)]
+enum Transient {
+    #[error("{0}")]
+    Request(reqwest_middleware::Error),
+    #[error("the origin answered {0}")]
+    Status(StatusCode),
+}
+
+impl Transient {
+    fn into_error(self, artifact: &Artifact, attempts: u32) -> FetchError {
+        match self {
+            Transient::Request(source) => FetchError::Network {
+                name: artifact.name.clone(),
+                url: artifact.url.clone(),
+                attempts,
+                source,
+            },
+            Transient::Status(status) => FetchError::Status {
+                name: artifact.name.clone(),
+                url: artifact.url.clone(),
+                status,
+                attempts,
+            },
+        }
+    }
+}
+
+/// A path next to an artifact's, written before it is renamed to the artifact's
+/// name; removed when dropped unless it was.
+#[derive(Debug)]
+struct Scratch {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Scratch {
+    fn new(dest: &Path) -> Scratch {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = dest
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let unique = format!(
+            ".{name}.{}-{}.part",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Scratch {
+            path: dest.with_file_name(unique),
+            armed: true,
+        }
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let removed = match std::fs::symlink_metadata(&self.path) {
+            Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(&self.path),
+            Ok(_) => std::fs::remove_file(&self.path),
+            Err(_) => Ok(()),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove a partial file");
+        }
+    }
+}
+
+impl FetcherBuilder {
+    /// The directory of the cache (its files under `http/`) and of the host-wide
+    /// fetch locks. Default: [`default_cache_dir`].
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// The most bytes the file cache keeps, least recently used entries evicted
+    /// first; `None` for no bound. Default: 20 GiB.
+    pub fn max_cache_bytes(mut self, max: Option<u64>) -> Self {
+        self.max_cache_bytes = max;
+        self
+    }
+
+    /// A shared tier behind the file cache, typically a
+    /// [`RedisCache`](cachecontrol::RedisCache): what one host fetched, the others
+    /// get from it ([`Tiered`]`::new(FileCache, shared)`).
+    pub fn shared_tier(mut self, store: impl Cache) -> Self {
+        self.shared_tier = Some(Arc::new(store));
+        self
+    }
+
+    /// Uses this store instead of a file cache (and shared tier). Only a store that
+    /// keeps bodies in files ([`FileCache`]) lets artifacts be copied without
+    /// reading them.
+    pub fn store(mut self, store: impl Cache) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The HTTP client under the cache. Turn its redirects off
+    /// (`redirect(Policy::none())`): the cache follows them itself, so that each hop
+    /// is cached under its own URL.
+    pub fn client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// How many artifacts are fetched at a time (at least 1). Default: 4.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// How failed requests are retried.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Retry {
+            attempts: retry.attempts.max(1),
+            ..retry
+        };
+        self
+    }
+
+    /// The limits on what an archive may unpack to.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Calls `progress` as artifacts are fetched (from the fetching tasks: keep it
+    /// quick).
+    pub fn on_progress(mut self, progress: impl Fn(&Progress<'_>) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(progress));
+        self
+    }
+
+    /// Opens the cache and builds the fetcher.
+    pub fn build(self) -> Result<Fetcher, FetchError> {
+        let cache_dir = match self.cache_dir {
+            Some(dir) => dir,
+            None => default_cache_dir().ok_or(FetchError::NoCacheDir)?,
+        };
+        let store: Arc<dyn Cache> = match self.store {
+            Some(store) => store,
+            None => {
+                let dir = cache_dir.join("http");
+                let mut files = FileCache::builder(&dir);
+                if let Some(max) = self.max_cache_bytes {
+                    files = files.max_bytes(max);
+                }
+                let files = files.build().map_err(|source| FetchError::Cache {
+                    dir: dir.clone(),
+                    source,
+                })?;
+                match self.shared_tier {
+                    Some(shared) => Arc::new(Tiered::new(files, shared)),
+                    None => Arc::new(files),
+                }
+            }
+        };
+        let client = match self.client {
+            Some(client) => client,
+            None => reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .user_agent(concat!("dadd-fetcher/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(FetchError::Client)?,
+        };
+        let cache = CacheControl::builder(store).follow_redirects(10).build();
+        let client = reqwest_middleware::ClientBuilder::new(client)
+            .with(cache.clone())
+            .build();
+        Ok(Fetcher {
+            inner: Arc::new(Inner {
+                client,
+                cache,
+                locks: cache_dir.join("locks"),
+                verified: Verified::new(cache_dir.join("verified")),
+                concurrency: self.concurrency,
+                retry: self.retry,
+                limits: self.limits,
+                progress: self.progress,
+            }),
+        })
+    }
+}

@@ -1,0 +1,797 @@
+//! The fetcher against a real loopback origin that counts requests and bytes (and a
+//! real Redis for the shared tier): repeat runs, revalidation, digests, names,
+//! retries, concurrent fetches, read-only artifacts, archives, progress.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fetcher::{
+    Archive, Artifact, FetchError, FetchReport, Fetcher, Materialized, ProgressEvent, Retry,
+    Served, Sha256,
+};
+use sha2::Digest;
+use testbed::origin::{Origin, Recorded, Reply};
+
+fn sha256(body: &[u8]) -> Sha256 {
+    Sha256(sha2::Sha256::digest(body).into())
+}
+
+fn body(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|n| (n as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// A fetcher over a cache in `cache_dir`, retrying quickly.
+fn fetcher(cache_dir: &Path) -> Fetcher {
+    Fetcher::builder()
+        .cache_dir(cache_dir)
+        .retry(Retry {
+            attempts: 3,
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(100),
+        })
+        .build()
+        .unwrap()
+}
+
+fn artifact(origin: &Origin, name: &str, path: &str) -> Artifact {
+    Artifact::new(name, origin.url(path).parse().unwrap())
+}
+
+/// An origin route that answers `304` to a matching `If-None-Match`.
+fn with_etag(
+    body: Vec<u8>,
+    etag: &'static str,
+    cache_control: &'static str,
+) -> impl Fn(&Recorded) -> Reply {
+    move |request| {
+        if request.header("if-none-match") == Some(etag) {
+            Reply::not_modified()
+                .header("etag", etag)
+                .header("cache-control", cache_control)
+        } else {
+            Reply::ok(body.clone())
+                .header("etag", etag)
+                .header("cache-control", cache_control)
+        }
+    }
+}
+
+/// Files in `dir`, recursively, relative; `.part` files included (there must be none).
+fn listing(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let relative = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if entry.file_type().unwrap().is_dir() {
+                out.push(format!("{relative}/"));
+                walk(root, &path, out);
+            } else {
+                out.push(relative);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if dir.exists() {
+        walk(dir, dir, &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn served(report: &FetchReport) -> Vec<Served> {
+    report
+        .artifacts
+        .iter()
+        .map(|artifact| artifact.served)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_second_run_sends_no_request_while_fresh() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(3 << 20, 1);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    origin.always(
+        "/script.sh",
+        Reply::ok("echo hi\n").header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let artifacts = [
+        artifact(&origin, "in/data.bin", "/data"),
+        artifact(&origin, "script.sh", "/script.sh"),
+    ];
+
+    let first_run = tempfile::tempdir().unwrap();
+    let first = fetcher.fetch(&artifacts, first_run.path()).await.unwrap();
+    assert_eq!(served(&first), [Served::Downloaded, Served::Downloaded]);
+    assert_eq!(first.network_bytes(), data.len() as u64 + 8);
+    assert_eq!(origin.total_hits(), 2);
+
+    let second_run = tempfile::tempdir().unwrap();
+    let second = fetcher.fetch(&artifacts, second_run.path()).await.unwrap();
+    assert_eq!(served(&second), [Served::Cached, Served::Cached]);
+    assert_eq!(second.network_bytes(), 0);
+    assert_eq!(origin.total_hits(), 2, "no request while fresh");
+    assert!(
+        second
+            .artifacts
+            .iter()
+            .all(|artifact| artifact.attempts == 0)
+    );
+    assert!(
+        second.artifacts.iter().all(|artifact| matches!(
+            artifact.materialized,
+            Materialized::Reflink | Materialized::KernelCopy
+        )),
+        "copied by the kernel: {second:#?}"
+    );
+    assert_eq!(
+        std::fs::read(second_run.path().join("in/data.bin")).unwrap(),
+        data
+    );
+    assert_eq!(
+        std::fs::read(second_run.path().join("script.sh")).unwrap(),
+        b"echo hi\n"
+    );
+    assert_eq!(
+        listing(second_run.path()),
+        ["in/", "in/data.bin", "script.sh"]
+    );
+    // A new fetcher over the same directory (a new process) finds it too.
+    let third_run = tempfile::tempdir().unwrap();
+    let third = self::fetcher(cache.path())
+        .fetch(&artifacts, third_run.path())
+        .await
+        .unwrap();
+    assert_eq!(served(&third), [Served::Cached, Served::Cached]);
+    assert_eq!(origin.total_hits(), 2);
+    let text = third.to_string();
+    assert!(
+        text.contains("in/data.bin") && text.contains("cached"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_artifact_is_revalidated_and_a_304_moves_no_body() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(1 << 20, 2);
+    origin.route("/data", with_etag(data.clone(), "\"v1\"", "max-age=0"));
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let artifacts = [artifact(&origin, "data", "/data")];
+
+    fetcher
+        .fetch(&artifacts, tempfile::tempdir().unwrap().path())
+        .await
+        .unwrap();
+    let sent = origin.body_bytes_sent();
+    assert_eq!(sent, data.len() as u64);
+
+    let run = tempfile::tempdir().unwrap();
+    let report = fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    assert_eq!(served(&report), [Served::Revalidated]);
+    assert_eq!(report.network_bytes(), 0);
+    assert_eq!(origin.body_bytes_sent(), sent, "the 304 moved no body");
+    let requests = origin.requests("/data");
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].header("if-none-match"),
+        Some("\"v1\""),
+        "only a conditional request"
+    );
+    assert_eq!(std::fs::read(run.path().join("data")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_changed_artifact_is_downloaded_again() {
+    let origin = Origin::start().await.unwrap();
+    origin.sequence(
+        "/data",
+        vec![
+            Reply::ok("version 1")
+                .header("etag", "\"1\"")
+                .header("cache-control", "max-age=0"),
+            Reply::ok("version 2")
+                .header("etag", "\"2\"")
+                .header("cache-control", "max-age=0"),
+        ],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let artifacts = [artifact(&origin, "data", "/data")];
+    fetcher
+        .fetch(&artifacts, tempfile::tempdir().unwrap().path())
+        .await
+        .unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let report = fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    assert_eq!(served(&report), [Served::Downloaded]);
+    assert_eq!(
+        std::fs::read(run.path().join("data")).unwrap(),
+        b"version 2"
+    );
+}
+
+#[tokio::test]
+async fn an_artifact_with_a_digest_is_verified_and_then_needs_no_request_even_when_stale() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(2 << 20, 3);
+    origin.route("/data", with_etag(data.clone(), "\"v1\"", "max-age=0"));
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let artifacts = [artifact(&origin, "data", "/data").sha256(sha256(&data))];
+
+    let first = fetcher
+        .fetch(&artifacts, tempfile::tempdir().unwrap().path())
+        .await
+        .unwrap();
+    assert_eq!(served(&first), [Served::Downloaded]);
+    assert_eq!(first.artifacts[0].sha256, Some(sha256(&data)));
+    for _ in 0..2 {
+        let run = tempfile::tempdir().unwrap();
+        let again = fetcher.fetch(&artifacts, run.path()).await.unwrap();
+        assert_eq!(served(&again), [Served::Cached]);
+        assert_eq!(std::fs::read(run.path().join("data")).unwrap(), data);
+    }
+    assert_eq!(
+        origin.hits("/data"),
+        1,
+        "the stored copy has the digest: no request"
+    );
+}
+
+#[tokio::test]
+async fn a_digest_mismatch_names_both_digests_and_leaves_nothing_behind() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(100_000, 4);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    origin.always(
+        "/ok",
+        Reply::ok("fine").header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let wrong = sha256(b"something else");
+    let run = tempfile::tempdir().unwrap();
+    let error = fetcher
+        .fetch(
+            &[artifact(&origin, "data.bin", "/data").sha256(wrong)],
+            run.path(),
+        )
+        .await
+        .unwrap_err();
+    match &error {
+        FetchError::ChecksumMismatch {
+            name,
+            expected,
+            actual,
+            ..
+        } => {
+            assert_eq!(name, "data.bin");
+            assert_eq!(*expected, wrong);
+            assert_eq!(*actual, sha256(&data));
+        }
+        other => panic!("not a checksum mismatch: {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        message.contains("data.bin")
+            && message.contains(&wrong.to_string())
+            && message.contains(&sha256(&data).to_string()),
+        "{message}"
+    );
+    assert!(listing(run.path()).is_empty(), "{:?}", listing(run.path()));
+    // Nothing of it in the cache: the same URL without a digest goes to the origin.
+    let report = fetcher
+        .fetch(&[artifact(&origin, "data.bin", "/data")], run.path())
+        .await
+        .unwrap();
+    assert_eq!(served(&report), [Served::Downloaded]);
+    assert_eq!(origin.hits("/data"), 2);
+}
+
+#[tokio::test]
+async fn a_cached_copy_without_the_digest_is_replaced_by_the_origins() {
+    let origin = Origin::start().await.unwrap();
+    origin.sequence(
+        "/data",
+        vec![
+            Reply::ok("old content").header("cache-control", "max-age=600"),
+            Reply::ok("new content").header("cache-control", "max-age=600"),
+        ],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    fetcher
+        .fetch(
+            &[artifact(&origin, "data", "/data")],
+            tempfile::tempdir().unwrap().path(),
+        )
+        .await
+        .unwrap();
+    // The job now names the new content: the fresh but older copy will not do.
+    let run = tempfile::tempdir().unwrap();
+    let report = fetcher
+        .fetch(
+            &[artifact(&origin, "data", "/data").sha256(sha256(b"new content"))],
+            run.path(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(served(&report), [Served::Downloaded]);
+    assert_eq!(
+        std::fs::read(run.path().join("data")).unwrap(),
+        b"new content"
+    );
+    assert_eq!(origin.hits("/data"), 2);
+}
+
+#[tokio::test]
+async fn names_that_escape_the_run_directory_are_refused_before_any_request() {
+    let origin = Origin::start().await.unwrap();
+    origin.always("/x", Reply::ok("x"));
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let run = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/tmp", run.path().join("link")).unwrap();
+    for name in [
+        "../escape",
+        "/etc/passwd",
+        "a/../../escape",
+        "link/x",
+        "link",
+    ] {
+        let artifacts = [
+            artifact(&origin, "fine", "/x"),
+            artifact(&origin, name, "/x"),
+        ];
+        let error = fetcher.fetch(&artifacts, run.path()).await.unwrap_err();
+        assert!(
+            matches!(error, FetchError::BadName { .. }),
+            "{name}: {error:?}"
+        );
+        assert!(error.to_string().contains(&format!("{name:?}")), "{error}");
+    }
+    let error = fetcher
+        .fetch(
+            &[artifact(&origin, "a", "/x"), artifact(&origin, "a/b", "/x")],
+            run.path(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, FetchError::NamesOverlap { .. }),
+        "{error:?}"
+    );
+    assert_eq!(origin.total_hits(), 0, "nothing was fetched");
+    assert_eq!(listing(run.path()), ["link"]);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_then_succeed() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(500_000, 5);
+    origin.sequence(
+        "/data",
+        vec![
+            Reply::status(503),
+            Reply::ok(data.clone()).cut_after(100_000),
+            Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+        ],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&events);
+    let fetcher = Fetcher::builder()
+        .cache_dir(cache.path())
+        .retry(Retry {
+            attempts: 3,
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        })
+        .on_progress(move |progress| seen.lock().unwrap().push(progress.event.clone()))
+        .build()
+        .unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let report = fetcher
+        .fetch(&[artifact(&origin, "data", "/data")], run.path())
+        .await
+        .unwrap();
+    assert_eq!(report.artifacts[0].attempts, 3);
+    assert_eq!(std::fs::read(run.path().join("data")).unwrap(), data);
+    assert_eq!(
+        listing(run.path()),
+        ["data"],
+        "the cut download left nothing"
+    );
+    let events = events.lock().unwrap();
+    let retries = events
+        .iter()
+        .filter(|event| matches!(event, ProgressEvent::Retrying { .. }))
+        .count();
+    assert_eq!(retries, 2, "{events:?}");
+    assert_eq!(events.first(), Some(&ProgressEvent::Started));
+    assert!(matches!(
+        events.last(),
+        Some(ProgressEvent::Done {
+            served: Served::Downloaded,
+            size: 500_000
+        })
+    ));
+}
+
+#[tokio::test]
+async fn a_failing_origin_is_retried_then_reported_with_the_url() {
+    let origin = Origin::start().await.unwrap();
+    origin.always("/broken", Reply::status(500));
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let error = fetcher
+        .fetch(
+            &[artifact(&origin, "b", "/broken")],
+            tempfile::tempdir().unwrap().path(),
+        )
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains(&origin.url("/broken"))
+            && message.contains("500")
+            && message.contains("3 attempt"),
+        "{message}"
+    );
+    assert_eq!(origin.hits("/broken"), 3);
+}
+
+#[tokio::test]
+async fn a_4xx_is_not_retried() {
+    let origin = Origin::start().await.unwrap();
+    origin.always("/missing", Reply::status(404));
+    let cache = tempfile::tempdir().unwrap();
+    let error = fetcher(cache.path())
+        .fetch(
+            &[artifact(&origin, "m", "/missing")],
+            tempfile::tempdir().unwrap().path(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, FetchError::Status { status, .. } if status == 404),
+        "{error:?}"
+    );
+    assert_eq!(origin.hits("/missing"), 1);
+}
+
+#[tokio::test]
+async fn a_slow_origin_times_out_and_is_retried_then_reported() {
+    let origin = Origin::start().await.unwrap();
+    origin.always("/slow", Reply::ok("late").delay(Duration::from_secs(5)));
+    let cache = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .read_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let fetcher = Fetcher::builder()
+        .cache_dir(cache.path())
+        .client(client)
+        .retry(Retry {
+            attempts: 2,
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+        })
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let error = fetcher
+        .fetch(
+            &[artifact(&origin, "s", "/slow")],
+            tempfile::tempdir().unwrap().path(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the timeout cut it short"
+    );
+    assert!(
+        matches!(error, FetchError::Network { attempts: 2, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(&origin.url("/slow")), "{error}");
+    assert_eq!(origin.hits("/slow"), 2);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_then_reported() {
+    let port = testbed::net::free_port().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/gone");
+    let error = fetcher(cache.path())
+        .fetch(
+            &[Artifact::new("gone", url.parse().unwrap())],
+            tempfile::tempdir().unwrap().path(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, FetchError::Network { attempts: 3, .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(&url), "{error}");
+}
+
+#[tokio::test]
+async fn two_fetches_of_one_url_at_once_download_it_once() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(4 << 20, 6);
+    origin.always(
+        "/big",
+        Reply::ok(data.clone())
+            .header("cache-control", "max-age=600")
+            .chunked(64)
+            .chunk_delay(Duration::from_millis(5)),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    // Two fetchers over one cache directory, as two runs in two processes would be.
+    let (one, two) = (fetcher(cache.path()), fetcher(cache.path()));
+    let artifacts = [artifact(&origin, "big", "/big")];
+    let (dir_one, dir_two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, second) = tokio::join!(
+        one.fetch(&artifacts, dir_one.path()),
+        two.fetch(&artifacts, dir_two.path())
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(origin.hits("/big"), 1, "downloaded once");
+    let mut served = [first.artifacts[0].served, second.artifacts[0].served];
+    served.sort_by_key(|served| served.as_str());
+    assert_eq!(served, [Served::Cached, Served::Downloaded]);
+    assert_eq!(std::fs::read(dir_one.path().join("big")).unwrap(), data);
+    assert_eq!(std::fs::read(dir_two.path().join("big")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn what_a_job_does_to_its_files_does_not_change_the_cache() {
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/data",
+        Reply::ok("pristine").header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let artifacts = [artifact(&origin, "data", "/data")];
+    fetcher
+        .fetch(&artifacts, tempfile::tempdir().unwrap().path())
+        .await
+        .unwrap();
+
+    let run = tempfile::tempdir().unwrap();
+    fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    let path = run.path().join("data");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b" and changed")
+        .unwrap();
+    let next = tempfile::tempdir().unwrap();
+    let report = fetcher.fetch(&artifacts, next.path()).await.unwrap();
+    assert_eq!(served(&report), [Served::Cached]);
+    assert_eq!(
+        std::fs::read(next.path().join("data")).unwrap(),
+        b"pristine"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_artifact_is_linked_and_read_only() {
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/data",
+        Reply::ok("shared").header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let artifacts = [artifact(&origin, "data", "/data").read_only(true)];
+    let first = tempfile::tempdir().unwrap();
+    fetcher.fetch(&artifacts, first.path()).await.unwrap();
+    let mode = std::fs::metadata(first.path().join("data"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o444, "downloaded read-only");
+
+    let run = tempfile::tempdir().unwrap();
+    let report = fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    assert_eq!(report.artifacts[0].materialized, Materialized::HardLink);
+    let path = run.path().join("data");
+    assert_eq!(std::fs::read(&path).unwrap(), b"shared");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+}
+
+#[tokio::test]
+async fn an_archive_is_unpacked_into_its_directory_every_run() {
+    let origin = Origin::start().await.unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(6);
+    header.set_mode(0o755);
+    header.set_cksum();
+    tar.append_data(&mut header, "bin/run.sh", &b"echo 1"[..])
+        .unwrap();
+    let archive = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&archive).unwrap();
+    let tar_gz = gz.finish().unwrap();
+    origin.always(
+        "/tools.tar.gz",
+        Reply::ok(tar_gz.clone()).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let artifacts = [artifact(&origin, "tools", "/tools.tar.gz")
+        .unpack(Archive::TarGz)
+        .sha256(sha256(&tar_gz))];
+    for expected in [Served::Downloaded, Served::Cached] {
+        let run = tempfile::tempdir().unwrap();
+        let report = fetcher.fetch(&artifacts, run.path()).await.unwrap();
+        assert_eq!(served(&report), [expected]);
+        assert_eq!(report.artifacts[0].materialized, Materialized::Unpacked);
+        assert_eq!(
+            listing(run.path()),
+            ["tools/", "tools/bin/", "tools/bin/run.sh"]
+        );
+        let script = run.path().join("tools/bin/run.sh");
+        assert_eq!(std::fs::read(&script).unwrap(), b"echo 1");
+        assert_eq!(
+            std::fs::metadata(&script).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        // Fetching again into the same directory replaces what was unpacked.
+        fetcher.fetch(&artifacts, run.path()).await.unwrap();
+        assert_eq!(
+            listing(run.path()),
+            ["tools/", "tools/bin/", "tools/bin/run.sh"]
+        );
+    }
+    assert_eq!(origin.hits("/tools.tar.gz"), 1);
+}
+
+#[tokio::test]
+async fn an_archive_that_escapes_is_an_error_and_leaves_nothing() {
+    let origin = Origin::start().await.unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_size(0);
+    header.set_cksum();
+    tar.append_link(&mut header, "etc", "/etc").unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(4);
+    header.set_cksum();
+    tar.append_data(&mut header, "etc/evil", &b"evil"[..])
+        .unwrap();
+    origin.always("/evil.tar", Reply::ok(tar.into_inner().unwrap()));
+    let cache = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let error = fetcher(cache.path())
+        .fetch(
+            &[artifact(&origin, "evil", "/evil.tar").unpack(Archive::Tar)],
+            run.path(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, FetchError::Unpack { ref name, .. } if name == "evil"),
+        "{error:?}"
+    );
+    assert!(listing(run.path()).is_empty(), "{:?}", listing(run.path()));
+}
+
+#[tokio::test]
+async fn a_redirected_artifact_is_cached_under_each_url() {
+    let origin = Origin::start().await.unwrap();
+    let target = origin.url("/real");
+    origin.always(
+        "/latest",
+        Reply::status(301)
+            .header("location", target)
+            .header("cache-control", "max-age=600"),
+    );
+    origin.always(
+        "/real",
+        Reply::ok("the real thing").header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let artifacts = [artifact(&origin, "thing", "/latest")];
+    for _ in 0..2 {
+        let run = tempfile::tempdir().unwrap();
+        fetcher.fetch(&artifacts, run.path()).await.unwrap();
+        assert_eq!(
+            std::fs::read(run.path().join("thing")).unwrap(),
+            b"the real thing"
+        );
+    }
+    assert_eq!(origin.total_hits(), 2, "each hop asked once");
+}
+
+#[tokio::test]
+async fn a_second_host_gets_the_artifact_from_the_shared_tier() {
+    let redis = testbed::redis::RedisServer::start().unwrap();
+    let origin = Origin::start().await.unwrap();
+    let data = body(3 << 20, 7);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    let host = async |cache: &Path| {
+        Fetcher::builder()
+            .cache_dir(cache)
+            .shared_tier(
+                cachecontrol::RedisCache::new(redis.url().as_str())
+                    .await
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let (cache_one, cache_two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let artifacts = [artifact(&origin, "data", "/data").sha256(sha256(&data))];
+    let one = host(cache_one.path()).await;
+    let first = one
+        .fetch(&artifacts, tempfile::tempdir().unwrap().path())
+        .await
+        .unwrap();
+    assert_eq!(served(&first), [Served::Downloaded]);
+    one.close().await.unwrap();
+
+    // Another host, with an empty file cache of its own.
+    let two = host(cache_two.path()).await;
+    let run = tempfile::tempdir().unwrap();
+    let second = two.fetch(&artifacts, run.path()).await.unwrap();
+    assert_eq!(served(&second), [Served::SharedTier]);
+    assert_eq!(second.network_bytes(), data.len() as u64);
+    assert_eq!(std::fs::read(run.path().join("data")).unwrap(), data);
+    assert_eq!(origin.hits("/data"), 1, "the origin was not asked again");
+    // Then from its own file cache.
+    let mut third = None;
+    for _ in 0..50 {
+        let report = two
+            .fetch(&artifacts, tempfile::tempdir().unwrap().path())
+            .await
+            .unwrap();
+        if report.artifacts[0].served == Served::Cached {
+            third = Some(report);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        third.is_some(),
+        "the shared copy was kept in the host's file cache"
+    );
+    two.close().await.unwrap();
+}
