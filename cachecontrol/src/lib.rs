@@ -127,8 +127,3 @@ pub use mode::{CacheMode, CacheStatus, FromCache, StoredFile};
 pub use store::{Cache, MemoryCache, RedisCache, RedisCacheBuilder, StoreError};
 #[cfg(unix)]
 pub use store::{FileCache, FileCacheBuilder};
-
-// The README's examples are compiled and run as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

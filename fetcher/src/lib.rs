@@ -97,3 +97,9 @@ pub use unpack::{Archive, Limits};
 
 #[doc(no_inline)]
 pub use cachecontrol::FileCache;
+
+// The workspace README's examples (cachecontrol's and ours) are compiled as doc
+// tests here, in the crate that can see both.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
