@@ -795,3 +795,49 @@ async fn a_second_host_gets_the_artifact_from_the_shared_tier() {
     );
     two.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn no_more_artifacts_than_the_limit_are_fetched_at_once() {
+    let origin = Origin::start().await.unwrap();
+    for n in 0..6 {
+        origin.always(
+            &format!("/{n}"),
+            Reply::ok(format!("artifact {n}")).delay(Duration::from_millis(100)),
+        );
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let in_flight = Arc::new(Mutex::new((0usize, 0usize)));
+    let counter = Arc::clone(&in_flight);
+    let fetcher = Fetcher::builder()
+        .cache_dir(cache.path())
+        .concurrency(2)
+        .on_progress(move |progress| {
+            let mut counts = counter.lock().unwrap();
+            match progress.event {
+                ProgressEvent::Started => counts.0 += 1,
+                ProgressEvent::Done { .. } => counts.0 -= 1,
+                _ => {}
+            }
+            counts.1 = counts.1.max(counts.0);
+        })
+        .build()
+        .unwrap();
+    let artifacts: Vec<Artifact> = (0..6)
+        .map(|n| artifact(&origin, &format!("a{n}"), &format!("/{n}")))
+        .collect();
+    let run = tempfile::tempdir().unwrap();
+    let report = fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    let names: Vec<&str> = report.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["a0", "a1", "a2", "a3", "a4", "a5"],
+        "reported in the order given"
+    );
+    assert_eq!(in_flight.lock().unwrap().1, 2, "two at a time, never more");
+    for n in 0..6 {
+        assert_eq!(
+            std::fs::read_to_string(run.path().join(format!("a{n}"))).unwrap(),
+            format!("artifact {n}")
+        );
+    }
+}
