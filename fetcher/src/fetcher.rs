@@ -151,15 +151,22 @@ impl Fetcher {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|error| FetchError::io("creating the run directory", dir, error))?;
-        let mut reports: Vec<(usize, ArtifactReport)> =
-            futures_util::stream::iter(artifacts.iter().zip(paths).enumerate())
-                .map(|(index, (artifact, path))| async move {
-                    let report = self.fetch_one(artifact, dir, &path).await?;
-                    Ok::<_, FetchError>((index, report))
-                })
-                .buffer_unordered(self.inner.concurrency)
-                .try_collect()
-                .await?;
+        // The futures are made first, then run: a stream mapped by a closure over
+        // borrowed artifacts would make `fetch`'s future unusable with
+        // `tokio::spawn` (the compiler cannot prove it `Send` for every lifetime).
+        let fetches: Vec<_> = artifacts
+            .iter()
+            .zip(paths)
+            .enumerate()
+            .map(|(index, (artifact, path))| async move {
+                let report = self.fetch_one(artifact, dir, &path).await?;
+                Ok::<_, FetchError>((index, report))
+            })
+            .collect();
+        let mut reports: Vec<(usize, ArtifactReport)> = futures_util::stream::iter(fetches)
+            .buffer_unordered(self.inner.concurrency)
+            .try_collect()
+            .await?;
         reports.sort_by_key(|(index, _)| *index);
         Ok(FetchReport {
             artifacts: reports.into_iter().map(|(_, report)| report).collect(),
@@ -361,11 +368,12 @@ impl Fetcher {
         stored: cachecontrol::StoredFile,
         scratch: &Scratch,
     ) -> Result<(Materialized, u64), Failure> {
-        let path = scratch.path.clone();
+        let guard = scratch.clone();
         let expected = artifact.sha256;
         let read_only = artifact.read_only;
         let verified = self.inner.verified.clone();
         let outcome = tokio::task::spawn_blocking(move || {
+            let path = guard.path();
             let file = stored.file();
             let len = stored.len();
             if let Some(expected) = expected {
@@ -388,16 +396,18 @@ impl Fetcher {
         .map_err(|error| {
             Failure::Final(FetchError::io(
                 "copying",
-                &scratch.path,
+                scratch.path(),
                 std::io::Error::other(error),
             ))
         })?;
         match outcome {
             Ok(Ok(done)) => Ok(done),
             Ok(Err(actual)) => Err(Failure::StoredCopyIsWrong { actual }),
-            Err((action, error)) => {
-                Err(Failure::Final(FetchError::io(action, &scratch.path, error)))
-            }
+            Err((action, error)) => Err(Failure::Final(FetchError::io(
+                action,
+                scratch.path(),
+                error,
+            ))),
         }
     }
 
@@ -412,7 +422,7 @@ impl Fetcher {
     ) -> Result<u64, Failure> {
         let total = response.content_length();
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(32);
-        let path = scratch.path.clone();
+        let guard = scratch.clone();
         let hash = artifact.sha256.is_some();
         let mode = if artifact.read_only {
             READ_ONLY
@@ -421,6 +431,7 @@ impl Fetcher {
         };
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Sha256>> {
             use std::os::unix::fs::OpenOptionsExt;
+            let path = guard.path();
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -471,7 +482,7 @@ impl Fetcher {
             )));
         }
         let digest = written
-            .map_err(|error| Failure::Final(FetchError::io("writing", &scratch.path, error)))?;
+            .map_err(|error| Failure::Final(FetchError::io("writing", scratch.path(), error)))?;
         self.progress(artifact, ProgressEvent::Bytes { done, total });
         if let (Some(expected), Some(actual)) = (artifact.sha256, digest)
             && actual != expected
@@ -508,13 +519,13 @@ impl Fetcher {
                 WRITABLE
             };
             if materialized != Materialized::HardLink {
-                tokio::fs::set_permissions(&scratch.path, Permissions::from_mode(mode))
+                tokio::fs::set_permissions(scratch.path(), Permissions::from_mode(mode))
                     .await
                     .map_err(|error| {
-                        Failure::Final(FetchError::io("setting the mode of", &scratch.path, error))
+                        Failure::Final(FetchError::io("setting the mode of", scratch.path(), error))
                     })?;
             }
-            tokio::fs::rename(&scratch.path, dest)
+            tokio::fs::rename(scratch.path(), dest)
                 .await
                 .map_err(|error| {
                     Failure::Final(FetchError::io("renaming into place", dest, error))
@@ -524,14 +535,14 @@ impl Fetcher {
         };
         self.progress(artifact, ProgressEvent::Unpacking);
         let unpacked = Scratch::new(dest);
-        let archive_path = scratch.path.clone();
-        let into = unpacked.path.clone();
+        let (archive_guard, into_guard) = (scratch.clone(), unpacked.clone());
         let limits = self.inner.limits.clone();
         let read_only = artifact.read_only;
         let result = tokio::task::spawn_blocking(move || {
-            let result = unpack::unpack(&archive_path, archive, &into, &limits);
+            let into = into_guard.path();
+            let result = unpack::unpack(archive_guard.path(), archive, into, &limits);
             if result.is_ok() && read_only {
-                make_read_only(&into);
+                make_read_only(into);
             }
             result
         })
@@ -562,7 +573,7 @@ impl Fetcher {
             })?,
             Err(_) => {}
         }
-        tokio::fs::rename(&unpacked.path, dest)
+        tokio::fs::rename(unpacked.path(), dest)
             .await
             .map_err(|error| Failure::Final(FetchError::io("renaming into place", dest, error)))?;
         unpacked.disarm();
@@ -649,11 +660,17 @@ impl Transient {
 }
 
 /// A path next to an artifact's, written before it is renamed to the artifact's
-/// name; removed when dropped unless it was.
+/// name; removed when the last clone is dropped, unless it was renamed.
+///
+/// Blocking tasks that write it hold a clone: when a fetch is cancelled while one
+/// runs, the path is removed after the task has finished writing, not before.
+#[derive(Debug, Clone)]
+struct Scratch(Arc<ScratchPath>);
+
 #[derive(Debug)]
-struct Scratch {
+struct ScratchPath {
     path: PathBuf,
-    armed: bool,
+    armed: std::sync::atomic::AtomicBool,
 }
 
 impl Scratch {
@@ -668,20 +685,25 @@ impl Scratch {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        Scratch {
+        Scratch(Arc::new(ScratchPath {
             path: dest.with_file_name(unique),
-            armed: true,
-        }
+            armed: std::sync::atomic::AtomicBool::new(true),
+        }))
     }
 
-    fn disarm(mut self) {
-        self.armed = false;
+    fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// It has been renamed: nothing to remove.
+    fn disarm(&self) {
+        self.0.armed.store(false, Ordering::Release);
     }
 }
 
-impl Drop for Scratch {
+impl Drop for ScratchPath {
     fn drop(&mut self) {
-        if !self.armed {
+        if !self.armed.load(Ordering::Acquire) {
             return;
         }
         let removed = match std::fs::symlink_metadata(&self.path) {

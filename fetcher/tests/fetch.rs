@@ -841,3 +841,57 @@ async fn no_more_artifacts_than_the_limit_are_fetched_at_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_cancelled_fetch_leaves_nothing_in_the_run_directory_or_the_cache() {
+    let origin = Origin::start().await.unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    origin.always(
+        "/big",
+        Reply::ok(body(8 << 20, 8))
+            .header("cache-control", "max-age=600")
+            .chunked(16)
+            .gate(Arc::clone(&gate)),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (started, mut receiving) = tokio::sync::mpsc::unbounded_channel();
+    let fetcher = Fetcher::builder()
+        .cache_dir(cache.path())
+        .on_progress(move |progress| {
+            if matches!(progress.event, ProgressEvent::Bytes { .. }) {
+                let _ = started.send(());
+            }
+        })
+        .build()
+        .unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let task = {
+        let fetcher = fetcher.clone();
+        let artifacts = [artifact(&origin, "big", "/big")];
+        let dir = run.path().to_path_buf();
+        tokio::spawn(async move { fetcher.fetch(&artifacts, &dir).await })
+    };
+    gate.add_permits(4);
+    receiving.recv().await.expect("some bytes arrived");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    gate.add_permits(100);
+    let mut left = listing(run.path());
+    for _ in 0..100 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = listing(run.path());
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let report = fetcher
+        .fetch(&[artifact(&origin, "big", "/big")], run.path())
+        .await
+        .unwrap();
+    assert_eq!(
+        served(&report),
+        [Served::Downloaded],
+        "nothing half-stored in the cache"
+    );
+}
