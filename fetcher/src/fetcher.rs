@@ -388,7 +388,7 @@ impl Fetcher {
                     verified.record(&expected, &identity);
                 }
             }
-            let how = materialize::from_stored(file, len, &path, read_only)
+            let how = materialize::from_stored(file, len, path, read_only)
                 .map_err(|error| ("copying the stored copy to", error))?;
             Ok(Ok((how, len)))
         })
@@ -436,7 +436,7 @@ impl Fetcher {
                 .write(true)
                 .create_new(true)
                 .mode(mode | 0o200)
-                .open(&path)?;
+                .open(path)?;
             let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
             let mut hasher = hash.then(sha2::Sha256::new);
             while let Some(chunk) = receiver.blocking_recv() {
