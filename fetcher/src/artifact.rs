@@ -42,10 +42,12 @@ pub struct Artifact {
     /// Unpack the file as this kind of archive into the directory `name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unpack: Option<Archive>,
-    /// The job only reads it: the file is made read-only, and may be a hard link
-    /// to the cache's copy (no copy at all, even on file systems without reflinks).
-    /// A process that changes the file's mode back and writes to it would change
-    /// the cache's copy too, which the next verification with a digest detects.
+    /// The job only reads it: the file is made read-only. With a digest too, it is
+    /// a hard link to the cache's copy (no copy at all, even on file systems
+    /// without reflinks). A job that made such a file writable again and wrote to
+    /// it would change the cache's copy, and the other runs' links to it: the next
+    /// fetch with the digest notices (the file's change time moved), finds the
+    /// content wrong, and downloads it again.
     #[serde(default)]
     pub read_only: bool,
 }

@@ -51,7 +51,7 @@ pub enum FetchError {
     },
     /// The request failed (connection refused, timeout, body cut short), after
     /// retries.
-    #[error("artifact {name:?}: fetching {url} failed after {attempts} attempt(s): {source}")]
+    #[error("artifact {name:?}: fetching {url} failed after {attempts} attempt(s): {reason}")]
     Network {
         /// The artifact.
         name: String,
@@ -59,7 +59,19 @@ pub enum FetchError {
         url: Url,
         /// How many requests were made.
         attempts: u32,
+        /// The last error with its causes, as one line.
+        reason: String,
         /// The last error.
+        #[source]
+        source: reqwest_middleware::Error,
+    },
+    /// A request that cannot succeed by trying again (too many redirects, a URL the
+    /// client refuses, a middleware's refusal).
+    #[error("request failed: {reason}")]
+    Request {
+        /// The error with its causes, as one line.
+        reason: String,
+        /// The error.
         #[source]
         source: reqwest_middleware::Error,
     },

@@ -15,10 +15,11 @@ use futures_util::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use reqwest_middleware::ClientWithMiddleware;
 use sha2::Digest;
+use url::Url;
 
 use crate::artifact::{Artifact, Sha256, check_names};
 use crate::error::FetchError;
-use crate::lock::{self, TryLock, UrlLock};
+use crate::lock::{LockFile, UrlLock};
 use crate::materialize::{self, Materialized, READ_ONLY, WRITABLE};
 use crate::report::{ArtifactReport, FetchReport, Progress, ProgressEvent, Served};
 use crate::retry::Retry;
@@ -187,60 +188,55 @@ impl Fetcher {
         tokio::fs::create_dir_all(&parent)
             .await
             .map_err(|error| FetchError::io("creating the directory", &parent, error))?;
-        let _lock = self.lock(artifact).await?;
 
         // With a digest, any stored copy that has it will do: no need to ask.
         let mut mode = match artifact.sha256 {
             Some(_) => CacheMode::ForceCache,
             None => CacheMode::Default,
         };
+        // A copy in the cache that can be used as it is needs neither the network
+        // nor the lock.
+        let mut taken = match self
+            .attempt(artifact, &dest, CacheMode::OnlyIfCached, 0)
+            .await
+        {
+            Ok(taken) if matches!(taken.done.served, Served::Cached | Served::SharedTier) => {
+                Some(taken)
+            }
+            Ok(_) | Err(Failure::Transient(_) | Failure::Final(_) | Failure::Unusable) => None,
+            Err(Failure::StoredCopyIsWrong { actual, urls }) => {
+                self.forget(artifact, &actual, &urls).await;
+                mode = CacheMode::Reload;
+                None
+            }
+        };
         let mut attempts = 0;
-        loop {
+        let mut lock = None;
+        let taken = loop {
+            if let Some(taken) = taken.take() {
+                break taken;
+            }
+            if lock.is_none() {
+                lock = Some(self.lock(artifact).await?);
+            }
             attempts += 1;
-            let failure = match self.attempt(artifact, &dest, mode).await {
-                Ok(done) => {
-                    self.progress(
-                        artifact,
-                        ProgressEvent::Done {
-                            served: done.served,
-                            size: done.size,
-                        },
-                    );
-                    return Ok(ArtifactReport {
-                        name: artifact.name.clone(),
-                        url: artifact.url.clone(),
-                        path: dest,
-                        served: done.served,
-                        materialized: done.materialized,
-                        size: done.size,
-                        network_bytes: done.network_bytes,
-                        sha256: artifact.sha256,
-                        attempts: if done.requested {
-                            attempts
-                        } else {
-                            attempts - 1
-                        },
-                        elapsed: started.elapsed(),
-                    });
-                }
-                Err(failure) => failure,
-            };
-            match failure {
-                Failure::StoredCopyIsWrong { actual } => {
-                    // Not what the artifact names: forget it and ask the origin.
-                    tracing::info!(
-                        artifact = %artifact.name, url = %artifact.url, %actual,
-                        "the cached copy does not have the artifact's digest; downloading it again"
-                    );
-                    self.inner.cache.invalidate(&artifact.url).await;
+            match self.attempt(artifact, &dest, mode, attempts).await {
+                Ok(done) => break done,
+                Err(Failure::StoredCopyIsWrong { actual, urls }) => {
+                    self.forget(artifact, &actual, &urls).await;
                     mode = CacheMode::Reload;
                     attempts -= 1;
                 }
-                Failure::Final(error) => return Err(error),
-                Failure::Transient(error) if attempts >= self.inner.retry.attempts => {
+                Err(Failure::Unusable) => {
+                    // A stored error or redirect: let the origin have its say.
+                    mode = CacheMode::Default;
+                    attempts -= 1;
+                }
+                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::Transient(error)) if attempts >= self.inner.retry.attempts => {
                     return Err(error.into_error(artifact, attempts));
                 }
-                Failure::Transient(error) => {
+                Err(Failure::Transient(error)) => {
                     let delay = self.inner.retry.delay(attempts);
                     tracing::warn!(
                         artifact = %artifact.name, url = %artifact.url, attempt = attempts,
@@ -255,43 +251,80 @@ impl Fetcher {
                         },
                     );
                     tokio::time::sleep(delay).await;
+                    // Not from the cache: it may hold the failure.
+                    mode = CacheMode::Reload;
                 }
             }
+        };
+        // The body is in the cache (when it could be stored): others may go on.
+        drop(lock);
+        let Taken { done, scratch } = taken;
+        let materialized = self
+            .put_in_place(artifact, scratch, &dest, done.materialized)
+            .await?;
+        self.progress(
+            artifact,
+            ProgressEvent::Done {
+                served: done.served,
+                size: done.size,
+            },
+        );
+        Ok(ArtifactReport {
+            name: artifact.name.clone(),
+            url: artifact.url.clone(),
+            path: dest,
+            served: done.served,
+            materialized,
+            size: done.size,
+            network_bytes: done.network_bytes,
+            sha256: artifact.sha256,
+            attempts,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Forgets a stored copy that does not have the artifact's digest, under every
+    /// URL it was fetched through (the artifact's, and a redirect's target).
+    async fn forget(&self, artifact: &Artifact, actual: &Sha256, urls: &[Url]) {
+        tracing::info!(
+            artifact = %artifact.name, url = %artifact.url, %actual,
+            "the cached copy does not have the artifact's digest; downloading it again"
+        );
+        for url in urls {
+            self.inner.cache.invalidate(url).await;
         }
     }
 
-    /// Takes the host-wide lock of the artifact's URL, waiting for another fetch of
-    /// it to finish.
+    /// Takes the host-wide lock of the artifact's URL, waiting (without holding a
+    /// thread) for another fetch of it to finish.
     async fn lock(&self, artifact: &Artifact) -> Result<UrlLock, FetchError> {
-        let dir = self.inner.locks.clone();
-        let url = artifact.url.clone();
-        let tried = tokio::task::spawn_blocking(move || lock::try_lock(&dir, &url))
-            .await
-            .map_err(|error| {
-                FetchError::io("locking", &self.inner.locks, std::io::Error::other(error))
-            })?
-            .map_err(|error| FetchError::io("locking", &self.inner.locks, error))?;
-        match tried {
-            TryLock::Taken(lock) => Ok(lock),
-            TryLock::Busy(file, path) => {
-                self.progress(artifact, ProgressEvent::Waiting);
-                tokio::task::spawn_blocking(move || lock::wait(file))
-                    .await
-                    .map_err(|error| {
-                        FetchError::io("waiting for the lock", &path, std::io::Error::other(error))
-                    })?
-                    .map_err(|error| FetchError::io("waiting for the lock", &path, error))
+        let locks = &self.inner.locks;
+        let mut file = LockFile::open(locks, &artifact.url)
+            .map_err(|error| FetchError::io("opening the lock file in", locks, error))?;
+        let mut waiting = false;
+        loop {
+            match file.try_take() {
+                Ok(Ok(lock)) => return Ok(lock),
+                Ok(Err(busy)) => file = busy,
+                Err(error) => return Err(FetchError::io("locking a file in", locks, error)),
             }
+            if !waiting {
+                waiting = true;
+                self.progress(artifact, ProgressEvent::Waiting);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// One request, and the file in place if it succeeds.
+    /// One request (`attempt` is its number, 0 when it may only use the cache), and
+    /// the body in a scratch file next to the artifact's name if it succeeds.
     async fn attempt(
         &self,
         artifact: &Artifact,
         dest: &Path,
         mode: CacheMode,
-    ) -> Result<Done, Failure> {
+        attempt: u32,
+    ) -> Result<Taken, Failure> {
         let response = self
             .inner
             .client
@@ -299,115 +332,141 @@ impl Fetcher {
             .with_extension(mode)
             .send()
             .await
-            .map_err(|error| Failure::Transient(Transient::Request(error)))?;
+            .map_err(classify)?;
         let status = response.status();
-        if !status.is_success() {
-            let transient = status.is_server_error()
-                || status == StatusCode::REQUEST_TIMEOUT
-                || status == StatusCode::TOO_MANY_REQUESTS;
-            return Err(if transient {
-                Failure::Transient(Transient::Status(status))
-            } else {
-                Failure::Final(FetchError::Status {
-                    name: artifact.name.clone(),
-                    url: artifact.url.clone(),
-                    status,
-                    attempts: 0,
-                })
-            });
-        }
         let cache_status = response.extensions().get::<CacheStatus>().copied();
         let from_cache = response.extensions().get::<FromCache>().cloned();
-        let served = match (cache_status, &from_cache) {
-            (Some(CacheStatus::Hit | CacheStatus::Stale), Some(from)) if from.from_far => {
-                Served::SharedTier
-            }
-            (Some(CacheStatus::Hit | CacheStatus::Stale), _) => Served::Cached,
-            (Some(CacheStatus::Revalidated), _) => Served::Revalidated,
+        if !status.is_success() {
+            // A stored error, or a stored redirect that led to one, is not for a
+            // mode that takes what is stored without asking.
+            let stored = matches!(cache_status, Some(CacheStatus::Hit | CacheStatus::Stale))
+                || response.url() != &artifact.url;
+            return Err(
+                if mode == CacheMode::OnlyIfCached || (mode == CacheMode::ForceCache && stored) {
+                    Failure::Unusable
+                } else if status.is_server_error() {
+                    Failure::Transient(Transient::Status(status))
+                } else {
+                    Failure::Final(FetchError::Status {
+                        name: artifact.name.clone(),
+                        url: artifact.url.clone(),
+                        status,
+                        attempts: attempt,
+                    })
+                },
+            );
+        }
+        let from_far = from_cache.as_ref().is_some_and(|from| from.from_far);
+        // From the cache alone, only a fresh copy or one with the artifact's digest
+        // is used as it is.
+        if cache_status == Some(CacheStatus::Stale)
+            && mode == CacheMode::OnlyIfCached
+            && artifact.sha256.is_none()
+        {
+            return Err(Failure::Unusable);
+        }
+        let served = match cache_status {
+            Some(CacheStatus::Hit | CacheStatus::Stale) if from_far => Served::SharedTier,
+            Some(CacheStatus::Hit | CacheStatus::Stale) => Served::Cached,
+            Some(CacheStatus::Revalidated) => Served::Revalidated,
             _ => Served::Downloaded,
         };
-        let requested = !matches!(served, Served::Cached | Served::SharedTier);
+        let mut urls = vec![artifact.url.clone()];
+        if response.url() != &artifact.url {
+            urls.push(response.url().clone());
+        }
         let scratch = Scratch::new(dest);
-        let (materialized, size, network_bytes) = match from_cache.and_then(|from| from.file) {
+        let (materialized, size) = match from_cache.and_then(|from| from.file) {
             Some(stored) if status == StatusCode::OK => {
                 drop(response);
-                let (materialized, size) =
-                    self.materialize_stored(artifact, stored, &scratch).await?;
-                (materialized, size, 0)
+                self.materialize_stored(artifact, stored, &scratch, dest)
+                    .await
+                    .map_err(|failure| failure.with_urls(urls.clone()))?
             }
             _ => {
                 let size = self
-                    .stream_to_file(artifact, response, &scratch, served)
+                    .stream_to_file(artifact, response, &scratch, served, &urls)
                     .await?;
-                let network = if matches!(served, Served::Downloaded | Served::SharedTier) {
-                    size
-                } else {
-                    0
-                };
-                (Materialized::Streamed, size, network)
+                (Materialized::Streamed, size)
             }
         };
-        let materialized = self
-            .put_in_place(artifact, scratch, dest, materialized)
-            .await?;
-        Ok(Done {
-            served,
-            materialized,
-            size,
-            network_bytes,
-            requested,
+        let network_bytes = if from_far || served == Served::Downloaded {
+            size
+        } else {
+            0
+        };
+        Ok(Taken {
+            done: Done {
+                served,
+                materialized,
+                size,
+                network_bytes,
+            },
+            scratch,
         })
     }
 
     /// Copies a stored body file to the scratch path (without reading it when the
     /// file system allows), and checks its digest (without reading it either when
-    /// this file was verified before).
+    /// this file was verified before and has not changed since).
     async fn materialize_stored(
         &self,
         artifact: &Artifact,
         stored: cachecontrol::StoredFile,
         scratch: &Scratch,
+        dest: &Path,
     ) -> Result<(Materialized, u64), Failure> {
         let guard = scratch.clone();
         let expected = artifact.sha256;
-        let read_only = artifact.read_only;
+        // A hard link shares the cache's file with the job: only for a file the job
+        // declared it only reads, and whose digest is checked at every use.
+        let link = artifact.read_only && expected.is_some();
         let verified = self.inner.verified.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let path = guard.path();
             let file = stored.file();
             let len = stored.len();
-            if let Some(expected) = expected {
-                let identity =
-                    Identity::of(file).map_err(|error| ("reading the stored copy of", error))?;
-                if !verified.contains(&expected, &identity) {
-                    let actual = materialize::hash_file(file, len)
-                        .map_err(|error| ("reading the stored copy of", error))?;
-                    if actual != expected {
-                        return Ok(Err(actual));
-                    }
+            let Some(expected) = expected else {
+                return materialize::from_stored(file, len, path, false)
+                    .map(|how| Ok((how, len)))
+                    .map_err(|error| ("copying the cached copy to", error));
+            };
+            let identity =
+                Identity::of(file).map_err(|error| ("reading the cached copy for", error))?;
+            if !verified.contains(&expected, &identity) {
+                let actual = materialize::hash_file(file, len)
+                    .map_err(|error| ("reading the cached copy for", error))?;
+                if actual != expected {
+                    return Ok(Err(actual));
+                }
+                verified.record(&expected, &identity);
+            }
+            let how = materialize::from_stored(file, len, path, link)
+                .map_err(|error| ("copying the cached copy to", error))?;
+            if how == Materialized::HardLink {
+                // Linking changed the file's change time, which is part of its
+                // identity; what the job does to it later changes it again.
+                if let Ok(identity) = Identity::of(file) {
                     verified.record(&expected, &identity);
                 }
             }
-            let how = materialize::from_stored(file, len, path, read_only)
-                .map_err(|error| ("copying the stored copy to", error))?;
             Ok(Ok((how, len)))
         })
         .await
         .map_err(|error| {
             Failure::Final(FetchError::io(
-                "copying",
-                scratch.path(),
+                "copying the cached copy to",
+                dest,
                 std::io::Error::other(error),
             ))
         })?;
         match outcome {
             Ok(Ok(done)) => Ok(done),
-            Ok(Err(actual)) => Err(Failure::StoredCopyIsWrong { actual }),
-            Err((action, error)) => Err(Failure::Final(FetchError::io(
-                action,
-                scratch.path(),
-                error,
-            ))),
+            Ok(Err(actual)) => Err(Failure::StoredCopyIsWrong {
+                actual,
+                urls: Vec::new(),
+            }),
+            Err((action, error)) => Err(Failure::Final(FetchError::io(action, dest, error))),
         }
     }
 
@@ -419,6 +478,7 @@ impl Fetcher {
         response: reqwest::Response,
         scratch: &Scratch,
         served: Served,
+        urls: &[Url],
     ) -> Result<u64, Failure> {
         let total = response.content_length();
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(32);
@@ -489,8 +549,10 @@ impl Fetcher {
         {
             return Err(match served {
                 Served::Downloaded => {
-                    // Nothing wrong may stay in the cache either.
-                    self.inner.cache.invalidate(&artifact.url).await;
+                    // Nothing wrong may stay in the cache either, under any URL.
+                    for url in urls {
+                        self.inner.cache.invalidate(url).await;
+                    }
                     Failure::Final(FetchError::ChecksumMismatch {
                         name: artifact.name.clone(),
                         url: artifact.url.clone(),
@@ -498,7 +560,10 @@ impl Fetcher {
                         actual,
                     })
                 }
-                _ => Failure::StoredCopyIsWrong { actual },
+                _ => Failure::StoredCopyIsWrong {
+                    actual,
+                    urls: urls.to_vec(),
+                },
             });
         }
         Ok(done)
@@ -511,7 +576,7 @@ impl Fetcher {
         scratch: Scratch,
         dest: &Path,
         materialized: Materialized,
-    ) -> Result<Materialized, Failure> {
+    ) -> Result<Materialized, FetchError> {
         let Some(archive) = artifact.unpack else {
             let mode = if artifact.read_only {
                 READ_ONLY
@@ -521,16 +586,13 @@ impl Fetcher {
             if materialized != Materialized::HardLink {
                 tokio::fs::set_permissions(scratch.path(), Permissions::from_mode(mode))
                     .await
-                    .map_err(|error| {
-                        Failure::Final(FetchError::io("setting the mode of", scratch.path(), error))
-                    })?;
+                    .map_err(|error| FetchError::io("setting the mode of", dest, error))?;
             }
             tokio::fs::rename(scratch.path(), dest)
                 .await
-                .map_err(|error| {
-                    Failure::Final(FetchError::io("renaming into place", dest, error))
-                })?;
-            scratch.disarm();
+                .map_err(|error| FetchError::io("renaming into place", dest, error))?;
+            // Not disarmed: when `dest` already was a link to the same file, the
+            // rename did nothing and the scratch name is still there to remove.
             return Ok(materialized);
         };
         self.progress(artifact, ProgressEvent::Unpacking);
@@ -547,36 +609,35 @@ impl Fetcher {
             result
         })
         .await
-        .map_err(|error| {
-            Failure::Final(FetchError::io(
-                "unpacking",
-                dest,
-                std::io::Error::other(error),
-            ))
-        })?;
+        .map_err(|error| FetchError::io("unpacking into", dest, std::io::Error::other(error)))?;
         drop(scratch);
-        result.map_err(|source| {
-            Failure::Final(FetchError::Unpack {
-                name: artifact.name.clone(),
-                source,
-            })
+        result.map_err(|source| FetchError::Unpack {
+            name: artifact.name.clone(),
+            source,
         })?;
-        // Replace what a previous fetch into this directory unpacked.
-        match tokio::fs::symlink_metadata(dest).await {
-            Ok(metadata) if metadata.is_dir() => {
-                tokio::fs::remove_dir_all(dest).await.map_err(|error| {
-                    Failure::Final(FetchError::io("removing the previous", dest, error))
-                })?
+        // Swapped in at once: `dest` is the old tree or the new one, never neither.
+        // The old one, now under the scratch name, goes when the scratch does.
+        let swapped = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            unpacked.path(),
+            rustix::fs::CWD,
+            dest,
+            rustix::fs::RenameFlags::EXCHANGE,
+        );
+        match swapped {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOENT) => {
+                tokio::fs::rename(unpacked.path(), dest)
+                    .await
+                    .map_err(|error| FetchError::io("renaming into place", dest, error))?;
+                unpacked.disarm();
             }
-            Ok(_) => tokio::fs::remove_file(dest).await.map_err(|error| {
-                Failure::Final(FetchError::io("removing the previous", dest, error))
-            })?,
-            Err(_) => {}
+            Err(error) => {
+                return Err(FetchError::io("swapping into place", dest, error.into()));
+            }
         }
-        tokio::fs::rename(unpacked.path(), dest)
-            .await
-            .map_err(|error| Failure::Final(FetchError::io("renaming into place", dest, error)))?;
-        unpacked.disarm();
+        // Removing the old tree may take a while: not on the async threads.
+        let _ = tokio::task::spawn_blocking(move || drop(unpacked)).await;
         Ok(Materialized::Unpacked)
     }
 
@@ -617,8 +678,12 @@ struct Done {
     materialized: Materialized,
     size: u64,
     network_bytes: u64,
-    /// Whether a request reached the network.
-    requested: bool,
+}
+
+/// A successful attempt: the body in a scratch file, not yet in place.
+struct Taken {
+    done: Done,
+    scratch: Scratch,
 }
 
 /// Why an attempt failed.
@@ -627,14 +692,29 @@ enum Failure {
     Transient(Transient),
     /// Not.
     Final(FetchError),
-    /// The cache's copy does not have the artifact's digest.
-    StoredCopyIsWrong { actual: Sha256 },
+    /// The cache's copy does not have the artifact's digest; it was fetched
+    /// through these URLs.
+    StoredCopyIsWrong { actual: Sha256, urls: Vec<Url> },
+    /// What the cache alone could answer is not a copy to use (an error, a
+    /// redirect, a stale copy): ask the origin.
+    Unusable,
+}
+
+impl Failure {
+    fn with_urls(self, urls: Vec<Url>) -> Failure {
+        match self {
+            Failure::StoredCopyIsWrong { actual, .. } => {
+                Failure::StoredCopyIsWrong { actual, urls }
+            }
+            other => other,
+        }
+    }
 }
 
 /// A failure that may pass.
 #[derive(Debug, thiserror::Error)]
 enum Transient {
-    #[error("{0}")]
+    #[error("{}", root_cause(.0))]
     Request(reqwest_middleware::Error),
     #[error("the origin answered {0}")]
     Status(StatusCode),
@@ -647,6 +727,7 @@ impl Transient {
                 name: artifact.name.clone(),
                 url: artifact.url.clone(),
                 attempts,
+                reason: root_cause(&source),
                 source,
             },
             Transient::Status(status) => FetchError::Status {
@@ -657,6 +738,41 @@ impl Transient {
             },
         }
     }
+}
+
+/// Which request errors are worth another try: the connection, a timeout, a body
+/// cut short. Not a bad URL, too many redirects, or a middleware's refusal.
+fn classify(error: reqwest_middleware::Error) -> Failure {
+    let transient = match &error {
+        reqwest_middleware::Error::Reqwest(error) => {
+            error.is_connect() || error.is_timeout() || error.is_body() || error.is_request()
+        }
+        reqwest_middleware::Error::Middleware(_) => false,
+    };
+    if transient {
+        Failure::Transient(Transient::Request(error))
+    } else {
+        Failure::Final(FetchError::Request {
+            reason: root_cause(&error),
+            source: error,
+        })
+    }
+}
+
+/// The error and its causes, outermost first, as one line: reqwest's own message
+/// ("error sending request") does not say what went wrong, its causes do.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A path next to an artifact's, written before it is renamed to the artifact's

@@ -13,8 +13,8 @@
 //!
 //! - **Fresh in the cache**: no request at all. The stored body is a file; it is put
 //!   in the run directory by the kernel (a reflink where the file system shares
-//!   blocks, else `copy_file_range`; a hard link for a read-only artifact), never
-//!   read through this process.
+//!   blocks, else `copy_file_range`; a hard link for a read-only artifact with a
+//!   digest), never read through this process.
 //! - **Stale**: a conditional request; a `304` moves no body, and the stored file is
 //!   used as above.
 //! - **New or changed**: downloaded, streamed to disk as it arrives (and into the
@@ -25,10 +25,12 @@
 //!   digests, leaving the file neither in the run directory nor in the cache.
 //!   Checking a stored copy again is free: its identity is recorded once verified.
 //!
-//! On one host, fetches of one URL take turns (a lock file per URL in the cache
-//! directory), so runs that start together download it once; the others find it in
-//! the cache. Failed requests (connection errors, timeouts, `5xx`) are retried with
-//! exponential backoff and jitter ([`Retry`]); a `4xx` is final. Every file is
+//! On one host, fetches of one URL that the cache cannot answer at once take turns
+//! (a lock file per URL in the cache directory), so runs that start together
+//! download it once when the response can be stored; the others find it in the
+//! cache. Failed requests (connection errors, timeouts, `5xx`) are retried with
+//! exponential backoff and jitter ([`Retry`]), never from the cache; a `4xx` is
+//! final. Every file is
 //! written under a temporary name and renamed into place, so a failure leaves
 //! nothing half-written. Archives are unpacked with limits and never outside their
 //! directory ([`unpack`]).

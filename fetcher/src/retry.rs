@@ -4,8 +4,9 @@ use std::hash::BuildHasher;
 use std::time::Duration;
 
 /// Retries of requests that failed in a way that may pass: a connection refused or
-/// reset, a timeout, a body cut short, a `5xx`, `408` or `429` answer. A `4xx`
-/// answer is final at once.
+/// reset, a timeout, a body cut short, a `5xx` answer. A `4xx` answer is final at
+/// once, as are too many redirects and URLs the client refuses. Retries never take
+/// the answer from the cache, which may hold the failure.
 ///
 /// The delay before retry `n` (from 1) is drawn at random between half and all of
 /// `base * 2^(n-1)`, capped at `max`: exponential backoff with jitter, so that many

@@ -2,10 +2,12 @@
 //! fetch of a large artifact does not read it all again to hash it.
 //!
 //! A record lives in `verified/<digest>` under the cache directory: the identities
-//! (device, inode, length, modification time) of stored body files whose content
-//! had that digest when it was hashed. A stored body file never changes once it is
-//! published, and anything that wrote to it would change its modification time, so
-//! a file with a recorded identity still has the recorded digest.
+//! (device, inode, length, modification and change times) of stored body files
+//! whose content had that digest when it was hashed. The cache never changes a body
+//! file once it is published; anything else that writes to it, or changes its mode
+//! to be able to, changes its change time, which no one can set back (unlike the
+//! modification time). So a file with a recorded identity still has the recorded
+//! digest.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -26,12 +28,14 @@ impl Identity {
     pub(crate) fn of(file: &File) -> io::Result<Identity> {
         let metadata = file.metadata()?;
         Ok(Identity(format!(
-            "{} {} {} {} {}",
+            "{} {} {} {}.{} {}.{}",
             metadata.dev(),
             metadata.ino(),
             metadata.len(),
             metadata.mtime(),
-            metadata.mtime_nsec()
+            metadata.mtime_nsec(),
+            metadata.ctime(),
+            metadata.ctime_nsec()
         )))
     }
 }

@@ -603,7 +603,7 @@ async fn what_a_job_does_to_its_files_does_not_change_the_cache() {
 }
 
 #[tokio::test]
-async fn a_read_only_artifact_is_linked_and_read_only() {
+async fn a_read_only_artifact_with_a_digest_is_linked_and_read_only() {
     let origin = Origin::start().await.unwrap();
     origin.always(
         "/data",
@@ -611,9 +611,11 @@ async fn a_read_only_artifact_is_linked_and_read_only() {
     );
     let cache = tempfile::tempdir().unwrap();
     let fetcher = fetcher(cache.path());
-    let artifacts = [artifact(&origin, "data", "/data").read_only(true)];
+    let linked = [artifact(&origin, "data", "/data")
+        .read_only(true)
+        .sha256(sha256(b"shared"))];
     let first = tempfile::tempdir().unwrap();
-    fetcher.fetch(&artifacts, first.path()).await.unwrap();
+    fetcher.fetch(&linked, first.path()).await.unwrap();
     let mode = std::fs::metadata(first.path().join("data"))
         .unwrap()
         .permissions()
@@ -621,14 +623,72 @@ async fn a_read_only_artifact_is_linked_and_read_only() {
     assert_eq!(mode & 0o777, 0o444, "downloaded read-only");
 
     let run = tempfile::tempdir().unwrap();
-    let report = fetcher.fetch(&artifacts, run.path()).await.unwrap();
-    assert_eq!(report.artifacts[0].materialized, Materialized::HardLink);
+    for _ in 0..2 {
+        // Twice into the same directory: the link is replaced, nothing is left over.
+        let report = fetcher.fetch(&linked, run.path()).await.unwrap();
+        assert_eq!(report.artifacts[0].materialized, Materialized::HardLink);
+        assert_eq!(listing(run.path()), ["data"]);
+    }
     let path = run.path().join("data");
     assert_eq!(std::fs::read(&path).unwrap(), b"shared");
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o444
     );
+
+    // Without a digest, a read-only artifact is a read-only copy.
+    let copied = [artifact(&origin, "data", "/data").read_only(true)];
+    let other = tempfile::tempdir().unwrap();
+    let report = fetcher.fetch(&copied, other.path()).await.unwrap();
+    assert_ne!(report.artifacts[0].materialized, Materialized::HardLink);
+    let mode = std::fs::metadata(other.path().join("data"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o444);
+}
+
+#[tokio::test]
+async fn a_job_that_writes_through_a_hard_link_does_not_get_its_change_served() {
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/data",
+        Reply::ok("pristine").header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let linked = [artifact(&origin, "data", "/data")
+        .read_only(true)
+        .sha256(sha256(b"pristine"))];
+    fetcher
+        .fetch(&linked, tempfile::tempdir().unwrap().path())
+        .await
+        .unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let report = fetcher.fetch(&linked, run.path()).await.unwrap();
+    assert_eq!(report.artifacts[0].materialized, Materialized::HardLink);
+
+    // The job ignores the declaration: writes the same length, restores the times.
+    let path = run.path().join("data");
+    let before = std::fs::metadata(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&path, b"TAMPERED").unwrap();
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+
+    let next = tempfile::tempdir().unwrap();
+    let report = fetcher.fetch(&linked, next.path()).await.unwrap();
+    assert_eq!(
+        served(&report),
+        [Served::Downloaded],
+        "the change was noticed"
+    );
+    assert_eq!(
+        std::fs::read(next.path().join("data")).unwrap(),
+        b"pristine"
+    );
+    assert_eq!(origin.hits("/data"), 2);
 }
 
 #[tokio::test]
@@ -894,4 +954,108 @@ async fn a_cancelled_fetch_leaves_nothing_in_the_run_directory_or_the_cache() {
         [Served::Downloaded],
         "nothing half-stored in the cache"
     );
+}
+
+#[tokio::test]
+async fn stored_errors_are_not_used_as_artifacts() {
+    let origin = Origin::start().await.unwrap();
+    // A stale stored 404 is not a copy with the digest: the origin is asked.
+    origin.sequence(
+        "/late",
+        vec![
+            Reply::status(404).header("cache-control", "max-age=0"),
+            Reply::ok("arrived").header("cache-control", "max-age=600"),
+        ],
+    );
+    // A stored 503 is not what a retry gets.
+    origin.sequence(
+        "/flaky",
+        vec![
+            Reply::status(503).header("cache-control", "max-age=600"),
+            Reply::ok("recovered").header("cache-control", "max-age=600"),
+        ],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let late = [artifact(&origin, "late", "/late").sha256(sha256(b"arrived"))];
+    let error = fetcher
+        .fetch(&late, tempfile::tempdir().unwrap().path())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("404") && error.to_string().contains("after 1 attempt"),
+        "{error}"
+    );
+    let run = tempfile::tempdir().unwrap();
+    fetcher.fetch(&late, run.path()).await.unwrap();
+    assert_eq!(std::fs::read(run.path().join("late")).unwrap(), b"arrived");
+
+    let report = fetcher
+        .fetch(&[artifact(&origin, "flaky", "/flaky")], run.path())
+        .await
+        .unwrap();
+    assert_eq!(report.artifacts[0].attempts, 2);
+    assert_eq!(origin.hits("/flaky"), 2, "the retry reached the origin");
+    assert_eq!(
+        std::fs::read(run.path().join("flaky")).unwrap(),
+        b"recovered"
+    );
+}
+
+#[tokio::test]
+async fn a_mismatch_after_a_redirect_leaves_nothing_in_the_cache() {
+    let origin = Origin::start().await.unwrap();
+    let target = origin.url("/real");
+    origin.always("/latest", Reply::status(302).header("location", target));
+    origin.always(
+        "/real",
+        Reply::ok("the real thing").header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let run = tempfile::tempdir().unwrap();
+    let wrong = [artifact(&origin, "thing", "/latest").sha256(sha256(b"something else"))];
+    let error = fetcher.fetch(&wrong, run.path()).await.unwrap_err();
+    assert!(
+        matches!(error, FetchError::ChecksumMismatch { .. }),
+        "{error:?}"
+    );
+    let report = fetcher
+        .fetch(&[artifact(&origin, "thing", "/latest")], run.path())
+        .await
+        .unwrap();
+    assert_eq!(
+        served(&report),
+        [Served::Downloaded],
+        "the redirect's target was forgotten too"
+    );
+    assert_eq!(origin.hits("/real"), 2);
+}
+
+#[tokio::test]
+async fn two_artifacts_of_one_url_in_one_fetch_share_one_download() {
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/data",
+        Reply::ok("same").header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = Fetcher::builder()
+        .cache_dir(cache.path())
+        .concurrency(1)
+        .build()
+        .unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let report = fetcher
+        .fetch(
+            &[
+                artifact(&origin, "one", "/data"),
+                artifact(&origin, "two", "/data"),
+            ],
+            run.path(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(served(&report), [Served::Downloaded, Served::Cached]);
+    assert_eq!(origin.hits("/data"), 1);
 }
