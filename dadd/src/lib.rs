@@ -1,3 +1,8 @@
-//! Dadd: POST a short spec to a master; a worker runs it.
+//! Dadd ("daddy"), a daemon administrator: give it a short spec, and it runs the
+//! spec's command on a host, with the files and settings it needs, and cleans up
+//! after it.
 //!
-//! Not written yet: this crate is a placeholder in the workspace until its issue is taken.
+//! [`spec`]: the job spec, JSON or YAML, checked field by field.
+#![cfg(unix)]
+
+pub mod spec;
