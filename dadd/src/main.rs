@@ -27,9 +27,11 @@ enum Command {
     /// artifacts, run `cmd` with its output in output.log and its states in
     /// state.jsonl; remove the directory on success, keep it on failure.
     ///
-    /// Exits with the command's status: 128 + N when signal N killed it, 124 when
-    /// it timed out, 127 when the program is not found, 126 when it cannot be
-    /// executed, 125 for any other failure of dadd's own (a bad spec, setup).
+    /// Exits with the command's status: 128 + N when signal N killed it (or dadd
+    /// received SIGINT, SIGTERM or SIGHUP, and terminated the command's process
+    /// group), 124 when it timed out, 127 when the program is not found, 126 when
+    /// it cannot be executed, 125 for any other failure of dadd's own (a bad
+    /// spec, setup).
     Run {
         /// The spec, JSON or YAML (by its extension; `-` reads standard input).
         spec: PathBuf,
@@ -129,12 +131,13 @@ async fn run(
         bail!("running detached is not implemented yet: pass --foreground");
     }
     let spec = load_spec(spec_path)?;
+    let stop = stop_signals().context("listening for signals")?;
     let fetcher = build_fetcher(cache, None).await?;
     let dir = make_run_dir(dir)?;
     let sink = FileStateSink::new(dir.join(STATE_FILE));
     let outcome = Runner::new(fetcher.clone())
         .kill_grace(kill_grace)
-        .run(&spec, &dir, &sink)
+        .run_until(&spec, &dir, &sink, stop)
         .await;
     close(&fetcher).await;
     if let Some(reason) = outcome.failure() {
@@ -165,6 +168,24 @@ async fn fetch(spec_path: &Path, dir: &Path, cache: &CacheArgs) -> anyhow::Resul
     close(&fetcher).await;
     println!("{}", report?);
     Ok(())
+}
+
+/// Completes with the number of the first SIGINT, SIGTERM or SIGHUP dadd receives.
+/// The command runs in its own process group, so a terminal's Ctrl-C reaches dadd
+/// only; the runner passes it on to the whole group as SIGTERM.
+fn stop_signals() -> std::io::Result<impl Future<Output = i32>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        let kind = tokio::select! {
+            _ = interrupt.recv() => SignalKind::interrupt(),
+            _ = terminate.recv() => SignalKind::terminate(),
+            _ = hangup.recv() => SignalKind::hangup(),
+        };
+        kind.as_raw_value()
+    })
 }
 
 fn load_spec(path: &Path) -> anyhow::Result<Spec> {

@@ -276,6 +276,64 @@ async fn a_timeout_kills_the_whole_process_group_and_records_why() {
     assert_eq!(states[3]["signal"], 9);
 }
 
+/// Reads a pid a command wrote, waiting for it to be written.
+async fn read_pid(path: &Path) -> u32 {
+    for _ in 0..600 {
+        if let Ok(Ok(pid)) = std::fs::read_to_string(path).map(|text| text.trim().parse()) {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} was never written", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_dadd_terminates_the_process_group_and_records_the_signal() {
+    let bed = Bed::new();
+    let spec = bed.spec(
+        "long.json",
+        &json!({
+            "cmd": ["sh", "-c", "sleep 300 & echo $! > \"$OUT/child.tmp\"; mv \"$OUT/child.tmp\" \"$OUT/child\"; wait"],
+            "env": {"OUT": bed.out()},
+        }),
+    );
+    let dadd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+        .arg("run")
+        .arg(&spec)
+        .arg("--foreground")
+        .arg("--cache-dir")
+        .arg(bed.path("cache"))
+        .env("TMPDIR", bed.path("tmp"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = read_pid(&bed.path("out/child")).await;
+    let started = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &dadd.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = dadd.wait_with_output().await.unwrap();
+
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(128 + 15), "{}", stderr(&output));
+    assert!(
+        process_gone(child),
+        "the command's child ({child}) outlived dadd"
+    );
+    let states = states(&kept_dir(&output));
+    assert_eq!(state_names(&states), ["init", "setup", "running", "failed"]);
+    assert_eq!(states[3]["signal"], 15);
+    let reason = states[3]["reason"].as_str().unwrap();
+    assert!(reason.contains("dadd received SIGTERM"), "{reason}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_specs_are_refused_naming_the_field_and_nothing_starts() {
     let bed = Bed::new();

@@ -15,7 +15,9 @@
 //!    and standard output and error appended to `output.log`;
 //! 4. **success** or **failed**: when it exits, is killed, or outlives the
 //!    spec's `timeout` (its group then gets SIGTERM, and SIGKILL after a grace
-//!    period). A setup failure goes straight to **failed**, with the reason.
+//!    period), or when the runner is asked to stop ([`Runner::run_until`]: the
+//!    same for its group). A setup failure goes straight to **failed**, with the
+//!    reason.
 //!
 //! On success the run directory is removed, unless the spec says `keep_dir`; on
 //! failure it is kept, with the log, for whoever looks into it. The
@@ -114,6 +116,15 @@ pub enum Ended {
         /// Whether SIGKILL was needed after SIGTERM.
         killed: bool,
     },
+    /// The runner was asked to stop (see [`Runner::run_until`]) by this signal:
+    /// during setup, or while the command ran, whose group was then terminated as
+    /// on a timeout.
+    Stopped {
+        /// The signal the runner received.
+        signal: i32,
+        /// Whether SIGKILL was needed after SIGTERM.
+        killed: bool,
+    },
     /// Setup failed; the command never ran (or could not be waited for).
     SetupFailed(RunError),
 }
@@ -145,6 +156,7 @@ impl RunOutcome {
             Ended::Exited { code } => *code,
             Ended::Signaled { signal } => 128 + signal,
             Ended::TimedOut { .. } => 124,
+            Ended::Stopped { signal, .. } => 128 + signal,
             Ended::SetupFailed(RunError::Start { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
@@ -173,6 +185,15 @@ impl RunOutcome {
                     ""
                 }
             )),
+            Ended::Stopped { signal, killed } => Some(format!(
+                "dadd received {}: the command's process group was terminated with SIGTERM{}",
+                signal_name(*signal),
+                if *killed {
+                    ", then killed with SIGKILL"
+                } else {
+                    ""
+                }
+            )),
             Ended::SetupFailed(error) => Some(format!("setup failed: {error}")),
         }
     }
@@ -189,6 +210,7 @@ impl RunOutcome {
                 let signal = if *killed { 9 } else { 15 };
                 (None, Some(signal))
             }
+            Ended::Stopped { signal, .. } => (None, Some(*signal)),
             Ended::SetupFailed(_) => (None, None),
         };
         State::Failed {
@@ -257,6 +279,21 @@ impl Runner {
     /// Runs `spec` in `dir` (see [`make_run_dir`]), reporting its states to
     /// `sink`, and cleans up after it.
     pub async fn run(&self, spec: &Spec, dir: &Path, sink: &dyn StateSink) -> RunOutcome {
+        self.run_until(spec, dir, sink, std::future::pending())
+            .await
+    }
+
+    /// As [`run`](Runner::run), and stops when `stop` completes with the number of
+    /// the signal that asked (typically SIGTERM or SIGINT to the runner): the
+    /// command's process group is terminated as on a timeout, and the run ends
+    /// [`Stopped`](Ended::Stopped), a failure.
+    pub async fn run_until(
+        &self,
+        spec: &Spec,
+        dir: &Path,
+        sink: &dyn StateSink,
+        stop: impl Future<Output = i32>,
+    ) -> RunOutcome {
         report(
             sink,
             State::Init {
@@ -264,7 +301,7 @@ impl Runner {
             },
         )
         .await;
-        let ended = match self.run_in(spec, dir, sink).await {
+        let ended = match self.run_in(spec, dir, sink, stop).await {
             Ok(ended) => ended,
             Err(error) => Ended::SetupFailed(error),
         };
@@ -291,8 +328,20 @@ impl Runner {
         spec: &Spec,
         dir: &Path,
         sink: &dyn StateSink,
+        stop: impl Future<Output = i32>,
     ) -> Result<Ended, RunError> {
         report(sink, State::Setup).await;
+        let mut stop = std::pin::pin!(stop);
+        let (config, log) = tokio::select! {
+            setup = self.setup(spec, dir) => setup?,
+            signal = &mut stop => return Ok(Ended::Stopped { signal, killed: false }),
+        };
+        self.start(spec, dir, sink, &config, log, stop).await
+    }
+
+    /// Writes the spec and config, fetches the artifacts, opens the log; returns
+    /// the config's path and the log.
+    async fn setup(&self, spec: &Spec, dir: &Path) -> Result<(PathBuf, std::fs::File), RunError> {
         write_json(&dir.join(SPEC_FILE), spec).await?;
         let config = dir.join(CONFIG_FILE);
         write_json(&config, &spec.config_or_empty()).await?;
@@ -314,14 +363,27 @@ impl Runner {
             .append(true)
             .open(&log_path)
             .map_err(|source| RunError::Write {
-                path: log_path.clone(),
+                path: log_path,
                 source,
             })?;
+        Ok((config, log))
+    }
+
+    /// Starts the command and waits for it.
+    async fn start(
+        &self,
+        spec: &Spec,
+        dir: &Path,
+        sink: &dyn StateSink,
+        config: &Path,
+        log: std::fs::File,
+        stop: impl Future<Output = i32>,
+    ) -> Result<Ended, RunError> {
         let stderr = log.try_clone().map_err(|source| RunError::Write {
-            path: log_path,
+            path: dir.join(LOG_FILE),
             source,
         })?;
-        let command = spec.command(&config);
+        let command = spec.command(config);
         let (program, args) = command.split_first().ok_or_else(|| RunError::Start {
             program: OsString::new(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
@@ -330,7 +392,7 @@ impl Runner {
             .args(args)
             .current_dir(dir)
             .envs(&spec.env)
-            .env(APP_SETTINGS_JSON, &config)
+            .env(APP_SETTINGS_JSON, config)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
@@ -344,7 +406,7 @@ impl Runner {
         let pid = child.id().unwrap_or_default();
         tracing::info!(pid, command = ?command, "started");
         report(sink, State::Running { pid }).await;
-        let exit = process::wait(&mut child, spec.timeout, self.kill_grace)
+        let exit = process::wait(&mut child, spec.timeout, self.kill_grace, stop)
             .await
             .map_err(RunError::Wait)?;
         Ok(match exit {
@@ -354,6 +416,7 @@ impl Runner {
                 after: spec.timeout.unwrap_or_default(),
                 killed,
             },
+            Exit::Stopped { signal, killed } => Ended::Stopped { signal, killed },
         })
     }
 }

@@ -21,32 +21,50 @@ pub(crate) enum Exit {
         /// Whether SIGKILL was needed.
         killed: bool,
     },
+    /// The runner was asked to stop (by this signal); the group was terminated as
+    /// on a timeout.
+    Stopped {
+        /// The signal the runner received.
+        signal: i32,
+        /// Whether SIGKILL was needed.
+        killed: bool,
+    },
 }
 
 /// How often a terminated group is looked at until it is gone.
 const POLL: Duration = Duration::from_millis(50);
 
 /// Waits for `child` (the leader of its own process group) to exit, for at most
-/// `timeout`; then terminates its group.
+/// `timeout`, and until `stop` says which signal asked the runner to stop; on
+/// either, terminates its group.
 pub(crate) async fn wait(
     child: &mut Child,
     timeout: Option<Duration>,
     grace: Duration,
+    stop: impl Future<Output = i32>,
 ) -> std::io::Result<Exit> {
     // Read before the child is reaped: its pid is its group's id.
     let group = child
         .id()
         .and_then(|pid| i32::try_from(pid).ok())
         .and_then(Pid::from_raw);
-    let status = match timeout {
-        None => child.wait().await?,
-        Some(timeout) => match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(status) => status?,
-            Err(_elapsed) => {
-                let killed = terminate_group(child, group, grace).await?;
-                return Ok(Exit::TimedOut { killed });
-            }
-        },
+    let deadline = async {
+        match timeout {
+            Some(timeout) => tokio::time::sleep(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        () = deadline => {
+            let killed = terminate_group(child, group, grace).await?;
+            return Ok(Exit::TimedOut { killed });
+        }
+        signal = stop => {
+            tracing::info!(signal = %signal_name(signal), "asked to stop");
+            let killed = terminate_group(child, group, grace).await?;
+            return Ok(Exit::Stopped { signal, killed });
+        }
     };
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => Exit::Code(code),
@@ -150,13 +168,23 @@ mod tests {
 
     #[tokio::test]
     async fn exit_codes_and_signals_are_told_apart() {
-        let exit = wait(&mut spawn("exit 3"), None, Duration::ZERO)
-            .await
-            .unwrap();
+        let exit = wait(
+            &mut spawn("exit 3"),
+            None,
+            Duration::ZERO,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
         assert_eq!(exit, Exit::Code(3));
-        let exit = wait(&mut spawn("kill -KILL $$"), None, Duration::ZERO)
-            .await
-            .unwrap();
+        let exit = wait(
+            &mut spawn("kill -KILL $$"),
+            None,
+            Duration::ZERO,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
         assert_eq!(exit, Exit::Signal(9));
     }
 
@@ -166,6 +194,7 @@ mod tests {
             &mut spawn("sleep 60"),
             Some(Duration::from_millis(200)),
             Duration::from_secs(10),
+            std::future::pending(),
         )
         .await
         .unwrap();
@@ -175,10 +204,23 @@ mod tests {
             &mut spawn("trap '' TERM; sleep 60 & wait"),
             Some(Duration::from_millis(200)),
             Duration::from_millis(300),
+            std::future::pending(),
         )
         .await
         .unwrap();
         assert_eq!(exit, Exit::TimedOut { killed: true });
+    }
+
+    #[tokio::test]
+    async fn a_stop_terminates_the_group_and_says_which_signal_asked() {
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            2
+        };
+        let exit = wait(&mut spawn("sleep 60"), None, Duration::from_secs(10), stop)
+            .await
+            .unwrap();
+        assert!(matches!(exit, Exit::Stopped { signal: 2, .. }), "{exit:?}");
     }
 
     #[test]
