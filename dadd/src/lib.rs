@@ -1,3 +1,48 @@
-//! Dadd: POST a short spec to a master; a worker runs it.
+//! Dadd ("daddy"), a daemon administrator: give it a short spec, and it runs the
+//! spec's command on a host, with the files and settings it needs, and cleans up
+//! after it.
 //!
-//! Not written yet: this crate is a placeholder in the workspace until its issue is taken.
+//! # Flow
+//!
+//! A [`Spec`](spec::Spec) (JSON or YAML) names the command (`cmd`), the files it
+//! needs (`download_urls`), its settings (`config`), its environment (`env`), how
+//! long it may run (`timeout`) and whether to keep its directory (`keep_dir`). It
+//! is checked field by field before anything happens; every problem names its
+//! field.
+//!
+//! The [runner] then gives the command its own run directory
+//! ([`make_run_dir`](runner::make_run_dir)), writes the spec and the config there,
+//! fetches the artifacts through the [`fetcher`] (so that the Nth run of a job
+//! downloads nothing), starts the command with its output going to `output.log`,
+//! reports each [`State`](runner::State) to a [`StateSink`](runner::StateSink),
+//! terminates its process group when it outlives its timeout, and removes the
+//! directory after a success, keeping it after a failure.
+//!
+//! The `dadd` binary composes these: `dadd run SPEC --foreground` runs a spec and
+//! exits with its command's status; `dadd fetch SPEC DIR` only fetches its
+//! artifacts and prints how each was served. [`progress`] draws the progress bars
+//! of large downloads.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use dadd::runner::{FileStateSink, Runner, STATE_FILE, make_run_dir};
+//! use dadd::spec::Spec;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let spec = Spec::from_file("job.yaml".as_ref())?;
+//! let fetcher = fetcher::Fetcher::builder().cache_dir("/var/cache/dadd").build()?;
+//! let dir = make_run_dir(None)?;
+//! let sink = FileStateSink::new(dir.join(STATE_FILE));
+//! let outcome = Runner::new(fetcher).run(&spec, &dir, &sink).await;
+//! if let Some(reason) = outcome.failure() {
+//!     eprintln!("{reason}; see {}", outcome.dir.display());
+//! }
+//! std::process::exit(outcome.exit_code());
+//! # }
+//! ```
+#![cfg(unix)]
+
+pub mod progress;
+pub mod runner;
+pub mod spec;

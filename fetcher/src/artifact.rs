@@ -159,6 +159,21 @@ pub(crate) fn check_names(artifacts: &[Artifact], dir: &Path) -> Result<Vec<Path
     Ok(paths)
 }
 
+/// Checks one artifact name without a run directory: a relative path of normal
+/// components (no `..`, not absolute, not empty), returned normalized (`./a/b` is
+/// `a/b`). For validating a job's names early, before it has a run directory;
+/// [`Fetcher::fetch`](crate::Fetcher::fetch) checks them again, with the links in
+/// the directory and the overlaps between names.
+///
+/// ```
+/// assert_eq!(fetcher::check_name("./data/in.csv")?, std::path::Path::new("data/in.csv"));
+/// assert!(fetcher::check_name("../x").is_err());
+/// # Ok::<(), fetcher::FetchError>(())
+/// ```
+pub fn check_name(name: &str) -> Result<PathBuf, FetchError> {
+    relative_path(name)
+}
+
 /// The name as a relative path of normal components, or why it is not one.
 fn relative_path(name: &str) -> Result<PathBuf, FetchError> {
     let refuse = |reason: &'static str| FetchError::BadName {

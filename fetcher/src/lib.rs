@@ -89,7 +89,7 @@ mod retry;
 pub mod unpack;
 mod verified;
 
-pub use artifact::{Artifact, InvalidSha256, Sha256};
+pub use artifact::{Artifact, InvalidSha256, Sha256, check_name};
 pub use error::FetchError;
 pub use fetcher::{Fetcher, FetcherBuilder, default_cache_dir};
 pub use materialize::Materialized;

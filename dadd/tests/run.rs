@@ -1,0 +1,398 @@
+//! `dadd run --foreground`, end to end: the real binary, artifacts from a real
+//! origin on loopback, real processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use testbed::origin::{Origin, Reply};
+
+/// A test's directories: specs, the artifact cache, a TMPDIR for run directories,
+/// and `out`, where commands write what they saw.
+struct Bed {
+    root: tempfile::TempDir,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let bed = Bed {
+            root: tempfile::tempdir().unwrap(),
+        };
+        for dir in ["cache", "tmp", "out"] {
+            std::fs::create_dir(bed.path(dir)).unwrap();
+        }
+        bed
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    fn out(&self) -> String {
+        self.path("out").display().to_string()
+    }
+
+    fn spec(&self, name: &str, spec: &Value) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, serde_json::to_vec(spec).unwrap()).unwrap();
+        path
+    }
+
+    /// `dadd run SPEC --foreground --cache-dir CACHE ARGS...`, with TMPDIR in the bed.
+    async fn run(&self, spec: &Path, args: &[&str]) -> Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+            .arg("run")
+            .arg(spec)
+            .arg("--foreground")
+            .arg("--cache-dir")
+            .arg(self.path("cache"))
+            .args(args)
+            .env("TMPDIR", self.path("tmp"))
+            .env("DADD_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap()
+    }
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The states recorded in a kept run directory.
+fn states(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("state.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn state_names(states: &[Value]) -> Vec<&str> {
+    states
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect()
+}
+
+/// The run directory a failed run names in its last words.
+fn kept_dir(output: &Output) -> PathBuf {
+    let text = stderr(output);
+    let (_, dir) = text
+        .rsplit_once("the run directory is kept: ")
+        .unwrap_or_else(|| panic!("no kept directory in {text}"));
+    PathBuf::from(dir.trim())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_run_reads_its_config_and_artifacts_and_leaves_no_directory() {
+    let bed = Bed::new();
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/data.txt",
+        Reply::ok("artifact body").header("cache-control", "max-age=600"),
+    );
+    let spec = bed.spec(
+        "ok.json",
+        &json!({
+            "name": "ok",
+            "cmd": ["sh", "-c", "cat \"$APP_SETTINGS_JSON\" > \"$OUT/config-seen.json\"; cat data.txt > \"$OUT/data-seen.txt\"; echo \"$1\" > \"$OUT/arg\"; pwd > \"$OUT/pwd\"", "sh", "$APP_SETTINGS"],
+            "download_urls": {"data.txt": origin.url("/data.txt")},
+            "config": {"answer": 42, "list": ["a"]},
+            "env": {"OUT": bed.out()},
+        }),
+    );
+    let dir = bed.path("run-dir");
+    let output = bed.run(&spec, &["--dir", dir.to_str().unwrap()]).await;
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        !dir.exists(),
+        "the run directory is removed after a success"
+    );
+    let seen: Value =
+        serde_json::from_str(&std::fs::read_to_string(bed.path("out/config-seen.json")).unwrap())
+            .unwrap();
+    assert_eq!(seen, json!({"answer": 42, "list": ["a"]}));
+    assert_eq!(
+        std::fs::read_to_string(bed.path("out/data-seen.txt")).unwrap(),
+        "artifact body"
+    );
+    // `$APP_SETTINGS` in cmd is the same absolute path as APP_SETTINGS_JSON.
+    let arg = std::fs::read_to_string(bed.path("out/arg")).unwrap();
+    let pwd = std::fs::read_to_string(bed.path("out/pwd")).unwrap();
+    assert_eq!(arg.trim(), format!("{}/config.json", pwd.trim()));
+    let canonical = bed.root.path().canonicalize().unwrap().join("run-dir");
+    assert_eq!(
+        Path::new(pwd.trim()),
+        canonical,
+        "the command runs in the run directory"
+    );
+    assert_eq!(origin.hits("/data.txt"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_successful_run_records_its_states_in_order_with_timestamps() {
+    let bed = Bed::new();
+    let spec = bed.spec(
+        "keep.json",
+        &json!({"cmd": "sh -c 'echo hello from the command'", "keep_dir": true}),
+    );
+    let output = bed.run(&spec, &[]).await;
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let dir = kept_dir(&output);
+    assert!(dir.starts_with(bed.path("tmp")), "{}", dir.display());
+    let states = states(&dir);
+    assert_eq!(
+        state_names(&states),
+        ["init", "setup", "running", "success"]
+    );
+    let times: Vec<&str> = states.iter().map(|s| s["at"].as_str().unwrap()).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "timestamps in order");
+    assert!(states[2]["pid"].as_u64().unwrap() > 0);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("output.log")).unwrap(),
+        "hello from the command\n"
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("spec.json")).unwrap()).unwrap();
+    assert_eq!(
+        written["cmd"],
+        json!(["sh", "-c", "echo hello from the command"])
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("config.json"))
+            .unwrap()
+            .trim(),
+        "{}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_keeps_its_directory_and_log_and_exits_with_the_commands_status() {
+    let bed = Bed::new();
+    let spec = bed.spec(
+        "fail.json",
+        &json!({"cmd": ["sh", "-c", "echo about to fail; echo on stderr >&2; exit 7"]}),
+    );
+    let output = bed.run(&spec, &[]).await;
+
+    assert_eq!(output.status.code(), Some(7), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("exited with status 7"),
+        "{}",
+        stderr(&output)
+    );
+    let dir = kept_dir(&output);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("output.log")).unwrap(),
+        "about to fail\non stderr\n"
+    );
+    let states = states(&dir);
+    assert_eq!(state_names(&states), ["init", "setup", "running", "failed"]);
+    assert_eq!(states[3]["exit_code"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_failure_is_recorded_and_exits_non_zero_without_running_the_command() {
+    let bed = Bed::new();
+    let origin = Origin::start().await.unwrap();
+    origin.always("/gone", Reply::status(404));
+    let spec = bed.spec(
+        "setup.json",
+        &json!({
+            "cmd": ["touch", format!("{}/started", bed.out())],
+            "download_urls": {"gone.txt": origin.url("/gone")},
+        }),
+    );
+    let output = bed.run(&spec, &[]).await;
+
+    assert_eq!(output.status.code(), Some(125), "{}", stderr(&output));
+    assert!(!bed.path("out/started").exists());
+    let dir = kept_dir(&output);
+    let states = states(&dir);
+    assert_eq!(state_names(&states), ["init", "setup", "failed"]);
+    let reason = states[2]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("gone.txt") && reason.contains("404"),
+        "{reason}"
+    );
+}
+
+/// Whether a process is gone (or a zombie nobody reaped: it runs no more).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_kills_the_whole_process_group_and_records_why() {
+    let bed = Bed::new();
+    // The shell and its child ignore SIGTERM: only SIGKILL to the group ends them.
+    let spec = bed.spec(
+        "slow.json",
+        &json!({
+            "cmd": ["sh", "-c", "trap '' TERM; sleep 300 & echo $! > \"$OUT/child\"; echo $$ > \"$OUT/shell\"; wait"],
+            "env": {"OUT": bed.out()},
+            "timeout": "1s",
+        }),
+    );
+    let started = Instant::now();
+    let output = bed.run(&spec, &["--kill-grace", "1s"]).await;
+
+    // Generous: proves it did not wait for `sleep 300`.
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(124), "{}", stderr(&output));
+    for file in ["child", "shell"] {
+        let pid: u32 = std::fs::read_to_string(bed.path(&format!("out/{file}")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(process_gone(pid), "the {file} ({pid}) outlived the timeout");
+    }
+    let dir = kept_dir(&output);
+    let states = states(&dir);
+    assert_eq!(state_names(&states), ["init", "setup", "running", "failed"]);
+    let reason = states[3]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("timeout (1s)") && reason.contains("SIGKILL"),
+        "{reason}"
+    );
+    assert_eq!(states[3]["signal"], 9);
+}
+
+/// Reads a pid a command wrote, waiting for it to be written.
+async fn read_pid(path: &Path) -> u32 {
+    for _ in 0..600 {
+        if let Ok(Ok(pid)) = std::fs::read_to_string(path).map(|text| text.trim().parse()) {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} was never written", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_dadd_terminates_the_process_group_and_records_the_signal() {
+    let bed = Bed::new();
+    let spec = bed.spec(
+        "long.json",
+        &json!({
+            "cmd": ["sh", "-c", "sleep 300 & echo $! > \"$OUT/child.tmp\"; mv \"$OUT/child.tmp\" \"$OUT/child\"; wait"],
+            "env": {"OUT": bed.out()},
+        }),
+    );
+    let dadd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+        .arg("run")
+        .arg(&spec)
+        .arg("--foreground")
+        .arg("--cache-dir")
+        .arg(bed.path("cache"))
+        .env("TMPDIR", bed.path("tmp"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = read_pid(&bed.path("out/child")).await;
+    let started = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &dadd.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let output = dadd.wait_with_output().await.unwrap();
+
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(128 + 15), "{}", stderr(&output));
+    assert!(
+        process_gone(child),
+        "the command's child ({child}) outlived dadd"
+    );
+    let states = states(&kept_dir(&output));
+    assert_eq!(state_names(&states), ["init", "setup", "running", "failed"]);
+    assert_eq!(states[3]["signal"], 15);
+    let reason = states[3]["reason"].as_str().unwrap();
+    assert!(reason.contains("dadd received SIGTERM"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_refused_naming_the_field_and_nothing_starts() {
+    let bed = Bed::new();
+    let started = format!("{}/started", bed.out());
+    for (name, spec, expected) in [
+        (
+            "missing-cmd.json",
+            json!({"download_urls": {"a": "http://127.0.0.1:9/a"}}),
+            "cmd: missing (the command to run",
+        ),
+        (
+            "escape.json",
+            json!({"cmd": ["touch", started], "download_urls": [{"name": "../x", "url": "http://127.0.0.1:9/x"}]}),
+            "download_urls[0].name: \"../x\" is refused: it has a `..` component, which could leave the run directory",
+        ),
+        (
+            "wrong-type.json",
+            json!({"cmd": ["touch", started], "timeout": true}),
+            "timeout: expected a duration like 30, \"90s\" or \"2h\", got true",
+        ),
+    ] {
+        let spec = bed.spec(name, &spec);
+        let dir = bed.path("never");
+        let output = bed.run(&spec, &["--dir", dir.to_str().unwrap()]).await;
+        assert_eq!(
+            output.status.code(),
+            Some(125),
+            "{name}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(expected),
+            "{name}: {}",
+            stderr(&output)
+        );
+        assert!(!dir.exists(), "{name}: a run directory was made");
+        assert!(!Path::new(&started).exists(), "{name}: the command ran");
+    }
+    assert_eq!(std::fs::read_dir(bed.path("tmp")).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yaml_spec_on_standard_input_runs() {
+    let bed = Bed::new();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+        .args(["run", "-", "--foreground", "--cache-dir"])
+        .arg(bed.path("cache"))
+        .env("TMPDIR", bed.path("tmp"))
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let yaml = format!("cmd: touch {}/yaml-ran\ntimeout: 1m\n", bed.out());
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, yaml.as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(bed.path("out/yaml-ran").exists());
+}
