@@ -910,6 +910,8 @@ impl FetcherBuilder {
             Some(store) => store,
             None => {
                 let dir = cache_dir.join("http");
+                std::fs::create_dir_all(&dir)
+                    .map_err(|error| FetchError::io("creating the cache directory", &dir, error))?;
                 let mut files = FileCache::builder(&dir);
                 if let Some(max) = self.max_cache_bytes {
                     files = files.max_bytes(max);
