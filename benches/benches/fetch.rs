@@ -1,0 +1,167 @@
+//! The fetcher with a 1 GiB artifact from a loopback origin:
+//!
+//! - `fetch_first/fetcher` against `fetch_first/plain`: the first fetch (a new cache,
+//!   a new run directory: downloaded, streamed to disk and into the cache at once)
+//!   against plain reqwest streaming the same body to a file. Throughput in bytes.
+//! - `fetch_repeat/fetcher` against `fetch_repeat/copy`: the next runs (fresh in the
+//!   cache: no request, the cached file copied by the kernel into a new run
+//!   directory) against copying the file (`std::fs::copy`).
+//! - `fetch_peak_memory` (a target of its own) records the first fetch's peak
+//!   resident set.
+//!
+//! The files are written to the system's temp dir; each iteration's run directory is
+//! removed after it is timed.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use benches::site::GeneratedOrigin;
+use benches::{must, runtime};
+use criterion::{Criterion, Throughput};
+use fetcher::{Artifact, Fetcher, Served};
+
+const BODY: u64 = 1 << 30;
+
+fn artifact(url: &str) -> anyhow::Result<Artifact> {
+    Ok(Artifact::new("artifact.bin", url.parse()?))
+}
+
+async fn fetch_once(fetcher: &Fetcher, url: &str, expected: Served) -> anyhow::Result<Duration> {
+    let run = tempfile::Builder::new().prefix("bench-run-").tempdir()?;
+    let start = Instant::now();
+    let report = fetcher.fetch(&[artifact(url)?], run.path()).await?;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        report.artifacts[0].served == expected && report.artifacts[0].size == BODY,
+        "unexpected fetch: {report:?}"
+    );
+    Ok(elapsed)
+}
+
+async fn plain_once(client: &reqwest::Client, url: &str) -> anyhow::Result<Duration> {
+    let run = tempfile::Builder::new().prefix("bench-run-").tempdir()?;
+    let start = Instant::now();
+    let mut response = client.get(url).send().await?.error_for_status()?;
+    let mut file = std::fs::File::create(run.path().join("artifact.bin"))?;
+    let mut len = 0u64;
+    while let Some(chunk) = response.chunk().await? {
+        len += chunk.len() as u64;
+        file.write_all(&chunk)?;
+    }
+    drop(file);
+    let elapsed = start.elapsed();
+    anyhow::ensure!(len == BODY, "short body: {len}");
+    Ok(elapsed)
+}
+
+fn bench(criterion: &mut Criterion) {
+    let runtime = must(runtime());
+    let origin = must(runtime.block_on(GeneratedOrigin::start(BODY)));
+    let url = origin.url().to_owned();
+
+    let mut first = criterion.benchmark_group("fetch_first");
+    first.sample_size(10).throughput(Throughput::Bytes(BODY));
+    first.bench_function("fetcher", |bencher| {
+        bencher.to_async(&runtime).iter_custom(|iterations| {
+            let url = url.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    let cache = must(
+                        tempfile::Builder::new()
+                            .prefix("bench-cache-")
+                            .tempdir()
+                            .map_err(Into::into),
+                    );
+                    let fetcher = must(
+                        Fetcher::builder()
+                            .cache_dir(cache.path())
+                            .build()
+                            .map_err(Into::into),
+                    );
+                    total += must(fetch_once(&fetcher, &url, Served::Downloaded).await);
+                }
+                total
+            }
+        });
+    });
+    let client = reqwest::Client::new();
+    first.bench_function("plain", |bencher| {
+        bencher.to_async(&runtime).iter_custom(|iterations| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    total += must(plain_once(&client, &url).await);
+                }
+                total
+            }
+        });
+    });
+    first.finish();
+
+    // One cache for the repeats, primed once; the file of that first run is what
+    // the floor copies.
+    let cache = must(
+        tempfile::Builder::new()
+            .prefix("bench-cache-")
+            .tempdir()
+            .map_err(Into::into),
+    );
+    let fetcher = must(
+        Fetcher::builder()
+            .cache_dir(cache.path())
+            .build()
+            .map_err(Into::into),
+    );
+    let primed = must(
+        tempfile::Builder::new()
+            .prefix("bench-run-")
+            .tempdir()
+            .map_err(Into::into),
+    );
+    must(
+        runtime
+            .block_on(fetcher.fetch(&[must(artifact(&url))], primed.path()))
+            .map_err(Into::into),
+    );
+    let source = primed.path().join("artifact.bin");
+    let mut repeat = criterion.benchmark_group("fetch_repeat");
+    repeat.sample_size(10).throughput(Throughput::Bytes(BODY));
+    repeat.bench_function("fetcher", |bencher| {
+        bencher.to_async(&runtime).iter_custom(|iterations| {
+            let (fetcher, url) = (fetcher.clone(), url.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    total += must(fetch_once(&fetcher, &url, Served::Cached).await);
+                }
+                total
+            }
+        });
+    });
+    repeat.bench_function("copy", |bencher| {
+        bencher.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let run = must(
+                    tempfile::Builder::new()
+                        .prefix("bench-run-")
+                        .tempdir()
+                        .map_err(Into::into),
+                );
+                let start = Instant::now();
+                must(std::fs::copy(&source, run.path().join("artifact.bin")).map_err(Into::into));
+                total += start.elapsed();
+            }
+            total
+        });
+    });
+    repeat.finish();
+}
+
+fn main() {
+    let mut criterion = benches::criterion();
+    bench(&mut criterion);
+    criterion.final_summary();
+}
