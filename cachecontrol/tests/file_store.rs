@@ -212,8 +212,9 @@ async fn small_and_large_bodies_stream_whole_and_leave_the_file_at_its_start() {
     use std::io::Read;
     let dir = tempdir();
     let store = FileCache::new(dir.path()).unwrap();
-    // Up to 64 KiB the body is read with the lookup; above, it is read as streamed.
-    for len in [5, 64 << 10, (64 << 10) + 1, 200_000] {
+    // Up to 64 KiB the body is read with the lookup; above, it is read as streamed,
+    // in chunks of 256 KiB.
+    for len in [5, 64 << 10, (64 << 10) + 1, 600_000] {
         let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let key = format!("http://a/{len}");
         store

@@ -127,7 +127,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::format::{self, DecodedCache, FormatError};
-use super::{Body, Cache, Entry, EntryInfo, EntryStream, FILE_CHUNK, FileBody, Meta, StoreError};
+use super::{
+    Body, Cache, Entry, EntryInfo, EntryStream, FileBody, Meta, SMALL_FILE_BODY, StoreError,
+};
 use crate::policy::{CachePolicy, random_u64};
 
 const MAGIC: &[u8; 3] = b"CCf";
@@ -690,7 +692,7 @@ impl Inner {
                 found: Some(len),
             }));
         }
-        if len > FILE_CHUNK as u64 {
+        if len > SMALL_FILE_BODY as u64 {
             return Ok(Ok(Body::File(FileBody::new(file, len))));
         }
         // A small body is read here, in the lookup's blocking task, rather than in a

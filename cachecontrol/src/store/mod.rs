@@ -88,9 +88,15 @@ pub struct FileBody {
     contents: Option<Bytes>,
 }
 
-/// How much of a file body is read at a time when it is streamed; a stored body
-/// up to this size is read with its lookup ([`FileBody::with_contents`]).
-pub(crate) const FILE_CHUNK: usize = 64 * 1024;
+/// How much of a file body is read at a time when it is streamed: one trip to the
+/// blocking pool each, so not too little; one chunk in memory per reader, so not too
+/// much.
+const FILE_CHUNK: usize = 256 * 1024;
+
+/// A stored body up to this size is read with its lookup
+/// ([`FileBody::with_contents`]); a larger one is more likely to be copied from its
+/// file than read.
+pub(crate) const SMALL_FILE_BODY: usize = 64 * 1024;
 
 impl fmt::Debug for FileBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
