@@ -93,9 +93,9 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// (`--measurement-time`, `--sample-size`, a filter) still apply.
 pub fn criterion() -> criterion::Criterion {
     criterion::Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(700))
-        .measurement_time(Duration::from_secs(2))
+        .sample_size(40)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
         .configure_from_args()
 }
 

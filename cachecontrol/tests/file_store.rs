@@ -208,6 +208,38 @@ async fn a_stored_entry_is_read_back_as_an_open_file() {
 }
 
 #[tokio::test]
+async fn small_and_large_bodies_stream_whole_and_leave_the_file_at_its_start() {
+    use std::io::Read;
+    let dir = tempdir();
+    let store = FileCache::new(dir.path()).unwrap();
+    // Up to 64 KiB the body is read with the lookup; above, it is read as streamed,
+    // in chunks of 256 KiB.
+    for len in [5, 64 << 10, (64 << 10) + 1, 600_000] {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let key = format!("http://a/{len}");
+        store
+            .put(&key, response(&[]), Body::Bytes(Bytes::from(data.clone())))
+            .await
+            .unwrap();
+        let Body::File(file) = store.get(&key).await.unwrap().unwrap().body else {
+            panic!("not a file body");
+        };
+        let mut copied = Vec::new();
+        file.file().read_to_end(&mut copied).unwrap();
+        assert_eq!(copied, data, "the file, from its start ({len} bytes)");
+        let Body::File(file) = store.get(&key).await.unwrap().unwrap().body else {
+            panic!("not a file body");
+        };
+        assert_eq!(read(Body::File(file)).await, data, "streamed ({len} bytes)");
+        let Body::File(file) = store.get(&key).await.unwrap().unwrap().body else {
+            panic!("not a file body");
+        };
+        let range: Vec<Bytes> = file.range_stream(1, 3).try_collect().await.unwrap();
+        assert_eq!(range.concat(), data[1..4], "a range ({len} bytes)");
+    }
+}
+
+#[tokio::test]
 async fn streamed_and_file_bodies_are_stored_whole() {
     let dir = tempdir();
     let store = FileCache::new(dir.path()).unwrap();

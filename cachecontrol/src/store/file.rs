@@ -114,7 +114,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read, Seek, Write};
 use std::ops::ControlFlow;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,7 +127,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::format::{self, DecodedCache, FormatError};
-use super::{Body, Cache, Entry, EntryInfo, EntryStream, FileBody, Meta, StoreError};
+use super::{
+    Body, Cache, Entry, EntryInfo, EntryStream, FileBody, Meta, SMALL_FILE_BODY, StoreError,
+};
 use crate::policy::{CachePolicy, random_u64};
 
 const MAGIC: &[u8; 3] = b"CCf";
@@ -690,7 +692,20 @@ impl Inner {
                 found: Some(len),
             }));
         }
-        Ok(Ok(Body::File(FileBody::new(file, len))))
+        if len > SMALL_FILE_BODY as u64 {
+            return Ok(Ok(Body::File(FileBody::new(file, len))));
+        }
+        // A small body is read here, in the lookup's blocking task, rather than in a
+        // task of its own when it is streamed: that second trip to the blocking pool
+        // would cost more than the read. `read_exact_at` leaves the position at the
+        // start, for a reader that copies the file.
+        let mut contents = vec![0; len as usize];
+        file.read_exact_at(&mut contents, 0)
+            .map_err(|source| io_error("reading the body file", &path, source))?;
+        Ok(Ok(Body::File(FileBody::with_contents(
+            file,
+            bytes::Bytes::from(contents),
+        ))))
     }
 
     /// Looks at the entry under its directory's lock, where no writer is halfway: what

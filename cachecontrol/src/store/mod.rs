@@ -80,19 +80,53 @@ impl fmt::Debug for Body {
 }
 
 /// A body in an open file; see [`Body::File`].
-#[derive(Debug)]
 pub struct FileBody {
     file: std::fs::File,
     len: u64,
+    /// The whole body, when the store read it already: streaming it then needs no
+    /// trip to the blocking pool.
+    contents: Option<Bytes>,
 }
 
-/// How much of a file body is read at a time when it is streamed.
-const FILE_CHUNK: usize = 64 * 1024;
+/// How much of a file body is read at a time when it is streamed: one trip to the
+/// blocking pool each, so not too little; one chunk in memory per reader, so not too
+/// much.
+const FILE_CHUNK: usize = 256 * 1024;
+
+/// A stored body up to this size is read with its lookup
+/// ([`FileBody::with_contents`]); a larger one is more likely to be copied from its
+/// file than read.
+pub(crate) const SMALL_FILE_BODY: usize = 64 * 1024;
+
+impl fmt::Debug for FileBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileBody")
+            .field("file", &self.file)
+            .field("len", &self.len)
+            .field("read", &self.contents.is_some())
+            .finish()
+    }
+}
 
 impl FileBody {
     /// A body of `len` bytes, from the start of `file`.
     pub fn new(file: std::fs::File, len: u64) -> FileBody {
-        FileBody { file, len }
+        FileBody {
+            file,
+            len,
+            contents: None,
+        }
+    }
+
+    /// A body whose bytes have been read already (`contents` is the whole file,
+    /// read without moving its position): a small body found in a blocking task is
+    /// read there, so that serving it needs no second task.
+    pub(crate) fn with_contents(file: std::fs::File, contents: Bytes) -> FileBody {
+        FileBody {
+            file,
+            len: contents.len() as u64,
+            contents: Some(contents),
+        }
     }
 
     /// The open file: copy it with `copy_file_range`, or reflink it, from here.
@@ -117,25 +151,56 @@ impl FileBody {
     }
 
     /// `len` bytes from `start`, read in chunks.
+    ///
+    /// Each chunk is read in one blocking task (seek, when needed, and read
+    /// together), and the stream ends when `len` bytes have been read, without
+    /// asking the file for its end: a small body costs one trip to the blocking
+    /// pool, not the three or more of an async file's seek, read and end-of-file
+    /// read. A file shorter than `len` is an error, not a short body.
     pub fn range_stream(self, start: u64, len: u64) -> BodyStream {
         use futures_util::TryStreamExt;
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let file = tokio::fs::File::from_std(self.file);
-        let stream = futures_util::stream::once(async move {
-            let mut file = file;
-            file.seek(std::io::SeekFrom::Start(start)).await?;
-            Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
-                file.take(len),
-                FILE_CHUNK,
-            ))
+        if let Some(contents) = self.contents {
+            let from = start.min(self.len) as usize;
+            let to = start.saturating_add(len).min(self.len) as usize;
+            let chunk = (to > from).then(|| Ok(contents.slice(from..to)));
+            return Box::pin(futures_util::stream::iter(chunk));
+        }
+        let end = start.saturating_add(len);
+        let first = (self.file, start, true);
+        let stream = futures_util::stream::try_unfold(first, move |(file, at, seek)| async move {
+            if at >= end {
+                return Ok(None);
+            }
+            let want = (end - at).min(FILE_CHUNK as u64) as usize;
+            let (file, chunk) =
+                tokio::task::spawn_blocking(move || read_chunk(file, at, want, seek))
+                    .await
+                    .map_err(std::io::Error::other)??;
+            Ok(Some((chunk, (file, at + want as u64, false))))
         })
-        .try_flatten()
         .map_err(|source| StoreError::Io {
             context: "reading a stored body".to_owned(),
             source,
         });
         Box::pin(stream)
     }
+}
+
+/// Reads `len` bytes at `at` (seeking there first when `seek`), and hands the file
+/// back for the next chunk.
+fn read_chunk(
+    mut file: std::fs::File,
+    at: u64,
+    len: usize,
+    seek: bool,
+) -> std::io::Result<(std::fs::File, Bytes)> {
+    use std::io::{Read, Seek};
+    if seek {
+        file.seek(std::io::SeekFrom::Start(at))?;
+    }
+    let mut chunk = vec![0; len];
+    file.read_exact(&mut chunk)?;
+    Ok((file, Bytes::from(chunk)))
 }
 
 /// One stored response, as [`Cache::entries`] lists it.
