@@ -219,6 +219,19 @@ pub(super) async fn fetch(
             ));
         }
     };
+    check(shared, &mut session, reading, index, chunk).await
+}
+
+/// Checks chunk `index` as read (`None`: not there): its header names this write and
+/// place, and its length is the record's. A bad chunk removes the entry if it has
+/// not changed since it was read.
+pub(super) async fn check(
+    shared: &Shared,
+    session: &mut Session,
+    reading: &Reading,
+    index: u64,
+    chunk: Option<Bytes>,
+) -> Result<Fetched, StoreError> {
     let expected = reading.shape.chunk_len(index);
     let header = chunk_header(reading.shape.generation, index);
     let problem = match chunk {
@@ -238,7 +251,7 @@ pub(super) async fn fetch(
     };
     shared
         .remove_if_unchanged(
-            &mut session,
+            session,
             &reading.key,
             &reading.keys,
             reading.shape,

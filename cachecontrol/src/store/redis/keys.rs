@@ -87,6 +87,12 @@ impl EntryKeys {
         format!("{}{META_SUFFIX}", self.base)
     }
 
+    /// What every chunk key of this entry starts with (the `GET_ENTRY` script
+    /// completes it).
+    pub(super) fn chunk_prefix(&self) -> String {
+        format!("{}:body:", self.base)
+    }
+
     /// The key of chunk `index` of the body that write `generation` stored.
     pub(super) fn chunk(&self, generation: u64, index: u64) -> String {
         format!("{}:body:{generation:016x}:{index}", self.base)

@@ -207,6 +207,40 @@ return 1
     )
 });
 
+/// Reads an entry's record and, in the same round trip, the first chunk of the body
+/// it names: a hit whose body is one chunk takes one round trip. KEYS: the record.
+/// ARGV: the prefix of the entry's chunk keys (`...:body:`). Returns `{}` when there
+/// is no record, `{1}` when the key holds another type, `{record}` when the record is
+/// not one of ours (the caller finds out why) or has no body, `{record, chunk 0 or
+/// false}` otherwise. The chunk's key is made from the record's generation (bytes 5
+/// to 12, little-endian, written as 16 hex digits), as [`EntryKeys::chunk`] makes it;
+/// it shares the record's hash tag, so in a cluster it is in the same slot.
+static GET_ENTRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ok, record = pcall(redis.call, 'GET', KEYS[1])
+if not ok then
+  return {1}
+end
+if not record then
+  return {}
+end
+if #record < 45 or string.sub(record, 1, 3) ~= 'CCr' or string.sub(record, 21, 28) == string.rep('\0', 8) then
+  return {record}
+end
+local generation = ''
+for i = 12, 5, -1 do
+  generation = generation .. string.format('%02x', string.byte(record, i))
+end
+local read, chunk = pcall(redis.call, 'GET', ARGV[1] .. generation .. ':0')
+if not read then
+  chunk = false
+end
+return {record, chunk}
+",
+    )
+});
+
 /// Entries in Redis (one server, or a cluster), bodies in chunks; see the
 /// [module documentation](self) for the key layout, generations, TTLs and failure
 /// behaviour.
@@ -528,6 +562,38 @@ impl Shared {
 
     /// The record under `keys`, read for `key`: `None` when there is none, or when
     /// what is there was garbage (it has been removed).
+    /// An entry's record, and the first chunk of its body as read in the same round
+    /// trip (`Some(None)`: not there; `None`: not read, the record has no body or
+    /// is not one of ours).
+    async fn fetch_entry(
+        &self,
+        session: &mut Session,
+        key: &str,
+        keys: &EntryKeys,
+    ) -> Result<Option<(Vec<u8>, Option<Option<Bytes>>)>, StoreError> {
+        let mut invocation = GET_ENTRY.prepare_invoke();
+        invocation.key(keys.meta()).arg(keys.chunk_prefix());
+        let reply: Vec<redis::Value> = session
+            .script(&invocation)
+            .await
+            .map_err(|error| failed(&format!("reading the record of {key}"), error))?;
+        let mut reply = reply.into_iter();
+        let record = match reply.next() {
+            None => return Ok(None),
+            Some(redis::Value::BulkString(record)) => record,
+            Some(_) => {
+                self.remove_garbage(session, key, keys, None, "not a string")
+                    .await;
+                return Ok(None);
+            }
+        };
+        let first = reply.next().map(|chunk| match chunk {
+            redis::Value::BulkString(chunk) => Some(Bytes::from(chunk)),
+            _ => None,
+        });
+        Ok(Some((record, first)))
+    }
+
     async fn fetch_record(
         &self,
         session: &mut Session,
@@ -740,7 +806,7 @@ impl Cache for RedisCache {
         let shared = &self.shared;
         let mut session = shared.link.session().await?;
         let keys = shared.keys.entry(key);
-        let Some(value) = shared.fetch_record(&mut session, key, &keys).await? else {
+        let Some((value, prefetched)) = shared.fetch_entry(&mut session, key, &keys).await? else {
             return Ok(None);
         };
         let (record, meta) = match shared.read_record(key, &value) {
@@ -752,7 +818,6 @@ impl Cache for RedisCache {
                 return Ok(None);
             }
         };
-        drop(session);
         let shape = record.body();
         if shape.len == 0 {
             return Ok(Some(Entry::new(meta, Body::empty())));
@@ -763,7 +828,14 @@ impl Cache for RedisCache {
             shape,
             guard: record.guard().to_vec(),
         };
-        let first: Bytes = match body::fetch(shared, &reading, 0).await? {
+        let first = match prefetched {
+            Some(chunk) => body::check(shared, &mut session, &reading, 0, chunk).await?,
+            None => {
+                drop(session);
+                body::fetch(shared, &reading, 0).await?
+            }
+        };
+        let first: Bytes = match first {
             Fetched::Chunk(first) => first,
             Fetched::Broken(problem) => {
                 tracing::debug!(key, problem, "the first chunk is not readable; a miss");
