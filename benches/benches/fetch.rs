@@ -5,7 +5,8 @@
 //!   against plain reqwest streaming the same body to a file. Throughput in bytes.
 //! - `fetch_repeat/fetcher` against `fetch_repeat/copy`: the next runs (fresh in the
 //!   cache: no request, the cached file copied by the kernel into a new run
-//!   directory) against copying the file (`std::fs::copy`).
+//!   directory) against copying the file (`std::fs::copy`); and a read-only artifact
+//!   with a digest, which is a hard link to the cache's file.
 //! - `fetch_peak_memory` (a target of its own) records the first fetch's peak
 //!   resident set.
 //!
@@ -17,19 +18,30 @@ use std::time::{Duration, Instant};
 
 use benches::site::GeneratedOrigin;
 use benches::{must, runtime};
-use criterion::{Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use fetcher::{Artifact, Fetcher, Served};
+use sha2::Digest;
 
 const BODY: u64 = 1 << 30;
+/// The parameter of every benchmark id here, as the `report` binary reads them.
+const SIZE: &str = "1GiB";
 
 fn artifact(url: &str) -> anyhow::Result<Artifact> {
     Ok(Artifact::new("artifact.bin", url.parse()?))
 }
 
 async fn fetch_once(fetcher: &Fetcher, url: &str, expected: Served) -> anyhow::Result<Duration> {
+    fetch_artifact(fetcher, artifact(url)?, expected).await
+}
+
+async fn fetch_artifact(
+    fetcher: &Fetcher,
+    artifact: Artifact,
+    expected: Served,
+) -> anyhow::Result<Duration> {
     let run = tempfile::Builder::new().prefix("bench-run-").tempdir()?;
     let start = Instant::now();
-    let report = fetcher.fetch(&[artifact(url)?], run.path()).await?;
+    let report = fetcher.fetch(&[artifact], run.path()).await?;
     let elapsed = start.elapsed();
     anyhow::ensure!(
         report.artifacts[0].served == expected && report.artifacts[0].size == BODY,
@@ -61,7 +73,7 @@ fn bench(criterion: &mut Criterion) {
 
     let mut first = criterion.benchmark_group("fetch_first");
     first.sample_size(10).throughput(Throughput::Bytes(BODY));
-    first.bench_function("fetcher", |bencher| {
+    first.bench_function(BenchmarkId::new("fetcher", SIZE), |bencher| {
         bencher.to_async(&runtime).iter_custom(|iterations| {
             let url = url.clone();
             async move {
@@ -86,7 +98,7 @@ fn bench(criterion: &mut Criterion) {
         });
     });
     let client = reqwest::Client::new();
-    first.bench_function("plain", |bencher| {
+    first.bench_function(BenchmarkId::new("plain", SIZE), |bencher| {
         bencher.to_async(&runtime).iter_custom(|iterations| {
             let (client, url) = (client.clone(), url.clone());
             async move {
@@ -128,7 +140,7 @@ fn bench(criterion: &mut Criterion) {
     let source = primed.path().join("artifact.bin");
     let mut repeat = criterion.benchmark_group("fetch_repeat");
     repeat.sample_size(10).throughput(Throughput::Bytes(BODY));
-    repeat.bench_function("fetcher", |bencher| {
+    repeat.bench_function(BenchmarkId::new("fetcher", SIZE), |bencher| {
         bencher.to_async(&runtime).iter_custom(|iterations| {
             let (fetcher, url) = (fetcher.clone(), url.clone());
             async move {
@@ -140,7 +152,26 @@ fn bench(criterion: &mut Criterion) {
             }
         });
     });
-    repeat.bench_function("copy", |bencher| {
+    // A read-only artifact with a digest is a hard link to the cache's file: no copy.
+    let digest = must(
+        std::fs::read(&source)
+            .map(|body| fetcher::Sha256(sha2::Sha256::digest(body).into()))
+            .map_err(Into::into),
+    );
+    let linked = must(artifact(&url)).read_only(true).sha256(digest);
+    repeat.bench_function(BenchmarkId::new("fetcher-read-only", SIZE), |bencher| {
+        bencher.to_async(&runtime).iter_custom(|iterations| {
+            let (fetcher, linked) = (fetcher.clone(), linked.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    total += must(fetch_artifact(&fetcher, linked.clone(), Served::Cached).await);
+                }
+                total
+            }
+        });
+    });
+    repeat.bench_function(BenchmarkId::new("copy", SIZE), |bencher| {
         bencher.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
             for _ in 0..iterations {

@@ -136,6 +136,8 @@ fn main() -> anyhow::Result<()> {
         )?,
     }
     writeln!(out)?;
+    fetcher_table(&dir, &mut out)?;
+    writeln!(out)?;
     writeln!(out, "Machine: {}", machine())?;
     writeln!(out, "Results from `{}`.", dir.display())?;
     print!("{out}");
@@ -184,6 +186,67 @@ fn table_row(dir: &Path, row: &Row, size: BodySize) -> String {
         or_dash(peer_ratios),
         or_dash(aims),
     )
+}
+
+/// The fetcher's benches (`fetch`, `fetch_peak_memory`): a 1 GiB artifact.
+fn fetcher_table(dir: &Path, out: &mut String) -> anyhow::Result<()> {
+    let time = |group: &str, function: &str| mean_ns(dir, group, function, "1GiB");
+    let first = time("fetch_first", "fetcher");
+    let plain = time("fetch_first", "plain");
+    let repeat = time("fetch_repeat", "fetcher");
+    let linked = time("fetch_repeat", "fetcher-read-only");
+    let copy = time("fetch_repeat", "copy");
+    writeln!(
+        out,
+        "| fetcher, 1 GiB | ours | floor | ours / floor | aim |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|")?;
+    let throughput = plain.zip(first).map(|(plain, first)| plain / first);
+    writeln!(
+        out,
+        "| first fetch (downloaded, into the cache and the run dir) | {} | {} (plain reqwest to a file) | {} | ≥ 0.9× the plain throughput ({}): {} |",
+        duration(first),
+        duration(plain),
+        ratio(first, plain),
+        throughput.map_or("-".to_owned(), |t| format!("{t:.2}×")),
+        verdict_of(throughput.map(|t| t >= 0.9)),
+    )?;
+    for (name, ours) in [
+        ("repeat while fresh (kernel copy)", repeat),
+        (
+            "repeat while fresh, read-only with a digest (hard link)",
+            linked,
+        ),
+    ] {
+        let speedup = first.zip(ours).map(|(first, ours)| first / ours);
+        writeln!(
+            out,
+            "| {name} | {} | {} (`std::fs::copy`) | {} | ≥ 10× faster than the first ({}): {} |",
+            duration(ours),
+            duration(copy),
+            ratio(ours, copy),
+            speedup.map_or("-".to_owned(), |s| format!("{s:.1}×")),
+            verdict_of(speedup.map(|s| s >= 10.0)),
+        )?;
+    }
+    let peak = std::fs::read_to_string(dir.join("fetch_peak_memory.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|record| record["peak_rss_bytes"].as_u64());
+    match peak {
+        Some(peak) => writeln!(
+            out,
+            "\nFetcher peak memory: a 1 GiB artifact fetched, then fetched again, with a peak RSS of {:.1} MiB; aim under {} MiB: {}.",
+            mib(peak),
+            PEAK_LIMIT >> 20,
+            verdict(peak < PEAK_LIMIT),
+        )?,
+        None => writeln!(
+            out,
+            "\nFetcher peak memory: not measured (run the `fetch_peak_memory` bench)."
+        )?,
+    }
+    Ok(())
 }
 
 fn short(peer: &str) -> &str {
