@@ -1,5 +1,6 @@
-//! `dadd run --foreground`, end to end: the real binary, artifacts from a real
-//! origin on loopback, real processes.
+//! `dadd run`, end to end: the real binary, artifacts from a real origin on
+//! loopback, real processes, failure mail through a real SMTP server (aiosmtpd),
+//! a recording stand-in for the master, and a detached runner.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testbed::origin::{Origin, Reply};
+use testbed::smtp::{SmtpOptions, SmtpServer};
 
 /// A test's directories: specs, the artifact cache, a TMPDIR for run directories,
 /// and `out`, where commands write what they saw.
@@ -395,4 +397,210 @@ async fn a_yaml_spec_on_standard_input_runs() {
     let output = child.wait_with_output().await.unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(bed.path("out/yaml-ran").exists());
+}
+
+/// A host config whose failure mail goes to `smtp`'s port.
+fn smtp_config(bed: &Bed, port: u16) -> PathBuf {
+    let path = bed.path("dadd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[smtp]\nserver = \"127.0.0.1\"\nport = {port}\nfrom = \"dadd@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"5s\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_sends_one_mail_with_the_log_tail_and_the_log_attached() {
+    let bed = Bed::new();
+    let smtp = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let config = smtp_config(&bed, smtp.port());
+    let spec = bed.spec(
+        "fail.json",
+        &json!({"name": "nightly", "cmd": ["sh", "-c", "echo first line; echo the-last-words >&2; exit 3"]}),
+    );
+    let output = bed
+        .run(&spec, &["--config", config.to_str().unwrap()])
+        .await;
+
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let dir = kept_dir(&output);
+    let mails = smtp.messages().unwrap();
+    assert_eq!(mails.len(), 1, "{}", stderr(&output));
+    let mail = &mails[0];
+    mail.assert_text_contains(&[
+        "the-last-words",
+        "first line",
+        "exit 3",
+        "exited with status 3",
+        "nightly",
+        &dir.display().to_string(),
+    ]);
+    let subject = mail.raw_header("subject").unwrap();
+    assert!(subject.contains("dadd"), "{subject}");
+    let attachments: Vec<_> = mail.message.attachments().collect();
+    assert_eq!(attachments.len(), 1);
+    assert_eq!(attachments[0].contents(), b"first line\nthe-last-words\n");
+
+    // A success sends nothing.
+    let spec = bed.spec("ok.json", &json!({"cmd": "true"}));
+    let output = bed
+        .run(&spec, &["--config", config.to_str().unwrap()])
+        .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(smtp.messages().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_failure_is_mailed_too() {
+    let bed = Bed::new();
+    let smtp = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let config = smtp_config(&bed, smtp.port());
+    let spec = bed.spec("missing.json", &json!({"cmd": "dadd-no-such-program --x"}));
+    let output = bed
+        .run(&spec, &["--config", config.to_str().unwrap()])
+        .await;
+
+    assert_eq!(output.status.code(), Some(127), "{}", stderr(&output));
+    let mails = smtp.messages().unwrap();
+    assert_eq!(mails.len(), 1, "{}", stderr(&output));
+    mails[0].assert_text_contains(&["dadd-no-such-program", "not started"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_leaves_the_outcome_and_the_log_alone() {
+    let bed = Bed::new();
+    let mut smtp = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let config = smtp_config(&bed, smtp.port());
+    smtp.kill();
+    let spec = bed.spec(
+        "fail.json",
+        &json!({"cmd": ["sh", "-c", "echo kept; exit 4"]}),
+    );
+    let output = bed
+        .run(&spec, &["--config", config.to_str().unwrap()])
+        .await;
+
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("was not sent"),
+        "{}",
+        stderr(&output)
+    );
+    let dir = kept_dir(&output);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("output.log")).unwrap(),
+        "kept\n"
+    );
+    assert_eq!(
+        state_names(&states(&dir)),
+        ["init", "setup", "running", "failed"]
+    );
+}
+
+/// A stand-in for the master: every call under /api/processes/ answers `status`
+/// and is recorded.
+async fn master(status: u16) -> Origin {
+    let origin = Origin::start().await.unwrap();
+    for id in ["job-1", "job-2"] {
+        for call in ["states", "log"] {
+            origin.always(
+                &format!("/api/processes/{id}/{call}"),
+                Reply::status(status),
+            );
+        }
+    }
+    origin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_gets_the_states_in_order_and_the_log_of_a_failure() {
+    let bed = Bed::new();
+    let origin = master(200).await;
+    let spec = bed.spec(
+        "fail.json",
+        &json!({"cmd": ["sh", "-c", "echo about to fail; exit 5"]}),
+    );
+    let url = origin.url("/");
+    let output = bed
+        .run(
+            &spec,
+            &[
+                "--master",
+                &url,
+                "--id",
+                "job-1",
+                "--token",
+                "cluster-secret",
+            ],
+        )
+        .await;
+
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    let posts = origin.requests("/api/processes/job-1/states");
+    let states: Vec<Value> = posts
+        .iter()
+        .map(|post| {
+            assert_eq!(post.method.as_str(), "POST");
+            assert_eq!(post.header("authorization"), Some("Bearer cluster-secret"));
+            assert_eq!(post.header("content-type"), Some("application/json"));
+            serde_json::from_slice(&post.body).unwrap()
+        })
+        .collect();
+    assert_eq!(state_names(&states), ["init", "setup", "running", "failed"]);
+    assert_eq!(states[3]["exit_code"], 5);
+    assert!(states.iter().all(|state| state["at"].is_string()));
+    let puts = origin.requests("/api/processes/job-1/log");
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].method.as_str(), "PUT");
+    assert_eq!(
+        puts[0].header("authorization"),
+        Some("Bearer cluster-secret")
+    );
+    assert_eq!(&puts[0].body[..], b"about to fail\n");
+    // The states are in the kept run directory too.
+    assert_eq!(state_names(&self::states(&kept_dir(&output))).len(), 4);
+
+    // A success: its states, no log.
+    let spec = bed.spec("ok.json", &json!({"cmd": "true"}));
+    let output = bed.run(&spec, &["--master", &url, "--id", "job-2"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let posts = origin.requests("/api/processes/job-2/states");
+    assert_eq!(posts.len(), 4);
+    assert_eq!(posts[0].header("authorization"), None);
+    assert_eq!(origin.hits("/api/processes/job-2/log"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_fails_or_is_down_loses_nothing() {
+    let bed = Bed::new();
+    let origin = master(500).await;
+    let down = {
+        let origin = Origin::start().await.unwrap();
+        origin.url("/")
+    };
+    for url in [origin.url("/"), down] {
+        let spec = bed.spec(
+            "fail.json",
+            &json!({"cmd": ["sh", "-c", "echo still here; exit 6"]}),
+        );
+        let output = bed.run(&spec, &["--master", &url, "--id", "job-1"]).await;
+
+        assert_eq!(output.status.code(), Some(6), "{url}: {}", stderr(&output));
+        let text = stderr(&output);
+        assert!(text.contains("cannot record the state"), "{text}");
+        assert!(text.contains("cannot upload the log"), "{text}");
+        let dir = kept_dir(&output);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("output.log")).unwrap(),
+            "still here\n"
+        );
+        assert_eq!(
+            state_names(&states(&dir)),
+            ["init", "setup", "running", "failed"]
+        );
+    }
+    assert_eq!(origin.hits("/api/processes/job-1/states"), 4);
 }

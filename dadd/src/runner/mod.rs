@@ -27,17 +27,20 @@
 //! A run never fails because of its sink: a sink error is logged and the run goes
 //! on, so the log and the states in the run directory are what to trust.
 
+mod master_sink;
 mod process;
 mod state;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use erroremail::{ErrorEmail, ProcessFailure};
 use fetcher::{FetchError, Fetcher};
 
 use crate::spec::Spec;
+pub use master_sink::{MasterSink, MasterSinkError};
 use process::{Exit, signal_name};
 pub use state::{FileStateSink, SinkError, State, StateChange, StateSink};
 
@@ -129,6 +132,23 @@ pub enum Ended {
     SetupFailed(RunError),
 }
 
+impl Ended {
+    /// How the command ended, as a shell would see it: its status, or the signal
+    /// that ended it (SIGKILL or SIGTERM after a timeout, the runner's own signal
+    /// when it was stopped); `None` when it never ran.
+    pub fn exit(&self) -> Option<erroremail::Exit> {
+        use erroremail::Exit;
+        match self {
+            Ended::Exited { code } => Some(Exit::Code(*code)),
+            Ended::Signaled { signal } | Ended::Stopped { signal, .. } => {
+                Some(Exit::Signal(*signal))
+            }
+            Ended::TimedOut { killed, .. } => Some(Exit::Signal(if *killed { 9 } else { 15 })),
+            Ended::SetupFailed(_) => None,
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -203,15 +223,10 @@ impl RunOutcome {
         let Some(reason) = self.failure() else {
             return State::Success;
         };
-        let (exit_code, signal) = match &self.ended {
-            Ended::Exited { code } => (Some(*code), None),
-            Ended::Signaled { signal } => (None, Some(*signal)),
-            Ended::TimedOut { killed, .. } => {
-                let signal = if *killed { 9 } else { 15 };
-                (None, Some(signal))
-            }
-            Ended::Stopped { signal, .. } => (None, Some(*signal)),
-            Ended::SetupFailed(_) => (None, None),
+        let (exit_code, signal) = match self.ended.exit() {
+            Some(erroremail::Exit::Code(code)) => (Some(code), None),
+            Some(erroremail::Exit::Signal(signal)) => (None, Some(signal)),
+            None => (None, None),
         };
         State::Failed {
             exit_code,
@@ -258,6 +273,7 @@ pub fn make_run_dir(dir: Option<&Path>) -> Result<PathBuf, RunError> {
 pub struct Runner {
     fetcher: Fetcher,
     kill_grace: Duration,
+    mail: Option<ErrorEmail>,
 }
 
 impl Runner {
@@ -266,7 +282,22 @@ impl Runner {
         Runner {
             fetcher,
             kill_grace: DEFAULT_KILL_GRACE,
+            mail: None,
         }
+    }
+
+    /// Mails each failure with `mail`: one [`ProcessFailure`] with the command,
+    /// how it ended, the host, start, duration, run directory, the end of the
+    /// log inline and the log attached. A mail that cannot be sent is logged; it
+    /// never changes the run's outcome.
+    pub fn mail_failures(mut self, mail: ErrorEmail) -> Runner {
+        self.mail = Some(mail);
+        self
+    }
+
+    /// The fetcher it fetches artifacts with.
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
     }
 
     /// How long a timed-out process group has between SIGTERM and SIGKILL.
@@ -294,6 +325,7 @@ impl Runner {
         sink: &dyn StateSink,
         stop: impl Future<Output = i32>,
     ) -> RunOutcome {
+        let started = (SystemTime::now(), Instant::now());
         report(
             sink,
             State::Init {
@@ -311,6 +343,9 @@ impl Runner {
             ended,
         };
         report(sink, outcome.state()).await;
+        if !outcome.succeeded() {
+            self.after_failure(spec, &outcome, sink, started).await;
+        }
         if outcome.succeeded() && !spec.keep_dir {
             match tokio::fs::remove_dir_all(dir).await {
                 Ok(()) => outcome.kept = false,
@@ -320,6 +355,57 @@ impl Runner {
             }
         }
         outcome
+    }
+
+    /// Puts the log where the sink keeps it and mails the failure; what fails here
+    /// is logged, and the run directory (with the log) is kept whatever happens.
+    async fn after_failure(
+        &self,
+        spec: &Spec,
+        outcome: &RunOutcome,
+        sink: &dyn StateSink,
+        (started_at, started): (SystemTime, Instant),
+    ) {
+        let log = outcome.dir.join(LOG_FILE);
+        if let Err(error) = sink.upload_log(&log).await {
+            tracing::warn!(%error, log = %log.display(), "cannot upload the log: it stays in the run directory");
+        }
+        let Some(mail) = &self.mail else { return };
+        let command: Vec<String> = spec
+            .command(&outcome.dir.join(CONFIG_FILE))
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        let process = match (&outcome.ended, outcome.ended.exit()) {
+            (_, Some(exit)) => ProcessFailure::new(command, exit),
+            (Ended::SetupFailed(RunError::Start { source, .. }), None) => {
+                ProcessFailure::not_started(command, source)
+            }
+            (ended, None) => {
+                let reason = match ended {
+                    Ended::SetupFailed(error) => format!("setup failed: {error}"),
+                    _ => "setup failed".to_owned(),
+                };
+                ProcessFailure::not_started(command, &std::io::Error::other(reason))
+            }
+        };
+        let mut failure: erroremail::Failure = process
+            .started(started_at)
+            .duration(started.elapsed())
+            .working_dir(&outcome.dir)
+            .log_file(&log)
+            .into();
+        if let Some(reason) = outcome.failure() {
+            failure = failure.fact("Why", reason);
+        }
+        if let Some(name) = &spec.name {
+            failure = failure.fact("Spec", name.clone());
+        }
+        failure = failure.fact("Run directory (kept)", outcome.dir.display().to_string());
+        // erroremail logs why a mail was not sent; the outcome stays the run's.
+        if let Ok(sent) = mail.send(&failure).await {
+            tracing::info!(?sent, "failure mail");
+        }
     }
 
     /// Setup, then the command; an error is a setup failure.
