@@ -22,7 +22,8 @@
 //! see [`api`]) and mails the failure when the host's [`config`] says where.
 //!
 //! The `dadd` binary composes these: `dadd run SPEC --foreground` runs a spec and
-//! exits with its command's status; `dadd fetch SPEC DIR` only fetches its
+//! exits with its command's status, `dadd run SPEC` runs it detached (in a
+//! session of its own) and exits at once; `dadd fetch SPEC DIR` only fetches its
 //! artifacts and prints how each was served. [`progress`] draws the progress bars
 //! of large downloads.
 //!

@@ -604,3 +604,92 @@ async fn a_master_that_fails_or_is_down_loses_nothing() {
     }
     assert_eq!(origin.hits("/api/processes/job-1/states"), 4);
 }
+
+/// A process's session id, from /proc.
+fn session_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the name: state, ppid, pgrp, session.
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_runner_outlives_the_process_group_that_started_it() {
+    let bed = Bed::new();
+    let marker = bed.path("out/marker");
+    let spec = bed.spec(
+        "slow.json",
+        &json!({
+            "cmd": ["sh", "-c", "sleep 2; echo done > \"$OUT/marker\""],
+            "env": {"OUT": bed.out()},
+            "keep_dir": true,
+        }),
+    );
+    let launched = bed.path("out/launched.txt");
+    // The starter (later: the worker) is a shell that stays, in a group of its
+    // own, which the test kills whole once dadd has started the runner.
+    let script = "\"$DADD\" run \"$SPEC\" --cache-dir \"$CACHE\" > \"$LAUNCHED.tmp\" && mv \"$LAUNCHED.tmp\" \"$LAUNCHED\"; sleep 300";
+    let mut starter = tokio::process::Command::new("sh")
+        .args(["-c", script])
+        .env("DADD", env!("CARGO_BIN_EXE_dadd"))
+        .env("SPEC", &spec)
+        .env("CACHE", bed.path("cache"))
+        .env("LAUNCHED", &launched)
+        .env("TMPDIR", bed.path("tmp"))
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let starter_group = starter.id().unwrap();
+    let mut text = String::new();
+    for _ in 0..600 {
+        if let Ok(read) = std::fs::read_to_string(&launched) {
+            text = read;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let field = |name: &str| -> String {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+            .to_owned()
+    };
+    let dir = PathBuf::from(field("dir"));
+    let pid: u32 = field("pid").parse().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runner.pid"))
+            .unwrap()
+            .trim(),
+        pid.to_string()
+    );
+    assert_eq!(
+        session_of(pid),
+        Some(pid),
+        "the runner leads a session of its own"
+    );
+
+    let kill = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{starter_group}")])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    starter.wait().await.unwrap();
+    assert!(!marker.exists(), "the command finished before the kill");
+
+    for _ in 0..600 {
+        if process_gone(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(process_gone(pid), "the runner never ended");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "done\n");
+    let states = states(&dir);
+    assert_eq!(
+        state_names(&states),
+        ["init", "setup", "running", "success"],
+        "{}",
+        std::fs::read_to_string(dir.join("runner.log")).unwrap_or_default()
+    );
+}

@@ -20,12 +20,16 @@
 //!    reason.
 //!
 //! On success the run directory is removed, unless the spec says `keep_dir`; on
-//! failure it is kept, with the log, for whoever looks into it. The
+//! failure it is kept, with the log, for whoever looks into it, the log is handed
+//! to the sink ([`StateSink::upload_log`]: the [`MasterSink`] puts it on the
+//! master) and, when the runner was given an [`ErrorEmail`]
+//! ([`Runner::mail_failures`]), the failure is mailed. The
 //! [`RunOutcome`] says how it ended and gives the exit status for a foreground
 //! `dadd run` ([`RunOutcome::exit_code`]).
 //!
-//! A run never fails because of its sink: a sink error is logged and the run goes
-//! on, so the log and the states in the run directory are what to trust.
+//! A run never fails because of its sink or its mail: their errors are logged and
+//! the run goes on, so the log and the states in the run directory are what to
+//! trust.
 
 mod master_sink;
 mod process;
