@@ -693,3 +693,110 @@ async fn a_detached_runner_outlives_the_process_group_that_started_it() {
         std::fs::read_to_string(dir.join("runner.log")).unwrap_or_default()
     );
 }
+
+/// Writes a wheel of the one-module package `name` 1.0 (the module says
+/// `WHO = name`) into `dir` with the host's python3, and returns its file name.
+fn make_wheel(dir: &Path, name: &str) -> String {
+    const SCRIPT: &str = r#"
+import base64, hashlib, sys, zipfile
+d, name = sys.argv[1], sys.argv[2]
+dist = name + "-1.0"
+files = {
+    name + ".py": "WHO = %r\n" % name,
+    dist + ".dist-info/METADATA": "Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % name,
+    dist + ".dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: dadd-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile("%s/%s-py3-none-any.whl" % (d, dist), "w") as wheel:
+    for path, text in files.items():
+        data = text.encode()
+        wheel.writestr(path, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append("%s,sha256=%s,%d" % (path, digest, len(data)))
+    record.append(dist + ".dist-info/RECORD,,")
+    wheel.writestr(dist + ".dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(dir)
+        .arg(name)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    format!("{name}-1.0-py3-none-any.whl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_deps_are_installed_from_the_cheeseshop_and_a_wheel_dir_without_internet() {
+    let bed = Bed::new();
+    let wheels = bed.path("wheels");
+    std::fs::create_dir(&wheels).unwrap();
+    // One package from a package index (the origin), one from a wheel dir.
+    let from_index = make_wheel(&wheels, "dadd_probe_index");
+    make_wheel(&wheels, "dadd_probe_local");
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/simple/dadd-probe-index/",
+        Reply::ok(format!(
+            "<html><body><a href=\"/files/{from_index}\">{from_index}</a></body></html>"
+        ))
+        .header("content-type", "text/html"),
+    );
+    origin.always(
+        &format!("/files/{from_index}"),
+        Reply::ok(std::fs::read(wheels.join(&from_index)).unwrap()),
+    );
+    std::fs::remove_file(wheels.join(&from_index)).unwrap();
+    let local = format!(
+        "--no-index --find-links {} dadd_probe_local",
+        wheels.display()
+    );
+    let spec = bed.spec(
+        "python.json",
+        &json!({
+            "cmd": ["sh", "-c", "command -v python > \"$OUT/which\"; python -c 'import dadd_probe_index as a, dadd_probe_local as b; print(a.WHO, b.WHO)' > \"$OUT/imported\""],
+            "env": {"OUT": bed.out()},
+            "python_deps": ["dadd_probe_index==1.0", local],
+            "python_cheeseshop": origin.url("/simple/"),
+        }),
+    );
+    let dir = bed.path("run-dir");
+    let output = bed.run(&spec, &["--dir", dir.to_str().unwrap()]).await;
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_to_string(bed.path("out/imported")).unwrap(),
+        "dadd_probe_index dadd_probe_local\n"
+    );
+    let canonical = bed.root.path().canonicalize().unwrap().join("run-dir");
+    assert_eq!(
+        std::fs::read_to_string(bed.path("out/which"))
+            .unwrap()
+            .trim(),
+        canonical.join("venv/bin/python").display().to_string(),
+        "the virtualenv's bin comes first on PATH"
+    );
+    assert_eq!(origin.hits(&format!("/files/{from_index}")), 1);
+
+    // A dep that is nowhere: a setup failure, with pip's words in the log.
+    let spec = bed.spec(
+        "missing.json",
+        &json!({
+            "cmd": ["touch", format!("{}/started", bed.out())],
+            "python_deps": format!("--no-index --find-links {} dadd-no-such-probe", wheels.display()),
+        }),
+    );
+    let output = bed.run(&spec, &[]).await;
+    assert_eq!(output.status.code(), Some(125), "{}", stderr(&output));
+    assert!(!bed.path("out/started").exists());
+    let dir = kept_dir(&output);
+    let states = states(&dir);
+    assert_eq!(state_names(&states), ["init", "setup", "failed"]);
+    let reason = states[2]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("pip install") && reason.contains("dadd-no-such-probe"),
+        "{reason}"
+    );
+    let log = std::fs::read_to_string(dir.join("output.log")).unwrap();
+    assert!(log.contains("dadd-no-such-probe"), "{log}");
+}

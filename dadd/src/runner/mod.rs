@@ -8,10 +8,15 @@
 //!
 //! 1. **init**: writes the spec (`spec.json`) and its config (`config.json`);
 //! 2. **setup**: fetches the artifacts into the run directory (the
-//!    [`Fetcher`] it was given decides the cache and the shared tier);
+//!    [`Fetcher`] it was given decides the cache and the shared tier); when the
+//!    spec has `python_deps`, makes a virtualenv ([`VENV_DIR`]) with the host's
+//!    `python3 -m venv` and installs each dep string with its pip (from
+//!    `python_cheeseshop` when given; pip options in a dep string apply to it),
+//!    pip's output going to the log;
 //! 3. **running**: starts `cmd` in the run directory, in a process group of its
 //!    own, with the spec's `env` and `APP_SETTINGS_JSON` (the config file's
-//!    absolute path) added to the environment, standard input from `/dev/null`,
+//!    absolute path) added to the environment (and the virtualenv's `bin` first
+//!    on `PATH`, `VIRTUAL_ENV` set, when there is one), standard input from `/dev/null`,
 //!    and standard output and error appended to `output.log`;
 //! 4. **success** or **failed**: when it exits, is killed, or outlives the
 //!    spec's `timeout` (its group then gets SIGTERM, and SIGKILL after a grace
@@ -33,6 +38,7 @@
 
 mod master_sink;
 mod process;
+mod python;
 mod state;
 
 use std::ffi::OsString;
@@ -46,6 +52,7 @@ use fetcher::{FetchError, Fetcher};
 use crate::spec::Spec;
 pub use master_sink::{MasterSink, MasterSinkError};
 use process::{Exit, signal_name};
+pub use python::VENV_DIR;
 pub use state::{FileStateSink, SinkError, State, StateChange, StateSink};
 
 /// The file the spec is written to, in the run directory.
@@ -88,6 +95,14 @@ pub enum RunError {
     /// An artifact could not be fetched (boxed: it is large, and rare).
     #[error("fetching the artifacts: {0}")]
     Fetch(#[source] Box<FetchError>),
+    /// The Python environment could not be built.
+    #[error("building the Python environment: {step}: {reason}")]
+    PythonEnv {
+        /// The step that failed (`python3 -m venv`, `pip install DEP`).
+        step: String,
+        /// Why.
+        reason: String,
+    },
     /// The command could not be started.
     #[error("cannot start {program:?}: {source}")]
     Start {
@@ -422,16 +437,17 @@ impl Runner {
     ) -> Result<Ended, RunError> {
         report(sink, State::Setup).await;
         let mut stop = std::pin::pin!(stop);
-        let (config, log) = tokio::select! {
+        let prepared = tokio::select! {
             setup = self.setup(spec, dir) => setup?,
             signal = &mut stop => return Ok(Ended::Stopped { signal, killed: false }),
         };
-        self.start(spec, dir, sink, &config, log, stop).await
+        self.start(spec, dir, sink, prepared, stop).await
     }
 
-    /// Writes the spec and config, fetches the artifacts, opens the log; returns
-    /// the config's path and the log.
-    async fn setup(&self, spec: &Spec, dir: &Path) -> Result<(PathBuf, std::fs::File), RunError> {
+    /// Writes the spec and config, fetches the artifacts, opens the log, builds the
+    /// Python environment when the spec has `python_deps`; returns the config's
+    /// path, the log, and the virtualenv.
+    async fn setup(&self, spec: &Spec, dir: &Path) -> Result<Prepared, RunError> {
         write_json(&dir.join(SPEC_FILE), spec).await?;
         let config = dir.join(CONFIG_FILE);
         write_json(&config, &spec.config_or_empty()).await?;
@@ -456,7 +472,12 @@ impl Runner {
                 path: log_path,
                 source,
             })?;
-        Ok((config, log))
+        let venv = if spec.python_deps.is_empty() {
+            None
+        } else {
+            Some(python::build(spec, dir, &log).await?)
+        };
+        Ok(Prepared { config, log, venv })
     }
 
     /// Starts the command and waits for it.
@@ -465,24 +486,29 @@ impl Runner {
         spec: &Spec,
         dir: &Path,
         sink: &dyn StateSink,
-        config: &Path,
-        log: std::fs::File,
+        Prepared { config, log, venv }: Prepared,
         stop: impl Future<Output = i32>,
     ) -> Result<Ended, RunError> {
         let stderr = log.try_clone().map_err(|source| RunError::Write {
             path: dir.join(LOG_FILE),
             source,
         })?;
-        let command = spec.command(config);
+        let command = spec.command(&config);
         let (program, args) = command.split_first().ok_or_else(|| RunError::Start {
             program: OsString::new(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
         })?;
-        let mut child = tokio::process::Command::new(program)
+        let mut command = tokio::process::Command::new(program);
+        command.envs(&spec.env);
+        if let Some(venv) = &venv {
+            command
+                .env("PATH", python::path_with(venv, spec)?)
+                .env("VIRTUAL_ENV", venv);
+        }
+        let mut child = command
             .args(args)
             .current_dir(dir)
-            .envs(&spec.env)
-            .env(APP_SETTINGS_JSON, config)
+            .env(APP_SETTINGS_JSON, &config)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
@@ -509,6 +535,16 @@ impl Runner {
             Exit::Stopped { signal, killed } => Ended::Stopped { signal, killed },
         })
     }
+}
+
+/// What setup leaves for the command.
+struct Prepared {
+    /// The config file.
+    config: PathBuf,
+    /// The log, opened for appending.
+    log: std::fs::File,
+    /// The virtualenv, when the spec has `python_deps`.
+    venv: Option<PathBuf>,
 }
 
 /// Records a state, logging (not returning) a failure of the sink.
