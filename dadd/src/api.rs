@@ -24,7 +24,7 @@
 //! ```
 //!
 //! Any 2xx answer is a success; the body of the answer is not read. The master
-//! (`dadd master`) serves these routes with the same types.
+//! (`dadd master`, to come) is meant to serve these routes with the same types.
 
 use std::path::PathBuf;
 
