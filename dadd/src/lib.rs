@@ -18,8 +18,12 @@
 //! terminates its process group when it outlives its timeout, and removes the
 //! directory after a success, keeping it after a failure.
 //!
+//! After a failure the runner puts the log where its sink keeps it (the master,
+//! see [`api`]) and mails the failure when the host's [`config`] says where.
+//!
 //! The `dadd` binary composes these: `dadd run SPEC --foreground` runs a spec and
-//! exits with its command's status; `dadd fetch SPEC DIR` only fetches its
+//! exits with its command's status, `dadd run SPEC` runs it detached (in a
+//! session of its own) and exits at once; `dadd fetch SPEC DIR` only fetches its
 //! artifacts and prints how each was served. [`progress`] draws the progress bars
 //! of large downloads.
 //!
@@ -43,6 +47,8 @@
 //! ```
 #![cfg(unix)]
 
+pub mod api;
+pub mod config;
 pub mod progress;
 pub mod runner;
 pub mod spec;

@@ -5,13 +5,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use dadd::config::HostConfig;
 use dadd::progress::FetchBars;
-use dadd::runner::{FileStateSink, Runner, STATE_FILE, make_run_dir};
+use dadd::runner::{
+    FileStateSink, MasterSink, RunOutcome, Runner, SPEC_FILE, STATE_FILE, StateSink, make_run_dir,
+};
 use dadd::spec::{Format, Spec};
 use fetcher::Fetcher;
 use tracing_subscriber::EnvFilter;
+use url::Url;
 
 /// Daemon administrator: run a short spec on this host.
 #[derive(Debug, Parser)]
@@ -32,23 +36,11 @@ enum Command {
     /// group), 124 when it timed out, 127 when the program is not found, 126 when
     /// it cannot be executed, 125 for any other failure of dadd's own (a bad
     /// spec, setup).
-    Run {
-        /// The spec, JSON or YAML (by its extension; `-` reads standard input).
-        spec: PathBuf,
-        /// Stay in the foreground and exit with the command's status (running
-        /// detached comes with the worker).
-        #[arg(long)]
-        foreground: bool,
-        /// The run directory, created if missing, which must be empty (default: a
-        /// new temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// How long a timed-out process group has between SIGTERM and SIGKILL.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        kill_grace: Duration,
-        #[command(flatten)]
-        cache: CacheArgs,
-    },
+    ///
+    /// Without --foreground, the runner detaches (a new session, no terminal,
+    /// output to runner.log in the run directory), prints the run directory and
+    /// its pid, and this command exits 0 at once.
+    Run(Box<RunArgs>),
     /// Fetch a spec's artifacts into DIR and print how each was served.
     Fetch {
         /// The spec, JSON or YAML (by its extension; `-` reads standard input).
@@ -58,6 +50,46 @@ enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+}
+
+/// `dadd run`'s options.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The spec, JSON or YAML (by its extension; `-` reads standard input).
+    spec: PathBuf,
+    /// Stay in the foreground and exit with the command's status.
+    #[arg(long)]
+    foreground: bool,
+    /// The run directory, created if missing, which must be empty (default: a
+    /// new temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// How long a timed-out process group has between SIGTERM and SIGKILL.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    kill_grace: Duration,
+    /// The host's config (TOML): [smtp] for failure mail, master, token,
+    /// cache_dir, redis.
+    #[arg(long, env = "DADD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Report states (and the log of a failure) to this master.
+    #[arg(long)]
+    master: Option<Url>,
+    /// The master's bearer token.
+    #[arg(long, env = "DADD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The process id on the master (default: a new one).
+    #[arg(long)]
+    id: Option<String>,
+    /// Where a detached runner's pid is written (default: runner.pid in the run
+    /// directory).
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// The detached runner itself: its run directory was made, and its spec
+    /// written there, by the `dadd run` that started it.
+    #[arg(long, hide = true)]
+    detached: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 /// Where artifacts are cached.
@@ -93,16 +125,7 @@ fn main() -> ExitCode {
         }
     };
     let (result, failure_status) = match cli.command {
-        Command::Run {
-            spec,
-            foreground,
-            dir,
-            kill_grace,
-            cache,
-        } => (
-            runtime.block_on(run(&spec, foreground, dir.as_deref(), kill_grace, &cache)),
-            RUN_FAILED,
-        ),
+        Command::Run(args) => (runtime.block_on(run(*args)), RUN_FAILED),
         Command::Fetch { spec, dir, cache } => {
             (runtime.block_on(fetch(&spec, &dir, &cache)).map(|()| 0), 1)
         }
@@ -116,30 +139,69 @@ fn main() -> ExitCode {
     }
 }
 
+/// The detached runner's own output (its log lines), in the run directory.
+const RUNNER_LOG: &str = "runner.log";
+/// The detached runner's pid, in the run directory unless `--pid-file` says.
+const PID_FILE: &str = "runner.pid";
+
 /// `dadd run`: the exit status of the command, as [`RunOutcome::exit_code`]
-/// says.
-///
-/// [`RunOutcome::exit_code`]: dadd::runner::RunOutcome::exit_code
-async fn run(
-    spec_path: &Path,
-    foreground: bool,
-    dir: Option<&Path>,
-    kill_grace: Duration,
-    cache: &CacheArgs,
-) -> anyhow::Result<u8> {
-    if !foreground {
-        bail!("running detached is not implemented yet: pass --foreground");
+/// says; 0 at once when it detaches.
+async fn run(mut args: RunArgs) -> anyhow::Result<u8> {
+    let config = match &args.config {
+        Some(path) => HostConfig::from_file(path).context("the config")?,
+        None => HostConfig::default(),
+    };
+    let spec = load_spec(&args.spec)?;
+    args.master = args.master.take().or_else(|| config.master.clone());
+    args.token = args.token.take().or_else(|| config.token.clone());
+    args.cache.cache_dir = args
+        .cache
+        .cache_dir
+        .take()
+        .or_else(|| config.cache_dir.clone());
+    args.cache.redis = args.cache.redis.take().or_else(|| config.redis.clone());
+    let id = match (&args.id, &args.master) {
+        (Some(id), _) => Some(id.clone()),
+        (None, Some(_)) => Some(new_process_id()),
+        (None, None) => None,
+    };
+    if !args.foreground && !args.detached {
+        return detach(&args, &spec, id.as_deref());
     }
-    let spec = load_spec(spec_path)?;
+    let master = match (&args.master, &id) {
+        (Some(url), Some(id)) => Some(
+            MasterSink::new(url, id, args.token.clone())
+                .with_context(|| format!("the master {url}"))?,
+        ),
+        _ => None,
+    };
+    let mut runner =
+        Runner::new(build_fetcher(&args.cache, None).await?).kill_grace(args.kill_grace);
+    if let Some(smtp) = config.smtp {
+        let mail = erroremail::ErrorEmail::new(smtp.with_default_subject(
+            erroremail::SubjectTemplate::parse("dadd: {message}").map_err(anyhow::Error::msg)?,
+        ))
+        .context("the [smtp] config")?;
+        runner = runner.mail_failures(mail);
+    }
     let stop = stop_signals().context("listening for signals")?;
-    let fetcher = build_fetcher(cache, None).await?;
-    let dir = make_run_dir(dir)?;
-    let sink = FileStateSink::new(dir.join(STATE_FILE));
-    let outcome = Runner::new(fetcher.clone())
-        .kill_grace(kill_grace)
-        .run_until(&spec, &dir, &sink, stop)
-        .await;
-    close(&fetcher).await;
+    let dir = if args.detached {
+        let dir = args.dir.as_deref().context("--detached needs --dir")?;
+        let pid_file = args.pid_file.clone().unwrap_or_else(|| dir.join(PID_FILE));
+        // When setsid(1) had to fork, this is the runner's pid, not the one the
+        // starter wrote.
+        write_pid(&pid_file, std::process::id())?;
+        dir.canonicalize()
+            .with_context(|| format!("the run directory {}", dir.display()))?
+    } else {
+        make_run_dir(args.dir.as_deref())?
+    };
+    let file = FileStateSink::new(dir.join(STATE_FILE));
+    let outcome = match master {
+        // The file too: the states a master that is down missed are still there.
+        Some(master) => run_with(&runner, &spec, &dir, &(file, master), stop).await,
+        None => run_with(&runner, &spec, &dir, &file, stop).await,
+    };
     if let Some(reason) = outcome.failure() {
         eprintln!(
             "dadd: {}{reason}; the run directory is kept: {}",
@@ -154,6 +216,131 @@ async fn run(
     }
     // Statuses beyond a byte (a negative one) still have to read as a failure.
     Ok(u8::try_from(outcome.exit_code()).unwrap_or(RUN_FAILED))
+}
+
+async fn run_with(
+    runner: &Runner,
+    spec: &Spec,
+    dir: &Path,
+    sink: &dyn StateSink,
+    stop: impl Future<Output = i32>,
+) -> RunOutcome {
+    let outcome = runner.run_until(spec, dir, sink, stop).await;
+    close(runner.fetcher()).await;
+    outcome
+}
+
+/// A process id for the master, unique enough on a cluster: this host's time in
+/// milliseconds and this process's id.
+fn new_process_id() -> String {
+    format!(
+        "run-{}-{}",
+        jiff::Timestamp::now().as_millisecond(),
+        std::process::id()
+    )
+}
+
+/// Starts the runner detached: the same `dadd run`, with the run directory made
+/// and the spec written there, in a session of its own (setsid(1)), standard
+/// input from /dev/null and its output in `runner.log`. Prints the run directory
+/// and the runner's pid, which it also writes to the pid file.
+fn detach(args: &RunArgs, spec: &Spec, id: Option<&str>) -> anyhow::Result<u8> {
+    let dir = make_run_dir(args.dir.as_deref())?;
+    let spec_path = dir.join(SPEC_FILE);
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(spec)?)
+        .with_context(|| format!("writing {}", spec_path.display()))?;
+    let log_path = dir.join(RUNNER_LOG);
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let pid_file = match &args.pid_file {
+        Some(path) => std::path::absolute(path)?,
+        None => dir.join(PID_FILE),
+    };
+    let exe = std::env::current_exe().context("finding the dadd binary")?;
+    // A new session (no controlling terminal, its own process group) needs
+    // setsid(2), which safe Rust cannot call between fork and exec: setsid(1)
+    // does it. Without it, a process group of its own is the next best thing.
+    let mut command = match find_program("setsid") {
+        Some(setsid) => {
+            let mut command = std::process::Command::new(setsid);
+            command.arg(&exe);
+            command
+        }
+        None => {
+            tracing::warn!(
+                "setsid(1) not found: the runner gets its own process group, not its own session"
+            );
+            let mut command = std::process::Command::new(&exe);
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+            command
+        }
+    };
+    command
+        .arg("run")
+        .arg(&spec_path)
+        .arg("--detached")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("--kill-grace")
+        .arg(humantime::format_duration(args.kill_grace).to_string());
+    if let Some(config) = &args.config {
+        command.arg("--config").arg(std::path::absolute(config)?);
+    }
+    if let Some(master) = &args.master {
+        command.arg("--master").arg(master.as_str());
+    }
+    if let Some(id) = id {
+        command.arg("--id").arg(id);
+    }
+    if let Some(cache_dir) = &args.cache.cache_dir {
+        command
+            .arg("--cache-dir")
+            .arg(std::path::absolute(cache_dir)?);
+    }
+    if let Some(redis) = &args.cache.redis {
+        command.arg("--redis").arg(redis);
+    }
+    match &args.token {
+        // In the environment, not on the command line that `ps` shows.
+        Some(token) => command.env("DADD_TOKEN", token),
+        None => command.env_remove("DADD_TOKEN"),
+    };
+    let child = command
+        .env_remove("DADD_CONFIG")
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the detached runner")?;
+    let pid = child.id();
+    write_pid(&pid_file, pid)?;
+    println!("dir: {}", dir.display());
+    println!("pid: {pid}");
+    if let Some(id) = id {
+        println!("id: {id}");
+    }
+    // Dropping the child neither waits for it nor kills it.
+    Ok(0)
+}
+
+fn write_pid(path: &Path, pid: u32) -> anyhow::Result<()> {
+    // Written whole, then renamed: a reader never sees half a pid.
+    let partial = path.with_extension("pid.partial");
+    std::fs::write(&partial, format!("{pid}\n"))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("writing the pid file {}", path.display()))
+}
+
+/// The first `name` on `PATH`, then in /usr/bin and /bin.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 /// `dadd fetch`: the artifacts into `dir`, and the report on standard output.

@@ -697,6 +697,11 @@ fn python_deps(check: &mut Check, value: Option<&Value>) -> Vec<String> {
     let mut push = |check: &mut Check, field: String, dep: &str| {
         if dep.trim().is_empty() {
             check.fail(field, "is empty (a requirement such as `requests>=2`)");
+        } else if let Err(error) = shell_words::split(dep) {
+            check.fail(
+                field,
+                format!("cannot be split into pip's arguments as a shell would: {error}"),
+            );
         } else {
             deps.push(dep.to_owned());
         }
@@ -974,6 +979,10 @@ mod tests {
         );
         let spec = json(r#"{"cmd": "true", "python_deps": ["a", "b==1"]}"#).unwrap();
         assert_eq!(spec.python_deps, ["a", "b==1"]);
+        assert_problem(
+            r#"{"cmd": "true", "python_deps": ["pkg 'unclosed"]}"#,
+            "python_deps[0]: cannot be split into pip's arguments as a shell would",
+        );
         assert_problem(
             r#"{"cmd": "true", "python_deps": ["a", 1]}"#,
             "python_deps[1]: expected a string, got 1",

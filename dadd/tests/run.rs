@@ -1,5 +1,6 @@
-//! `dadd run --foreground`, end to end: the real binary, artifacts from a real
-//! origin on loopback, real processes.
+//! `dadd run`, end to end: the real binary, artifacts from a real origin on
+//! loopback, real processes, failure mail through a real SMTP server (aiosmtpd),
+//! a recording stand-in for the master, and a detached runner.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use testbed::origin::{Origin, Reply};
+use testbed::smtp::{SmtpOptions, SmtpServer};
 
 /// A test's directories: specs, the artifact cache, a TMPDIR for run directories,
 /// and `out`, where commands write what they saw.
@@ -395,4 +397,406 @@ async fn a_yaml_spec_on_standard_input_runs() {
     let output = child.wait_with_output().await.unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(bed.path("out/yaml-ran").exists());
+}
+
+/// A host config whose failure mail goes to `smtp`'s port.
+fn smtp_config(bed: &Bed, port: u16) -> PathBuf {
+    let path = bed.path("dadd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[smtp]\nserver = \"127.0.0.1\"\nport = {port}\nfrom = \"dadd@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"5s\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_sends_one_mail_with_the_log_tail_and_the_log_attached() {
+    let bed = Bed::new();
+    let smtp = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let config = smtp_config(&bed, smtp.port());
+    let spec = bed.spec(
+        "fail.json",
+        &json!({"name": "nightly", "cmd": ["sh", "-c", "echo first line; echo the-last-words >&2; exit 3"]}),
+    );
+    let output = bed
+        .run(&spec, &["--config", config.to_str().unwrap()])
+        .await;
+
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let dir = kept_dir(&output);
+    let mails = smtp.messages().unwrap();
+    assert_eq!(mails.len(), 1, "{}", stderr(&output));
+    let mail = &mails[0];
+    mail.assert_text_contains(&[
+        "the-last-words",
+        "first line",
+        "exit 3",
+        "exited with status 3",
+        "nightly",
+        &dir.display().to_string(),
+    ]);
+    let subject = mail.raw_header("subject").unwrap();
+    assert!(subject.contains("dadd"), "{subject}");
+    let attachments: Vec<_> = mail.message.attachments().collect();
+    assert_eq!(attachments.len(), 1);
+    assert_eq!(attachments[0].contents(), b"first line\nthe-last-words\n");
+
+    // A success sends nothing.
+    let spec = bed.spec("ok.json", &json!({"cmd": "true"}));
+    let output = bed
+        .run(&spec, &["--config", config.to_str().unwrap()])
+        .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(smtp.messages().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_failure_is_mailed_too() {
+    let bed = Bed::new();
+    let smtp = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let config = smtp_config(&bed, smtp.port());
+    let spec = bed.spec("missing.json", &json!({"cmd": "dadd-no-such-program --x"}));
+    let output = bed
+        .run(&spec, &["--config", config.to_str().unwrap()])
+        .await;
+
+    assert_eq!(output.status.code(), Some(127), "{}", stderr(&output));
+    let mails = smtp.messages().unwrap();
+    assert_eq!(mails.len(), 1, "{}", stderr(&output));
+    mails[0].assert_text_contains(&["dadd-no-such-program", "not started"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_leaves_the_outcome_and_the_log_alone() {
+    let bed = Bed::new();
+    let mut smtp = SmtpServer::start(SmtpOptions::plain()).unwrap();
+    let config = smtp_config(&bed, smtp.port());
+    smtp.kill();
+    let spec = bed.spec(
+        "fail.json",
+        &json!({"cmd": ["sh", "-c", "echo kept; exit 4"]}),
+    );
+    let output = bed
+        .run(&spec, &["--config", config.to_str().unwrap()])
+        .await;
+
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("was not sent"),
+        "{}",
+        stderr(&output)
+    );
+    let dir = kept_dir(&output);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("output.log")).unwrap(),
+        "kept\n"
+    );
+    assert_eq!(
+        state_names(&states(&dir)),
+        ["init", "setup", "running", "failed"]
+    );
+}
+
+/// A stand-in for the master: every call under /api/processes/ answers `status`
+/// and is recorded.
+async fn master(status: u16) -> Origin {
+    let origin = Origin::start().await.unwrap();
+    for id in ["job-1", "job-2"] {
+        for call in ["states", "log"] {
+            origin.always(
+                &format!("/api/processes/{id}/{call}"),
+                Reply::status(status),
+            );
+        }
+    }
+    origin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_gets_the_states_in_order_and_the_log_of_a_failure() {
+    let bed = Bed::new();
+    let origin = master(200).await;
+    let spec = bed.spec(
+        "fail.json",
+        &json!({"cmd": ["sh", "-c", "echo about to fail; exit 5"]}),
+    );
+    let url = origin.url("/");
+    let output = bed
+        .run(
+            &spec,
+            &[
+                "--master",
+                &url,
+                "--id",
+                "job-1",
+                "--token",
+                "cluster-secret",
+            ],
+        )
+        .await;
+
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    let posts = origin.requests("/api/processes/job-1/states");
+    let states: Vec<Value> = posts
+        .iter()
+        .map(|post| {
+            assert_eq!(post.method.as_str(), "POST");
+            assert_eq!(post.header("authorization"), Some("Bearer cluster-secret"));
+            assert_eq!(post.header("content-type"), Some("application/json"));
+            serde_json::from_slice(&post.body).unwrap()
+        })
+        .collect();
+    assert_eq!(state_names(&states), ["init", "setup", "running", "failed"]);
+    assert_eq!(states[3]["exit_code"], 5);
+    assert!(states.iter().all(|state| state["at"].is_string()));
+    let puts = origin.requests("/api/processes/job-1/log");
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].method.as_str(), "PUT");
+    assert_eq!(
+        puts[0].header("authorization"),
+        Some("Bearer cluster-secret")
+    );
+    assert_eq!(&puts[0].body[..], b"about to fail\n");
+    // The states are in the kept run directory too.
+    assert_eq!(state_names(&self::states(&kept_dir(&output))).len(), 4);
+
+    // A success: its states, no log.
+    let spec = bed.spec("ok.json", &json!({"cmd": "true"}));
+    let output = bed.run(&spec, &["--master", &url, "--id", "job-2"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let posts = origin.requests("/api/processes/job-2/states");
+    assert_eq!(posts.len(), 4);
+    assert_eq!(posts[0].header("authorization"), None);
+    assert_eq!(origin.hits("/api/processes/job-2/log"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_fails_or_is_down_loses_nothing() {
+    let bed = Bed::new();
+    let origin = master(500).await;
+    let down = {
+        let origin = Origin::start().await.unwrap();
+        origin.url("/")
+    };
+    for url in [origin.url("/"), down] {
+        let spec = bed.spec(
+            "fail.json",
+            &json!({"cmd": ["sh", "-c", "echo still here; exit 6"]}),
+        );
+        let output = bed.run(&spec, &["--master", &url, "--id", "job-1"]).await;
+
+        assert_eq!(output.status.code(), Some(6), "{url}: {}", stderr(&output));
+        let text = stderr(&output);
+        assert!(text.contains("cannot record the state"), "{text}");
+        assert!(text.contains("cannot upload the log"), "{text}");
+        let dir = kept_dir(&output);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("output.log")).unwrap(),
+            "still here\n"
+        );
+        assert_eq!(
+            state_names(&states(&dir)),
+            ["init", "setup", "running", "failed"]
+        );
+    }
+    assert_eq!(origin.hits("/api/processes/job-1/states"), 4);
+}
+
+/// A process's session id, from /proc.
+fn session_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the name: state, ppid, pgrp, session.
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_runner_outlives_the_process_group_that_started_it() {
+    let bed = Bed::new();
+    let marker = bed.path("out/marker");
+    let spec = bed.spec(
+        "slow.json",
+        &json!({
+            "cmd": ["sh", "-c", "sleep 2; echo done > \"$OUT/marker\""],
+            "env": {"OUT": bed.out()},
+            "keep_dir": true,
+        }),
+    );
+    let launched = bed.path("out/launched.txt");
+    // The starter (later: the worker) is a shell that stays, in a group of its
+    // own, which the test kills whole once dadd has started the runner.
+    let script = "\"$DADD\" run \"$SPEC\" --cache-dir \"$CACHE\" > \"$LAUNCHED.tmp\" && mv \"$LAUNCHED.tmp\" \"$LAUNCHED\"; sleep 300";
+    let mut starter = tokio::process::Command::new("sh")
+        .args(["-c", script])
+        .env("DADD", env!("CARGO_BIN_EXE_dadd"))
+        .env("SPEC", &spec)
+        .env("CACHE", bed.path("cache"))
+        .env("LAUNCHED", &launched)
+        .env("TMPDIR", bed.path("tmp"))
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let starter_group = starter.id().unwrap();
+    let mut text = String::new();
+    for _ in 0..600 {
+        if let Ok(read) = std::fs::read_to_string(&launched) {
+            text = read;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let field = |name: &str| -> String {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+            .to_owned()
+    };
+    let dir = PathBuf::from(field("dir"));
+    let pid: u32 = field("pid").parse().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runner.pid"))
+            .unwrap()
+            .trim(),
+        pid.to_string()
+    );
+    assert_eq!(
+        session_of(pid),
+        Some(pid),
+        "the runner leads a session of its own"
+    );
+
+    let kill = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{starter_group}")])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    starter.wait().await.unwrap();
+    assert!(!marker.exists(), "the command finished before the kill");
+
+    for _ in 0..600 {
+        if process_gone(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(process_gone(pid), "the runner never ended");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "done\n");
+    let states = states(&dir);
+    assert_eq!(
+        state_names(&states),
+        ["init", "setup", "running", "success"],
+        "{}",
+        std::fs::read_to_string(dir.join("runner.log")).unwrap_or_default()
+    );
+}
+
+/// Writes a wheel of the one-module package `name` 1.0 (the module says
+/// `WHO = name`) into `dir` with the host's python3, and returns its file name.
+fn make_wheel(dir: &Path, name: &str) -> String {
+    const SCRIPT: &str = r#"
+import base64, hashlib, sys, zipfile
+d, name = sys.argv[1], sys.argv[2]
+dist = name + "-1.0"
+files = {
+    name + ".py": "WHO = %r\n" % name,
+    dist + ".dist-info/METADATA": "Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % name,
+    dist + ".dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: dadd-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile("%s/%s-py3-none-any.whl" % (d, dist), "w") as wheel:
+    for path, text in files.items():
+        data = text.encode()
+        wheel.writestr(path, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append("%s,sha256=%s,%d" % (path, digest, len(data)))
+    record.append(dist + ".dist-info/RECORD,,")
+    wheel.writestr(dist + ".dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(dir)
+        .arg(name)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    format!("{name}-1.0-py3-none-any.whl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_deps_are_installed_from_the_cheeseshop_and_a_wheel_dir_without_internet() {
+    let bed = Bed::new();
+    let wheels = bed.path("wheels");
+    std::fs::create_dir(&wheels).unwrap();
+    // One package from a package index (the origin), one from a wheel dir.
+    let from_index = make_wheel(&wheels, "dadd_probe_index");
+    make_wheel(&wheels, "dadd_probe_local");
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/simple/dadd-probe-index/",
+        Reply::ok(format!(
+            "<html><body><a href=\"/files/{from_index}\">{from_index}</a></body></html>"
+        ))
+        .header("content-type", "text/html"),
+    );
+    origin.always(
+        &format!("/files/{from_index}"),
+        Reply::ok(std::fs::read(wheels.join(&from_index)).unwrap()),
+    );
+    std::fs::remove_file(wheels.join(&from_index)).unwrap();
+    let local = format!(
+        "--no-index --find-links {} dadd_probe_local",
+        wheels.display()
+    );
+    let spec = bed.spec(
+        "python.json",
+        &json!({
+            "cmd": ["sh", "-c", "command -v python > \"$OUT/which\"; python -c 'import dadd_probe_index as a, dadd_probe_local as b; print(a.WHO, b.WHO)' > \"$OUT/imported\""],
+            "env": {"OUT": bed.out()},
+            "python_deps": ["dadd_probe_index==1.0", local],
+            "python_cheeseshop": origin.url("/simple/"),
+        }),
+    );
+    let dir = bed.path("run-dir");
+    let output = bed.run(&spec, &["--dir", dir.to_str().unwrap()]).await;
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_to_string(bed.path("out/imported")).unwrap(),
+        "dadd_probe_index dadd_probe_local\n"
+    );
+    let canonical = bed.root.path().canonicalize().unwrap().join("run-dir");
+    assert_eq!(
+        std::fs::read_to_string(bed.path("out/which"))
+            .unwrap()
+            .trim(),
+        canonical.join("venv/bin/python").display().to_string(),
+        "the virtualenv's bin comes first on PATH"
+    );
+    assert_eq!(origin.hits(&format!("/files/{from_index}")), 1);
+
+    // A dep that is nowhere: a setup failure, with pip's words in the log.
+    let spec = bed.spec(
+        "missing.json",
+        &json!({
+            "cmd": ["touch", format!("{}/started", bed.out())],
+            "python_deps": format!("--no-index --find-links {} dadd-no-such-probe", wheels.display()),
+        }),
+    );
+    let output = bed.run(&spec, &[]).await;
+    assert_eq!(output.status.code(), Some(125), "{}", stderr(&output));
+    assert!(!bed.path("out/started").exists());
+    let dir = kept_dir(&output);
+    let states = states(&dir);
+    assert_eq!(state_names(&states), ["init", "setup", "failed"]);
+    let reason = states[2]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("pip install") && reason.contains("dadd-no-such-probe"),
+        "{reason}"
+    );
+    let log = std::fs::read_to_string(dir.join("output.log")).unwrap();
+    assert!(log.contains("dadd-no-such-probe"), "{log}");
 }

@@ -118,7 +118,7 @@ pub use email::{ErrorEmail, ErrorEmailBuilder, Outcome};
 pub use error::{BoxedSource, Error, SendFailure};
 pub use failure::{Attachment, Failure, Reportable, Section};
 pub use output::{CapturedOutput, Stream};
-pub use process::{Exit, ProcessFailure};
+pub use process::{Exit, ProcessFailure, signal_name};
 pub use template::SubjectTemplate;
 
 // The README's examples are compiled as doc tests.

@@ -60,8 +60,9 @@ impl fmt::Display for Exit {
     }
 }
 
-/// Linux's numbers of the signals that end processes in practice.
-fn signal_name(signal: i32) -> Option<&'static str> {
+/// The name of a signal that ends processes in practice (`SIGTERM` for 15, by
+/// Linux's numbers), or `None` for one without a common name.
+pub fn signal_name(signal: i32) -> Option<&'static str> {
     Some(match signal {
         1 => "SIGHUP",
         2 => "SIGINT",

@@ -8,10 +8,15 @@
 //!
 //! 1. **init**: writes the spec (`spec.json`) and its config (`config.json`);
 //! 2. **setup**: fetches the artifacts into the run directory (the
-//!    [`Fetcher`] it was given decides the cache and the shared tier);
+//!    [`Fetcher`] it was given decides the cache and the shared tier); when the
+//!    spec has `python_deps`, makes a virtualenv ([`VENV_DIR`]) with the host's
+//!    `python3 -m venv` and installs each dep string with its pip (from
+//!    `python_cheeseshop` when given; pip options in a dep string apply to it),
+//!    pip's output going to the log;
 //! 3. **running**: starts `cmd` in the run directory, in a process group of its
 //!    own, with the spec's `env` and `APP_SETTINGS_JSON` (the config file's
-//!    absolute path) added to the environment, standard input from `/dev/null`,
+//!    absolute path) added to the environment (and the virtualenv's `bin` first
+//!    on `PATH`, `VIRTUAL_ENV` set, when there is one), standard input from `/dev/null`,
 //!    and standard output and error appended to `output.log`;
 //! 4. **success** or **failed**: when it exits, is killed, or outlives the
 //!    spec's `timeout` (its group then gets SIGTERM, and SIGKILL after a grace
@@ -20,25 +25,34 @@
 //!    reason.
 //!
 //! On success the run directory is removed, unless the spec says `keep_dir`; on
-//! failure it is kept, with the log, for whoever looks into it. The
+//! failure it is kept, with the log, for whoever looks into it, the log is handed
+//! to the sink ([`StateSink::upload_log`]: the [`MasterSink`] puts it on the
+//! master) and, when the runner was given an [`ErrorEmail`]
+//! ([`Runner::mail_failures`]), the failure is mailed. The
 //! [`RunOutcome`] says how it ended and gives the exit status for a foreground
 //! `dadd run` ([`RunOutcome::exit_code`]).
 //!
-//! A run never fails because of its sink: a sink error is logged and the run goes
-//! on, so the log and the states in the run directory are what to trust.
+//! A run never fails because of its sink or its mail: their errors are logged and
+//! the run goes on, so the log and the states in the run directory are what to
+//! trust.
 
+mod master_sink;
 mod process;
+mod python;
 mod state;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use erroremail::{ErrorEmail, ProcessFailure};
 use fetcher::{FetchError, Fetcher};
 
 use crate::spec::Spec;
+pub use master_sink::{MasterSink, MasterSinkError};
 use process::{Exit, signal_name};
+pub use python::VENV_DIR;
 pub use state::{FileStateSink, SinkError, State, StateChange, StateSink};
 
 /// The file the spec is written to, in the run directory.
@@ -81,6 +95,14 @@ pub enum RunError {
     /// An artifact could not be fetched (boxed: it is large, and rare).
     #[error("fetching the artifacts: {0}")]
     Fetch(#[source] Box<FetchError>),
+    /// The Python environment could not be built.
+    #[error("building the Python environment: {step}: {reason}")]
+    PythonEnv {
+        /// The step that failed (`python3 -m venv`, `pip install DEP`).
+        step: String,
+        /// Why.
+        reason: String,
+    },
     /// The command could not be started.
     #[error("cannot start {program:?}: {source}")]
     Start {
@@ -127,6 +149,23 @@ pub enum Ended {
     },
     /// Setup failed; the command never ran (or could not be waited for).
     SetupFailed(RunError),
+}
+
+impl Ended {
+    /// How the command ended, as a shell would see it: its status, or the signal
+    /// that ended it (SIGKILL or SIGTERM after a timeout, the runner's own signal
+    /// when it was stopped); `None` when it never ran.
+    pub fn exit(&self) -> Option<erroremail::Exit> {
+        use erroremail::Exit;
+        match self {
+            Ended::Exited { code } => Some(Exit::Code(*code)),
+            Ended::Signaled { signal } | Ended::Stopped { signal, .. } => {
+                Some(Exit::Signal(*signal))
+            }
+            Ended::TimedOut { killed, .. } => Some(Exit::Signal(if *killed { 9 } else { 15 })),
+            Ended::SetupFailed(_) => None,
+        }
+    }
 }
 
 /// What a run did.
@@ -203,15 +242,10 @@ impl RunOutcome {
         let Some(reason) = self.failure() else {
             return State::Success;
         };
-        let (exit_code, signal) = match &self.ended {
-            Ended::Exited { code } => (Some(*code), None),
-            Ended::Signaled { signal } => (None, Some(*signal)),
-            Ended::TimedOut { killed, .. } => {
-                let signal = if *killed { 9 } else { 15 };
-                (None, Some(signal))
-            }
-            Ended::Stopped { signal, .. } => (None, Some(*signal)),
-            Ended::SetupFailed(_) => (None, None),
+        let (exit_code, signal) = match self.ended.exit() {
+            Some(erroremail::Exit::Code(code)) => (Some(code), None),
+            Some(erroremail::Exit::Signal(signal)) => (None, Some(signal)),
+            None => (None, None),
         };
         State::Failed {
             exit_code,
@@ -258,6 +292,7 @@ pub fn make_run_dir(dir: Option<&Path>) -> Result<PathBuf, RunError> {
 pub struct Runner {
     fetcher: Fetcher,
     kill_grace: Duration,
+    mail: Option<ErrorEmail>,
 }
 
 impl Runner {
@@ -266,7 +301,22 @@ impl Runner {
         Runner {
             fetcher,
             kill_grace: DEFAULT_KILL_GRACE,
+            mail: None,
         }
+    }
+
+    /// Mails each failure with `mail`: one [`ProcessFailure`] with the command,
+    /// how it ended, the host, start, duration, run directory, the end of the
+    /// log inline and the log attached. A mail that cannot be sent is logged; it
+    /// never changes the run's outcome.
+    pub fn mail_failures(mut self, mail: ErrorEmail) -> Runner {
+        self.mail = Some(mail);
+        self
+    }
+
+    /// The fetcher it fetches artifacts with.
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
     }
 
     /// How long a timed-out process group has between SIGTERM and SIGKILL.
@@ -294,6 +344,7 @@ impl Runner {
         sink: &dyn StateSink,
         stop: impl Future<Output = i32>,
     ) -> RunOutcome {
+        let started = (SystemTime::now(), Instant::now());
         report(
             sink,
             State::Init {
@@ -311,6 +362,9 @@ impl Runner {
             ended,
         };
         report(sink, outcome.state()).await;
+        if !outcome.succeeded() {
+            self.after_failure(spec, &outcome, sink, started).await;
+        }
         if outcome.succeeded() && !spec.keep_dir {
             match tokio::fs::remove_dir_all(dir).await {
                 Ok(()) => outcome.kept = false,
@@ -320,6 +374,57 @@ impl Runner {
             }
         }
         outcome
+    }
+
+    /// Puts the log where the sink keeps it and mails the failure; what fails here
+    /// is logged, and the run directory (with the log) is kept whatever happens.
+    async fn after_failure(
+        &self,
+        spec: &Spec,
+        outcome: &RunOutcome,
+        sink: &dyn StateSink,
+        (started_at, started): (SystemTime, Instant),
+    ) {
+        let log = outcome.dir.join(LOG_FILE);
+        if let Err(error) = sink.upload_log(&log).await {
+            tracing::warn!(%error, log = %log.display(), "cannot upload the log: it stays in the run directory");
+        }
+        let Some(mail) = &self.mail else { return };
+        let command: Vec<String> = spec
+            .command(&outcome.dir.join(CONFIG_FILE))
+            .iter()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        let process = match (&outcome.ended, outcome.ended.exit()) {
+            (_, Some(exit)) => ProcessFailure::new(command, exit),
+            (Ended::SetupFailed(RunError::Start { source, .. }), None) => {
+                ProcessFailure::not_started(command, source)
+            }
+            (ended, None) => {
+                let reason = match ended {
+                    Ended::SetupFailed(error) => format!("setup failed: {error}"),
+                    _ => "setup failed".to_owned(),
+                };
+                ProcessFailure::not_started(command, &std::io::Error::other(reason))
+            }
+        };
+        let mut failure: erroremail::Failure = process
+            .started(started_at)
+            .duration(started.elapsed())
+            .working_dir(&outcome.dir)
+            .log_file(&log)
+            .into();
+        if let Some(reason) = outcome.failure() {
+            failure = failure.fact("Why", reason);
+        }
+        if let Some(name) = &spec.name {
+            failure = failure.fact("Spec", name.clone());
+        }
+        failure = failure.fact("Run directory (kept)", outcome.dir.display().to_string());
+        // erroremail logs why a mail was not sent; the outcome stays the run's.
+        if let Ok(sent) = mail.send(&failure).await {
+            tracing::info!(?sent, "failure mail");
+        }
     }
 
     /// Setup, then the command; an error is a setup failure.
@@ -332,16 +437,17 @@ impl Runner {
     ) -> Result<Ended, RunError> {
         report(sink, State::Setup).await;
         let mut stop = std::pin::pin!(stop);
-        let (config, log) = tokio::select! {
+        let prepared = tokio::select! {
             setup = self.setup(spec, dir) => setup?,
             signal = &mut stop => return Ok(Ended::Stopped { signal, killed: false }),
         };
-        self.start(spec, dir, sink, &config, log, stop).await
+        self.start(spec, dir, sink, prepared, stop).await
     }
 
-    /// Writes the spec and config, fetches the artifacts, opens the log; returns
-    /// the config's path and the log.
-    async fn setup(&self, spec: &Spec, dir: &Path) -> Result<(PathBuf, std::fs::File), RunError> {
+    /// Writes the spec and config, fetches the artifacts, opens the log, builds the
+    /// Python environment when the spec has `python_deps`; returns the config's
+    /// path, the log, and the virtualenv.
+    async fn setup(&self, spec: &Spec, dir: &Path) -> Result<Prepared, RunError> {
         write_json(&dir.join(SPEC_FILE), spec).await?;
         let config = dir.join(CONFIG_FILE);
         write_json(&config, &spec.config_or_empty()).await?;
@@ -366,7 +472,12 @@ impl Runner {
                 path: log_path,
                 source,
             })?;
-        Ok((config, log))
+        let venv = if spec.python_deps.is_empty() {
+            None
+        } else {
+            Some(python::build(spec, dir, &log).await?)
+        };
+        Ok(Prepared { config, log, venv })
     }
 
     /// Starts the command and waits for it.
@@ -375,24 +486,29 @@ impl Runner {
         spec: &Spec,
         dir: &Path,
         sink: &dyn StateSink,
-        config: &Path,
-        log: std::fs::File,
+        Prepared { config, log, venv }: Prepared,
         stop: impl Future<Output = i32>,
     ) -> Result<Ended, RunError> {
         let stderr = log.try_clone().map_err(|source| RunError::Write {
             path: dir.join(LOG_FILE),
             source,
         })?;
-        let command = spec.command(config);
+        let command = spec.command(&config);
         let (program, args) = command.split_first().ok_or_else(|| RunError::Start {
             program: OsString::new(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
         })?;
-        let mut child = tokio::process::Command::new(program)
+        let mut command = tokio::process::Command::new(program);
+        command.envs(&spec.env);
+        if let Some(venv) = &venv {
+            command
+                .env("PATH", python::path_with(venv, spec)?)
+                .env("VIRTUAL_ENV", venv);
+        }
+        let mut child = command
             .args(args)
             .current_dir(dir)
-            .envs(&spec.env)
-            .env(APP_SETTINGS_JSON, config)
+            .env(APP_SETTINGS_JSON, &config)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
@@ -419,6 +535,16 @@ impl Runner {
             Exit::Stopped { signal, killed } => Ended::Stopped { signal, killed },
         })
     }
+}
+
+/// What setup leaves for the command.
+struct Prepared {
+    /// The config file.
+    config: PathBuf,
+    /// The log, opened for appending.
+    log: std::fs::File,
+    /// The virtualenv, when the spec has `python_deps`.
+    venv: Option<PathBuf>,
 }
 
 /// Records a state, logging (not returning) a failure of the sink.

@@ -130,28 +130,12 @@ fn group_alive(group: Pid) -> bool {
     rustix::process::test_kill_process_group(group).is_ok()
 }
 
-/// A signal's name, `SIGTERM`, or `signal 42` for one without a common name.
+/// A signal's name, `SIGTERM`, or `signal 42` for one without a common name
+/// (erroremail's names, so that the state and the mail agree).
 pub(crate) fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        11 => "SIGSEGV",
-        12 => "SIGUSR2",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        _ => return format!("signal {signal}"),
-    };
-    name.to_owned()
+    erroremail::signal_name(signal)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("signal {signal}"))
 }
 
 #[cfg(test)]

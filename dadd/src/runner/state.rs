@@ -1,79 +1,11 @@
-//! The states of a run, and where they are reported: a [`StateSink`].
+//! Where the states of a run are reported: a [`StateSink`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
-/// A state of a run, in the order they happen: [`Init`](State::Init),
-/// [`Setup`](State::Setup), [`Running`](State::Running), then
-/// [`Success`](State::Success) or [`Failed`](State::Failed) (which may come
-/// straight after any other when setup fails).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum State {
-    /// The run directory exists.
-    Init {
-        /// The run directory.
-        dir: PathBuf,
-    },
-    /// Writing the spec and config, fetching the artifacts.
-    Setup,
-    /// The command started.
-    Running {
-        /// Its process id (also its process group's).
-        pid: u32,
-    },
-    /// The command exited with status 0.
-    Success,
-    /// Setup failed, or the command exited with another status, was killed by a
-    /// signal, or ran out of time.
-    Failed {
-        /// The command's exit status, when it exited.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        exit_code: Option<i32>,
-        /// The signal that ended it, when one did.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        signal: Option<i32>,
-        /// Why, in words.
-        reason: String,
-    },
-}
-
-impl State {
-    /// Its lower-case name, as written in `state`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            State::Init { .. } => "init",
-            State::Setup => "setup",
-            State::Running { .. } => "running",
-            State::Success => "success",
-            State::Failed { .. } => "failed",
-        }
-    }
-}
-
-/// A state and when the run entered it: one line of `state.jsonl`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateChange {
-    /// When.
-    pub at: jiff::Timestamp,
-    /// The state.
-    #[serde(flatten)]
-    pub state: State,
-}
-
-impl StateChange {
-    /// `state`, now.
-    pub fn now(state: State) -> StateChange {
-        StateChange {
-            at: jiff::Timestamp::now(),
-            state,
-        }
-    }
-}
+pub use crate::api::{State, StateChange};
 
 /// An error of a [`StateSink`]; the runner logs it and goes on.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -87,6 +19,31 @@ pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 pub trait StateSink: Send + Sync {
     /// Records that the run entered `change.state` at `change.at`.
     async fn record(&self, change: &StateChange) -> Result<(), SinkError>;
+
+    /// Keeps the log of a failed run (`output.log`, at `log`) where whoever looks
+    /// into the failure will find it. The default does nothing: the log stays in
+    /// the kept run directory anyway.
+    async fn upload_log(&self, log: &Path) -> Result<(), SinkError> {
+        let _ = log;
+        Ok(())
+    }
+}
+
+/// Both sinks: each state goes to the first, then to the second (even when the
+/// first fails), and so does the log; an error is the first one met.
+#[async_trait]
+impl<A: StateSink, B: StateSink> StateSink for (A, B) {
+    async fn record(&self, change: &StateChange) -> Result<(), SinkError> {
+        let first = self.0.record(change).await;
+        let second = self.1.record(change).await;
+        first.and(second)
+    }
+
+    async fn upload_log(&self, log: &Path) -> Result<(), SinkError> {
+        let first = self.0.upload_log(log).await;
+        let second = self.1.upload_log(log).await;
+        first.and(second)
+    }
 }
 
 /// Appends each state as a JSON line to a file (`state.jsonl` in the run
