@@ -46,8 +46,8 @@ pub struct Artifact {
     /// a hard link to the cache's copy (no copy at all, even on file systems
     /// without reflinks). A job that made such a file writable again and wrote to
     /// it would change the cache's copy, and the other runs' links to it: the next
-    /// fetch with the digest notices (the file's change time moved), finds the
-    /// content wrong, and downloads it again.
+    /// fetch with the digest notices (the file's modification time moved), finds
+    /// the content wrong, and downloads it again.
     #[serde(default)]
     pub read_only: bool,
 }

@@ -2,12 +2,16 @@
 //! fetch of a large artifact does not read it all again to hash it.
 //!
 //! A record lives in `verified/<digest>` under the cache directory: the identities
-//! (device, inode, length, modification and change times) of stored body files
-//! whose content had that digest when it was hashed. The cache never changes a body
-//! file once it is published; anything else that writes to it, or changes its mode
-//! to be able to, changes its change time, which no one can set back (unlike the
-//! modification time). So a file with a recorded identity still has the recorded
-//! digest.
+//! (device, inode, length, modification time) of stored body files whose content
+//! had that digest when it was hashed. The cache never changes a body file once it
+//! is published, and a write to it moves its modification time, so a file with a
+//! recorded identity still has the recorded digest.
+//!
+//! The change time would also catch a writer that sets the modification time back,
+//! but it moves with every link, rename and unlink of a hard-linked file, so it
+//! would make every use of a read-only artifact hash it again. A job that runs as
+//! the cache's owner and means to change it can write the cache's directory anyway;
+//! what this guards against is a job writing to its files by mistake.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -28,14 +32,12 @@ impl Identity {
     pub(crate) fn of(file: &File) -> io::Result<Identity> {
         let metadata = file.metadata()?;
         Ok(Identity(format!(
-            "{} {} {} {}.{} {}.{}",
+            "{} {} {} {}.{}",
             metadata.dev(),
             metadata.ino(),
             metadata.len(),
             metadata.mtime(),
-            metadata.mtime_nsec(),
-            metadata.ctime(),
-            metadata.ctime_nsec()
+            metadata.mtime_nsec()
         )))
     }
 }
