@@ -207,12 +207,14 @@ return 1
     )
 });
 
-/// Reads an entry's record and, in the same round trip, the first chunk of the body
-/// it names: a hit whose body is one chunk takes one round trip. KEYS: the record.
-/// ARGV: the prefix of the entry's chunk keys (`...:body:`). Returns `{}` when there
-/// is no record, `{1}` when the key holds another type, `{record}` when the record is
-/// not one of ours (the caller finds out why) or has no body, `{record, chunk 0 or
-/// false}` otherwise. The chunk's key is made from the record's generation (bytes 5
+/// Reads an entry's record and, in the same round trip, the body when it is small
+/// (under 64 KiB, so one chunk): a small hit takes one round trip, as a bare GET
+/// does. A larger body is read outside the script, which would copy it through Lua
+/// (several times slower for a MiB). KEYS: the record. ARGV: the prefix of the
+/// entry's chunk keys (`...:body:`). Returns `{}` when there is no record, `{1}` when
+/// the key holds another type, `{record}` when the record is not one of ours (the
+/// caller finds out why) or its body is empty or not small, `{record, chunk 0 or
+/// false}` otherwise (body length: bytes 21 to 28, little-endian). The chunk's key is made from the record's generation (bytes 5
 /// to 12, little-endian, written as 16 hex digits), as [`EntryKeys::chunk`] makes it;
 /// it shares the record's hash tag, so in a cluster it is in the same slot.
 static GET_ENTRY: LazyLock<Script> = LazyLock::new(|| {
@@ -225,7 +227,11 @@ end
 if not record then
   return {}
 end
-if #record < 45 or string.sub(record, 1, 3) ~= 'CCr' or string.sub(record, 21, 28) == string.rep('\0', 8) then
+if #record < 45 or string.sub(record, 1, 3) ~= 'CCr' then
+  return {record}
+end
+local len_low, len_high = string.sub(record, 21, 22), string.sub(record, 23, 28)
+if len_high ~= string.rep('\0', 6) or len_low == string.rep('\0', 2) then
   return {record}
 end
 local generation = ''
