@@ -339,6 +339,11 @@ impl FileCache {
                 .await
             }
             Body::Stream(mut stream) => {
+                // What is written is synced as the body arrives, in the background,
+                // so that the sync before publishing has only the tail left to do
+                // rather than the whole body (seconds for a GiB, after the body has
+                // arrived).
+                let mut syncer = EarlySync::new(file.try_clone().ok());
                 let mut writer =
                     BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
                 let mut len = 0u64;
@@ -353,6 +358,7 @@ impl FileCache {
                         .write_all(&chunk)
                         .await
                         .map_err(|source| io_error("writing the body file", &path, source))?;
+                    syncer.written(chunk.len() as u64);
                 }
                 writer
                     .flush()
@@ -1386,6 +1392,49 @@ fn copy_file_body(source: &FileBody, mut file: File, path: &Path) -> Result<u64,
     file.sync_all()
         .map_err(|error| io_error("syncing the body file", path, error))?;
     Ok(copied)
+}
+
+/// Syncs a body file being written, in the background, every [`EARLY_SYNC`] bytes
+/// (one sync at a time): the disk writes the body while the rest arrives.
+struct EarlySync {
+    file: Option<Arc<File>>,
+    unsynced: u64,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How many bytes a body file is written between two background syncs.
+const EARLY_SYNC: u64 = 32 << 20;
+
+impl EarlySync {
+    fn new(file: Option<File>) -> EarlySync {
+        EarlySync {
+            file: file.map(Arc::new),
+            unsynced: 0,
+            running: None,
+        }
+    }
+
+    /// `bytes` more were handed to the writer.
+    fn written(&mut self, bytes: u64) {
+        self.unsynced += bytes;
+        if self.unsynced < EARLY_SYNC
+            || self
+                .running
+                .as_ref()
+                .is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
+        let Some(file) = self.file.clone() else {
+            return;
+        };
+        self.unsynced = 0;
+        // Only what has reached the file so far is synced; the sync before the
+        // publish covers everything, so a failure here only costs time.
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            let _ = file.sync_data();
+        }));
+    }
 }
 
 /// A temp file, removed when dropped unless it was published.
