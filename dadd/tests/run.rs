@@ -137,6 +137,45 @@ async fn a_successful_run_reads_its_config_and_artifacts_and_leaves_no_directory
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_fetches_nothing_while_the_artifacts_are_fresh() {
+    let bed = Bed::new();
+    let origin = Origin::start().await.unwrap();
+    let big = vec![7u8; 3 << 20];
+    origin.always(
+        "/big.bin",
+        Reply::ok(big).header("cache-control", "max-age=600"),
+    );
+    origin.always(
+        "/small.txt",
+        Reply::ok("small").header("cache-control", "max-age=600"),
+    );
+    let spec = bed.spec(
+        "twice.json",
+        &json!({
+            "cmd": ["sh", "-c", "wc -c < big.bin >> \"$OUT/sizes\"; cat small.txt >> \"$OUT/sizes\""],
+            "download_urls": {"big.bin": origin.url("/big.bin"), "small.txt": origin.url("/small.txt")},
+            "env": {"OUT": bed.out()},
+        }),
+    );
+    for run in ["first", "second"] {
+        let output = bed
+            .run(&spec, &["--dir", bed.path(run).to_str().unwrap()])
+            .await;
+        assert!(output.status.success(), "{run}: {}", stderr(&output));
+    }
+    assert_eq!(
+        origin.total_hits(),
+        2,
+        "the second run asked the origin nothing"
+    );
+    assert_eq!(
+        std::fs::read_to_string(bed.path("out/sizes")).unwrap(),
+        "3145728\nsmall3145728\nsmall",
+        "both runs had their artifacts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_successful_run_records_its_states_in_order_with_timestamps() {
     let bed = Bed::new();
     let spec = bed.spec(
