@@ -176,6 +176,24 @@ async fn a_second_run_fetches_nothing_while_the_artifacts_are_fresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_example_spec_runs_without_the_network() {
+    let bed = Bed::new();
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello.yaml");
+    let output = bed.run(&spec, &[]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let dir = kept_dir(&output);
+    let log = std::fs::read_to_string(dir.join("output.log")).unwrap();
+    assert!(
+        log.contains("hello from") && log.contains("\"answer\": 42"),
+        "{log}"
+    );
+    assert_eq!(
+        state_names(&states(&dir)),
+        ["init", "setup", "running", "success"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_successful_run_records_its_states_in_order_with_timestamps() {
     let bed = Bed::new();
     let spec = bed.spec(
