@@ -95,8 +95,10 @@ impl fmt::Display for CacheStatus {
 }
 
 /// Where the body of a response served from the cache comes from: a response
-/// extension on every whole response (`200` and the like, not a `206` or a `304`)
-/// whose body is the stored one (`HIT`, `STALE`, `REVALIDATED`).
+/// extension on a whole response (`200` and the like, not a `206` or a `304`) whose
+/// body is the stored one (`HIT`, `STALE`, `REVALIDATED`), when the store hands the
+/// body out as a file or the entry came from a far tier (absent otherwise: a
+/// [`MemoryCache`](crate::MemoryCache) hit has nothing to say here).
 ///
 /// With a [`FileCache`](crate::FileCache) the stored body is a file, handed out here
 /// so that it can be copied by the kernel (`copy_file_range`, a reflink) instead of

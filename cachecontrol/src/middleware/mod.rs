@@ -556,7 +556,11 @@ impl Shared {
             headers,
             into_reqwest_body(stored.body),
         );
-        response.extensions_mut().insert(from_cache);
+        // Only when it says something: the hit path of a memory store stays free of
+        // the allocation.
+        if from_cache.file.is_some() || from_cache.from_far {
+            response.extensions_mut().insert(from_cache);
+        }
         self.mark(response, status)
     }
 
