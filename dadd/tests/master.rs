@@ -470,3 +470,36 @@ async fn bad_json_and_bad_specs_are_refused_with_a_message_naming_the_problem() 
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_have_a_size_limit_and_belong_to_a_known_process() {
+    let data = tempfile::tempdir().unwrap();
+    let master = Master::start(data.path(), &["--max-log-bytes", "2000000"]).await;
+    let id = submit(&master, &json!({"cmd": ["false"]})).await;
+    let put_log = |id: &str, size: usize| {
+        client()
+            .put(master.url(&format!("/api/processes/{id}/log")))
+            .body(vec![b'x'; size])
+            .send()
+    };
+
+    // Larger than a spec may be (1 MiB), within the log's own limit.
+    let fits = put_log(&id, 1_500_000).await.unwrap();
+    assert_eq!(fits.status(), StatusCode::NO_CONTENT);
+    let (status, body) = json_of(put_log(&id, 2_000_001).await.unwrap()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let (status, body) = json_of(put_log("unknown", 10).await.unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "no process unknown");
+
+    let (status, body) = json_of(
+        client()
+            .delete(master.url("/api/processes"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"], "/api/processes does not take DELETE");
+}

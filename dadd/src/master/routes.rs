@@ -48,6 +48,7 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         )
         .route("/files/{*path}", put(put_file).get(get_file))
         .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(MAX_SPEC_BYTES))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -288,6 +289,14 @@ async fn get_file(State(master): Master, Path(path): Path<String>) -> Result<Res
         Body::from_stream(tokio_util::io::ReaderStream::new(file)),
     )
         .into_response())
+}
+
+/// A method the path does not take.
+async fn no_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
 }
 
 /// Any other path.
