@@ -119,7 +119,7 @@ impl Store {
     /// Stores a submitted spec as a new process in state `init`; its id.
     pub async fn submit(&self, spec: &Spec) -> Result<String, StoreError> {
         let spec_json = serde_json::to_string(spec)?;
-        let now = Timestamp::now().to_string();
+        let now = stored_time(Timestamp::now());
         loop {
             let id = new_process_id();
             // Two masters (or a restart within the same millisecond) could
@@ -151,7 +151,7 @@ impl Store {
         change: &StateChange,
         host: &str,
     ) -> Result<(), StoreError> {
-        let now = Timestamp::now().to_string();
+        let now = stored_time(Timestamp::now());
         let (pid, exit_code, signal, reason) = match &change.state {
             State::Running { pid } => (Some(i64::from(*pid)), None, None, None),
             State::Success => (None, Some(0), None, None),
@@ -190,7 +190,7 @@ impl Store {
         sqlx::query("INSERT INTO states (process_id, state, at, details) VALUES (?, ?, ?, ?)")
             .bind(id)
             .bind(change.state.name())
-            .bind(change.at.to_string())
+            .bind(stored_time(change.at))
             .bind(serde_json::to_string(change)?)
             .execute(&mut *transaction)
             .await?;
@@ -207,7 +207,7 @@ impl Store {
                  body = excluded.body, updated_at = excluded.updated_at",
         )
         .bind(log)
-        .bind(Timestamp::now().to_string())
+        .bind(stored_time(Timestamp::now()))
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -305,6 +305,13 @@ fn summary(row: &SqliteRow) -> Result<ProcessSummary, StoreError> {
     })
 }
 
+/// A time as the store writes it: RFC 3339 in UTC with nine fractional digits
+/// always, so that the text sorts as the times do (`ORDER BY created_at`);
+/// jiff's shortest form would put `01:02:03.5Z` before `01:02:03Z`.
+fn stored_time(time: Timestamp) -> String {
+    format!("{time:.9}")
+}
+
 fn corrupt(id: &str, what: &'static str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         id: id.to_owned(),
@@ -322,4 +329,27 @@ fn new_process_id() -> String {
         Timestamp::now().as_millisecond(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_times_sort_as_the_times_do() {
+        let times: Vec<Timestamp> = [
+            "2026-11-28T01:02:03Z",
+            "2026-11-28T01:02:03.05Z",
+            "2026-11-28T01:02:03.5Z",
+            "2026-11-28T01:02:03.51Z",
+            "2026-11-28T01:02:04Z",
+        ]
+        .iter()
+        .map(|text| text.parse().unwrap())
+        .collect();
+        let mut stored: Vec<String> = times.iter().rev().map(|time| stored_time(*time)).collect();
+        stored.sort();
+        let read_back: Vec<Timestamp> = stored.iter().map(|text| text.parse().unwrap()).collect();
+        assert_eq!(read_back, times);
+    }
 }
