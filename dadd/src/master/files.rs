@@ -15,6 +15,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
+/// The name of every upload staged in `tmp` starts so.
+const STAGED_PREFIX: &str = "upload-";
+
 /// Why a file cannot be stored or served.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -83,6 +86,7 @@ impl FileStore {
                 source,
             })?;
         }
+        remove_staged(&tmp);
         Ok(FileStore {
             root,
             tmp,
@@ -132,7 +136,7 @@ impl FileStore {
         let target = self.resolve(path)?;
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let staged = self.tmp.join(format!(
-            "upload-{}-{}",
+            "{STAGED_PREFIX}{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
@@ -217,6 +221,23 @@ impl FileStore {
             return Err(FileError::NotFound(path.to_owned()));
         }
         Ok((file, metadata.len()))
+    }
+}
+
+/// Removes the uploads a master that stopped mid-upload left in `tmp`: no file
+/// there is anyone's once the master starts again.
+fn remove_staged(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let staged = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STAGED_PREFIX);
+        if staged && let Err(error) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(path = %entry.path().display(), %error, "removing a stale upload");
+        }
     }
 }
 
