@@ -24,11 +24,24 @@
 //! ```
 //!
 //! Any 2xx answer is a success; the body of the answer is not read. The master
-//! (`dadd master`, to come) is meant to serve these routes with the same types.
+//! (`dadd master`, see [`crate::master`]) serves these routes with the same types,
+//! and the ones clients read:
+//!
+//! ```text
+//! POST /api/processes           a spec (JSON or YAML)  -> 201 Submitted
+//! GET  /api/processes                                  -> ProcessList
+//! GET  /api/processes/{id}                             -> ProcessDetail
+//! GET  /api/processes/{id}/log                         -> the log, text/plain
+//! PUT  /files/{path}            the file's bytes       -> 201 (204 when replaced)
+//! GET  /files/{path}                                   -> the file's bytes
+//! ```
+//!
+//! Every error is an [`ErrorBody`]: `{"error": "what was wrong"}`.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// The path, under the master's URL, where a process's states are posted.
 pub fn states_path(id: &str) -> String {
@@ -118,4 +131,66 @@ impl StateChange {
             state,
         }
     }
+}
+
+/// The answer to `POST /api/processes`: the new process's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The process id, for `GET /api/processes/{id}`.
+    pub id: String,
+}
+
+/// A process as `GET /api/processes` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSummary {
+    /// Its id.
+    pub id: String,
+    /// The spec's name, when it has one.
+    pub name: Option<String>,
+    /// Its last state: `init` when submitted, then the last one its runner
+    /// reported.
+    pub state: String,
+    /// The address its states came from.
+    pub host: Option<String>,
+    /// Its command's pid, once running.
+    pub pid: Option<u32>,
+    /// When the master first knew of it.
+    pub created_at: jiff::Timestamp,
+    /// When it last changed.
+    pub updated_at: jiff::Timestamp,
+    /// Its command's exit status, once it exited (0 on success).
+    pub exit_code: Option<i32>,
+    /// The signal that ended its command, when one did.
+    pub signal: Option<i32>,
+    /// Why it failed, when it did.
+    pub reason: Option<String>,
+}
+
+/// The answer to `GET /api/processes`: newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessList {
+    /// The processes.
+    pub processes: Vec<ProcessSummary>,
+}
+
+/// The answer to `GET /api/processes/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessDetail {
+    /// What the list shows.
+    #[serde(flatten)]
+    pub process: ProcessSummary,
+    /// The spec, as submitted (normalized); none for a process first known by
+    /// its states.
+    pub spec: Option<Value>,
+    /// Every state its runner reported, in the order the master received them.
+    pub states: Vec<StateChange>,
+    /// Whether its log is at `GET /api/processes/{id}/log`.
+    pub has_log: bool,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What was wrong, in words.
+    pub error: String,
 }

@@ -25,7 +25,8 @@
 //! exits with its command's status, `dadd run SPEC` runs it detached (in a
 //! session of its own) and exits at once; `dadd fetch SPEC DIR` only fetches its
 //! artifacts and prints how each was served. [`progress`] draws the progress bars
-//! of large downloads.
+//! of large downloads. `dadd master` serves the HTTP API ([`master`]) that takes
+//! specs and the runners' reports, and keeps them in SQLite.
 //!
 //! # Example
 //!
@@ -49,6 +50,7 @@
 
 pub mod api;
 pub mod config;
+pub mod master;
 pub mod progress;
 pub mod runner;
 pub mod spec;

@@ -1,4 +1,4 @@
-//! `dadd`: run a spec on this host, or fetch its artifacts.
+//! `dadd`: run a spec on this host, fetch its artifacts, or serve the master.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -50,6 +50,33 @@ enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+    /// Serve the master's HTTP API: take specs, receive the runners' states and
+    /// logs, keep them in a database, host files. Prints the URL it listens on.
+    Master(MasterArgs),
+}
+
+/// `dadd master`'s options.
+#[derive(Debug, Args)]
+struct MasterArgs {
+    /// The address to listen on. Anything but loopback needs a token.
+    #[arg(long, default_value = dadd::master::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// The master's directory: the database, files/ (default:
+    /// $XDG_DATA_HOME/dadd/master, else ~/.local/share/dadd/master).
+    #[arg(long, env = "DADD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The database URL (default: sqlite:DATA_DIR/dadd.sqlite3).
+    #[arg(long, env = "DADD_DATABASE", hide_env_values = true)]
+    database: Option<String>,
+    /// The bearer token every call must present.
+    #[arg(long, env = "DADD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The limit on a process's log, in bytes.
+    #[arg(long, default_value_t = dadd::master::DEFAULT_MAX_LOG_BYTES)]
+    max_log_bytes: usize,
+    /// The limit on a file in the file store, in bytes.
+    #[arg(long, default_value_t = dadd::master::DEFAULT_MAX_FILE_BYTES)]
+    max_file_bytes: u64,
 }
 
 /// `dadd run`'s options.
@@ -129,6 +156,7 @@ fn main() -> ExitCode {
         Command::Fetch { spec, dir, cache } => {
             (runtime.block_on(fetch(&spec, &dir, &cache)).map(|()| 0), 1)
         }
+        Command::Master(args) => (runtime.block_on(master(args)).map(|()| 0), 1),
     };
     match result {
         Ok(status) => ExitCode::from(status),
@@ -355,6 +383,39 @@ async fn fetch(spec_path: &Path, dir: &Path, cache: &CacheArgs) -> anyhow::Resul
     close(&fetcher).await;
     println!("{}", report?);
     Ok(())
+}
+
+/// `dadd master`: serves until SIGINT, SIGTERM or SIGHUP.
+async fn master(args: MasterArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()
+            .context("no data directory: set XDG_DATA_HOME or HOME, or pass --data-dir")?,
+    };
+    let mut config = dadd::master::MasterConfig::new(args.listen, data_dir);
+    config.database = args.database;
+    config.token = args.token;
+    config.max_log_bytes = args.max_log_bytes;
+    config.max_file_bytes = args.max_file_bytes;
+    let master = dadd::master::Master::bind(config).await?;
+    let stop = stop_signals().context("listening for signals")?;
+    println!("http://{}", master.local_addr()?);
+    master
+        .serve(async move {
+            let signal = stop.await;
+            tracing::info!(signal, "stopping");
+        })
+        .await?;
+    Ok(())
+}
+
+/// $XDG_DATA_HOME/dadd/master, else ~/.local/share/dadd/master.
+fn default_data_dir() -> Option<PathBuf> {
+    let nonempty = |name| std::env::var_os(name).filter(|value| !value.is_empty());
+    let data = nonempty("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| nonempty("HOME").map(|home| PathBuf::from(home).join(".local/share")))?;
+    Some(data.join("dadd/master"))
 }
 
 /// Completes with the number of the first SIGINT, SIGTERM or SIGHUP dadd receives.

@@ -1,0 +1,308 @@
+//! The master's HTTP API: [`routes`] is its table of contents, one handler per
+//! endpoint below it. The JSON types are in [`crate::api`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+
+use super::files::{FileError, FileStore, Put};
+use super::store::{Store, StoreError};
+use crate::api::{self, ErrorBody, ProcessDetail, ProcessList, StateChange, Submitted};
+use crate::spec::{Format, Spec, SpecError};
+
+/// The largest spec `POST /api/processes` takes.
+const MAX_SPEC_BYTES: usize = 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) files: FileStore,
+    pub(crate) token: Option<String>,
+    pub(crate) max_log_bytes: usize,
+}
+
+type Master = State<Arc<Shared>>;
+
+/// The API, with the bearer token checked in front of every route when one is
+/// configured.
+pub(crate) fn routes(shared: Arc<Shared>) -> Router {
+    let max_log_bytes = shared.max_log_bytes;
+    Router::new()
+        .route("/api/processes", post(submit).get(list))
+        .route("/api/processes/{id}", get(show))
+        .route("/api/processes/{id}/states", post(report_state))
+        .route(
+            "/api/processes/{id}/log",
+            put(put_log)
+                .layer(DefaultBodyLimit::max(max_log_bytes))
+                .get(get_log),
+        )
+        .route("/files/{*path}", put(put_file).get(get_file))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
+        .layer(DefaultBodyLimit::max(MAX_SPEC_BYTES))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
+        .with_state(shared)
+}
+
+/// An error answer: a status and `{"error": "..."}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.message,
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::NoProcess(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
+            _ => {
+                tracing::error!(%error, "storage failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+            }
+        }
+    }
+}
+
+impl From<FileError> for ApiError {
+    fn from(error: FileError) -> ApiError {
+        let status = match &error {
+            FileError::BadPath { .. } => StatusCode::BAD_REQUEST,
+            FileError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            FileError::Body(_) => StatusCode::BAD_REQUEST,
+            FileError::Conflict(_) => StatusCode::CONFLICT,
+            FileError::NotFound(_) => StatusCode::NOT_FOUND,
+            FileError::Io { .. } => {
+                tracing::error!(%error, "file store failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> ApiError {
+        ApiError::new(rejection.status(), rejection.body_text())
+    }
+}
+
+/// The process id in the path, when it is one the API takes.
+fn process_id(id: String) -> Result<String, ApiError> {
+    if api::valid_process_id(&id) {
+        Ok(id)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "process id {id:?}: use 1 to 128 ASCII letters, digits, `-`, `_` and `.` (not only dots)"
+        )))
+    }
+}
+
+/// Refuses a call without the configured bearer token.
+async fn require_token(State(master): Master, request: Request, next: Next) -> Response {
+    let Some(token) = &master.token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if same_secret(presented.as_bytes(), token.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "the bearer token is wrong").into_response()
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this master needs a bearer token: send `Authorization: Bearer TOKEN`",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares two secrets in a time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// `POST /api/processes`: a spec (JSON, or YAML by its content type) becomes a
+/// process in state `init`.
+async fn submit(
+    State(master): Master,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, axum::Json<Submitted>), ApiError> {
+    let body = body?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|error| ApiError::bad_request(format!("the spec is not UTF-8: {error}")))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let format = if content_type.contains("json") {
+        Format::Json
+    } else if content_type.contains("yaml") {
+        Format::Yaml
+    } else {
+        Format::Detect
+    };
+    let spec = Spec::parse(text, format)
+        .map_err(|error: SpecError| ApiError::new(StatusCode::BAD_REQUEST, error.to_string()))?;
+    let id = master.store.submit(&spec).await?;
+    tracing::info!(%id, name = spec.name.as_deref(), "process submitted");
+    Ok((StatusCode::CREATED, axum::Json(Submitted { id })))
+}
+
+/// `GET /api/processes`: every process, newest first.
+async fn list(State(master): Master) -> Result<axum::Json<ProcessList>, ApiError> {
+    let processes = master.store.list().await?;
+    Ok(axum::Json(ProcessList { processes }))
+}
+
+/// `GET /api/processes/{id}`: a process, its spec and its states.
+async fn show(
+    State(master): Master,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ProcessDetail>, ApiError> {
+    let id = process_id(id)?;
+    match master.store.show(&id).await? {
+        Some(detail) => Ok(axum::Json(detail)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no process {id}"),
+        )),
+    }
+}
+
+/// `POST /api/processes/{id}/states`: a runner's state report.
+async fn report_state(
+    State(master): Master,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    change: Result<axum::Json<StateChange>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = process_id(id)?;
+    let axum::Json(change) = change.map_err(|rejection| {
+        // JSON of the wrong shape is as bad a request as JSON that does not
+        // parse: one status for both.
+        let status = match rejection {
+            JsonRejection::JsonDataError(_) => StatusCode::BAD_REQUEST,
+            _ => rejection.status(),
+        };
+        ApiError::new(
+            status,
+            format!("the state change: {}", rejection.body_text()),
+        )
+    })?;
+    let host = peer.ip().to_string();
+    master.store.record_state(&id, &change, &host).await?;
+    tracing::info!(%id, state = change.state.name(), %host, "state reported");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /api/processes/{id}/log`: a failed run's log.
+async fn put_log(
+    State(master): Master,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = process_id(id)?;
+    let body = body?;
+    master.store.put_log(&id, &body).await?;
+    tracing::info!(%id, bytes = body.len(), "log stored");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/processes/{id}/log`: the log, as the runner put it.
+async fn get_log(State(master): Master, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = process_id(id)?;
+    match master.store.log(&id).await? {
+        Some(log) => {
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("process {id} has no log (only a failed run's log is kept)"),
+        )),
+    }
+}
+
+/// `PUT /files/{path}`: stores a file, streamed to disk.
+async fn put_file(
+    State(master): Master,
+    Path(path): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    Ok(
+        match master.files.put(&path, body.into_data_stream()).await? {
+            Put::Created => StatusCode::CREATED,
+            Put::Replaced => StatusCode::NO_CONTENT,
+        },
+    )
+}
+
+/// `GET /files/{path}`: a stored file, streamed from disk.
+async fn get_file(State(master): Master, Path(path): Path<String>) -> Result<Response, ApiError> {
+    let (file, length) = master.files.open(&path).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, length.to_string()),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    )
+        .into_response())
+}
+
+/// A method the path does not take.
+async fn no_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
+/// Any other path.
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such route: {method} {}", uri.path()),
+    )
+}
