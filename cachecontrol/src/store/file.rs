@@ -432,7 +432,7 @@ impl Cache for FileCache {
             return Ok(None);
         }
         let key = key.to_owned();
-        blocking(&self.inner, move |inner| inner.lookup(&key)).await
+        blocking(&self.inner, move |inner| inner.lookup(name, &key)).await
     }
 
     async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {
@@ -609,8 +609,8 @@ impl Inner {
 
     /// Looks an entry up without a lock; settles it under the lock when what it sees
     /// does not check out.
-    fn lookup(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let name = Name::of(key);
+    /// The entry of `key`, whose name is `name` (`Name::of(key)`, made by the caller).
+    fn lookup(&self, name: Name, key: &str) -> Result<Option<Entry>, StoreError> {
         let place = self.place(&name);
         let meta_path = place.meta();
         for _ in 0..LOOKUP_ATTEMPTS {
