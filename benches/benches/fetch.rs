@@ -66,6 +66,26 @@ async fn plain_once(client: &reqwest::Client, url: &str) -> anyhow::Result<Durat
     Ok(elapsed)
 }
 
+/// A temp dir for a measured iteration; a failure stops the bench.
+fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    must(
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .map_err(Into::into),
+    )
+}
+
+/// A fetcher over a cache in `dir`; a failure stops the bench.
+fn fetcher_in(dir: &std::path::Path) -> Fetcher {
+    must(
+        Fetcher::builder()
+            .cache_dir(dir)
+            .build()
+            .map_err(Into::into),
+    )
+}
+
 fn bench(criterion: &mut Criterion) {
     let runtime = must(runtime());
     let origin = must(runtime.block_on(GeneratedOrigin::start(BODY)));
@@ -79,18 +99,8 @@ fn bench(criterion: &mut Criterion) {
             async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
-                    let cache = must(
-                        tempfile::Builder::new()
-                            .prefix("bench-cache-")
-                            .tempdir()
-                            .map_err(Into::into),
-                    );
-                    let fetcher = must(
-                        Fetcher::builder()
-                            .cache_dir(cache.path())
-                            .build()
-                            .map_err(Into::into),
-                    );
+                    let cache = temp_dir("bench-cache-");
+                    let fetcher = fetcher_in(cache.path());
                     total += must(fetch_once(&fetcher, &url, Served::Downloaded).await);
                 }
                 total
@@ -114,24 +124,9 @@ fn bench(criterion: &mut Criterion) {
 
     // One cache for the repeats, primed once; the file of that first run is what
     // the floor copies.
-    let cache = must(
-        tempfile::Builder::new()
-            .prefix("bench-cache-")
-            .tempdir()
-            .map_err(Into::into),
-    );
-    let fetcher = must(
-        Fetcher::builder()
-            .cache_dir(cache.path())
-            .build()
-            .map_err(Into::into),
-    );
-    let primed = must(
-        tempfile::Builder::new()
-            .prefix("bench-run-")
-            .tempdir()
-            .map_err(Into::into),
-    );
+    let cache = temp_dir("bench-cache-");
+    let fetcher = fetcher_in(cache.path());
+    let primed = temp_dir("bench-run-");
     must(
         runtime
             .block_on(fetcher.fetch(&[must(artifact(&url))], primed.path()))
@@ -175,12 +170,7 @@ fn bench(criterion: &mut Criterion) {
         bencher.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
             for _ in 0..iterations {
-                let run = must(
-                    tempfile::Builder::new()
-                        .prefix("bench-run-")
-                        .tempdir()
-                        .map_err(Into::into),
-                );
+                let run = temp_dir("bench-run-");
                 let start = Instant::now();
                 must(std::fs::copy(&source, run.path().join("artifact.bin")).map_err(Into::into));
                 total += start.elapsed();
