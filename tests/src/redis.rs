@@ -33,18 +33,26 @@ impl RedisServer {
     }
 
     fn start_with(cluster_enabled: bool) -> io::Result<RedisServer> {
-        let port = free_port()?;
-        let dir = tempfile::Builder::new()
-            .prefix("testbed-redis-")
-            .tempdir()?;
-        let mut server = RedisServer {
-            port,
-            dir,
-            daemon: None,
-            cluster_enabled,
-        };
-        server.restart()?;
-        Ok(server)
+        // A free port can be taken by another test between the moment it is found
+        // and the moment the server binds it: then the server does not answer, and
+        // another port is tried.
+        let mut last_error = None;
+        for _ in 0..5 {
+            let dir = tempfile::Builder::new()
+                .prefix("testbed-redis-")
+                .tempdir()?;
+            let mut server = RedisServer {
+                port: free_port()?,
+                dir,
+                daemon: None,
+                cluster_enabled,
+            };
+            match server.restart() {
+                Ok(()) => return Ok(server),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("redis-server did not start")))
     }
 
     /// The URL to connect to: `redis://127.0.0.1:PORT/`.
