@@ -34,7 +34,35 @@
 //! GET  /api/processes/{id}/log                         -> the log, text/plain
 //! PUT  /files/{path}            the file's bytes       -> 201 (204 when replaced)
 //! GET  /files/{path}                                   -> the file's bytes
+//! POST /api/processes/{id}/kill                        -> ProcessSummary
+//! GET  /api/hosts                                      -> HostList
+//! DELETE /api/hosts/{name}                             -> 204
+//! POST /api/hosts/{name}/heartbeat  Heartbeat          -> HeartbeatReply
+//! GET  /                                               -> the web page
 //! ```
+//!
+//! # Workers
+//!
+//! A worker (`dadd worker`) is a host of the cluster. It registers, and stays
+//! alive, by posting a [`Heartbeat`] every [`HeartbeatReply::heartbeat_every`]
+//! (the first one registers it under its name). The master answers with the
+//! processes the worker is to start ([`HeartbeatReply::start`]) and those it is
+//! to kill ([`HeartbeatReply::kill`]).
+//!
+//! A process is offered to its host until the host lists it in
+//! [`Heartbeat::known`]: the worker records a process durably before it starts
+//! it, and never starts an id it has recorded, so an answer that was lost on the
+//! way is offered again and nothing starts twice. The worker then forwards the
+//! states its runners record to `POST /api/processes/{id}/states` (a state the
+//! master already has is ignored, so resending after a restart is safe) and puts
+//! a failed run's log, and forgets the process once both are acknowledged.
+//!
+//! On the master, a process goes `queued` (no live host can take it) ->
+//! `assigned` (a host is chosen) -> `dispatched` (offered to that host) -> the
+//! runner's states (`init`, `setup`, `running`, then `success` or `failed`). A
+//! host that has not sent a heartbeat for the master's host timeout is down: its
+//! `assigned` processes go to another host, and its `dispatched` or started ones
+//! show as `lost` until it reports again (they are never started elsewhere).
 //!
 //! Every error is an [`ErrorBody`]: `{"error": "what was wrong"}`.
 
@@ -51,6 +79,17 @@ pub fn states_path(id: &str) -> String {
 /// The path, under the master's URL, where a failed process's log is put.
 pub fn log_path(id: &str) -> String {
     format!("api/processes/{id}/log")
+}
+
+/// The path, under the master's URL, where a worker posts its heartbeat.
+pub fn heartbeat_path(host: &str) -> String {
+    format!("api/hosts/{host}/heartbeat")
+}
+
+/// Whether `name` is usable as a host name in a URL path: the same rule as
+/// [`valid_process_id`].
+pub fn valid_host_name(name: &str) -> bool {
+    valid_process_id(name)
 }
 
 /// Whether `id` is usable as a process id in a URL path: 1 to 128 ASCII letters,
@@ -193,4 +232,65 @@ pub struct ProcessDetail {
 pub struct ErrorBody {
     /// What was wrong, in words.
     pub error: String,
+}
+
+/// The state a process shows while its host is down after it was offered to it
+/// or started there: it may be running, and is never started elsewhere.
+pub const LOST: &str = "lost";
+
+/// The body of `POST /api/hosts/{name}/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// How many processes the worker runs at once; the master assigns it no
+    /// more.
+    pub max_processes: u32,
+    /// Every process the worker has recorded and not yet forgotten: started,
+    /// running, or ended with its states or log not yet acknowledged.
+    #[serde(default)]
+    pub known: Vec<String>,
+}
+
+/// The answer to a [`Heartbeat`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Processes to start (offered again until the worker lists them as known).
+    pub start: Vec<Assignment>,
+    /// Processes of this worker to kill (sent again until they end).
+    pub kill: Vec<String>,
+    /// How often the master wants a heartbeat, in milliseconds; a host silent
+    /// for several of these is marked down.
+    pub heartbeat_every_ms: u64,
+}
+
+/// A process offered to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Its id: the runner reports under it.
+    pub id: String,
+    /// The spec, as submitted (normalized): what `dadd run` takes.
+    pub spec: Value,
+}
+
+/// A host as `GET /api/hosts` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSummary {
+    /// Its name.
+    pub name: String,
+    /// Whether its last heartbeat is within the master's host timeout.
+    pub up: bool,
+    /// When it first registered.
+    pub registered_at: jiff::Timestamp,
+    /// When its last heartbeat came.
+    pub last_heartbeat: jiff::Timestamp,
+    /// How many processes it runs at once.
+    pub max_processes: u32,
+    /// Its processes that have not ended (assigned, dispatched or started).
+    pub processes: Vec<String>,
+}
+
+/// The answer to `GET /api/hosts`: by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostList {
+    /// The hosts.
+    pub hosts: Vec<HostSummary>,
 }

@@ -48,6 +48,7 @@ pub const FIELDS: &[&str] = &[
     "python_cheeseshop",
     "timeout",
     "keep_dir",
+    "host",
 ];
 
 /// The fields of one entry of `download_urls` in its list form.
@@ -95,6 +96,10 @@ pub struct Spec {
     pub timeout: Option<Duration>,
     /// Keep the run directory even when the command succeeds.
     pub keep_dir: bool,
+    /// The host (a worker's name) the master must run it on; by default the
+    /// live host with the fewest running processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// How a spec's text is written.
@@ -236,6 +241,7 @@ impl Spec {
             .and_then(|text| http_url(&mut check, "python_cheeseshop", &text)),
             timeout: timeout(&mut check, fields.get("timeout")),
             keep_dir: keep_dir(&mut check, fields.get("keep_dir")),
+            host: host(&mut check, fields.get("host")),
         };
         if check.problems.is_empty() {
             Ok(spec)
@@ -775,6 +781,21 @@ fn keep_dir(check: &mut Check, value: Option<&Value>) -> bool {
     }
 }
 
+fn host(check: &mut Check, value: Option<&Value>) -> Option<String> {
+    let name = optional_string(check, "host", value)?;
+    if crate::api::valid_host_name(&name) {
+        Some(name)
+    } else {
+        check.fail(
+            "host",
+            format!(
+                "{name:?} is not a host name (1 to 128 ASCII letters, digits, `-`, `_` and `.`)"
+            ),
+        );
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1026,6 +1047,16 @@ mod tests {
         assert_problem(
             r#"{"cmd": "true", "timeout": 0}"#,
             "timeout: must be longer than zero",
+        );
+    }
+
+    #[test]
+    fn a_host_is_a_worker_name() {
+        let spec = json(r#"{"cmd": "true", "host": "node-1"}"#).unwrap();
+        assert_eq!(spec.host.as_deref(), Some("node-1"));
+        assert_eq!(
+            problems(r#"{"cmd": "true", "host": "a b"}"#),
+            ["host: \"a b\" is not a host name (1 to 128 ASCII letters, digits, `-`, `_` and `.`)"]
         );
     }
 
