@@ -101,6 +101,10 @@ struct RunArgs {
     /// Report states (and the log of a failure) to this master.
     #[arg(long)]
     master: Option<Url>,
+    /// Report to no master, even when the config names one (a worker's runners:
+    /// the worker forwards their states).
+    #[arg(long, conflicts_with = "master")]
+    no_master: bool,
     /// The master's bearer token.
     #[arg(long, env = "DADD_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -111,6 +115,10 @@ struct RunArgs {
     /// directory).
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// Where the states are recorded, a JSON line each (default: state.jsonl in
+    /// the run directory, which is removed after a success).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
     /// The detached runner itself: its run directory was made, and its spec
     /// written there, by the `dadd run` that started it.
     #[arg(long, hide = true)]
@@ -180,7 +188,9 @@ async fn run(mut args: RunArgs) -> anyhow::Result<u8> {
         None => HostConfig::default(),
     };
     let spec = load_spec(&args.spec)?;
-    args.master = args.master.take().or_else(|| config.master.clone());
+    if !args.no_master {
+        args.master = args.master.take().or_else(|| config.master.clone());
+    }
     args.token = args.token.take().or_else(|| config.token.clone());
     args.cache.cache_dir = args
         .cache
@@ -224,7 +234,11 @@ async fn run(mut args: RunArgs) -> anyhow::Result<u8> {
     } else {
         make_run_dir(args.dir.as_deref())?
     };
-    let file = FileStateSink::new(dir.join(STATE_FILE));
+    let file = FileStateSink::new(
+        args.state_file
+            .clone()
+            .unwrap_or_else(|| dir.join(STATE_FILE)),
+    );
     let outcome = match master {
         // The file too: the states a master that is down missed are still there.
         Some(master) => run_with(&runner, &spec, &dir, &(file, master), stop).await,
@@ -318,6 +332,14 @@ fn detach(args: &RunArgs, spec: &Spec, id: Option<&str>) -> anyhow::Result<u8> {
     }
     if let Some(master) = &args.master {
         command.arg("--master").arg(master.as_str());
+    }
+    if args.no_master {
+        command.arg("--no-master");
+    }
+    if let Some(state_file) = &args.state_file {
+        command
+            .arg("--state-file")
+            .arg(std::path::absolute(state_file)?);
     }
     if let Some(id) = id {
         command.arg("--id").arg(id);

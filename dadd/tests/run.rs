@@ -857,3 +857,78 @@ async fn python_deps_are_installed_from_the_cheeseshop_and_a_wheel_dir_without_i
     let log = std::fs::read_to_string(dir.join("output.log")).unwrap();
     assert!(log.contains("dadd-no-such-probe"), "{log}");
 }
+
+/// The states recorded in `path`, by name.
+fn state_names_in(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let state: Value = serde_json::from_str(line).unwrap();
+            state["state"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_file_keeps_the_states_of_a_run_whose_directory_is_removed() {
+    let bed = Bed::new();
+    let spec = bed.spec("ok.json", &json!({"cmd": "true"}));
+
+    let foreground = bed.path("out/foreground.jsonl");
+    let dir = bed.path("run-foreground");
+    let output = bed
+        .run(
+            &spec,
+            &[
+                "--dir",
+                dir.to_str().unwrap(),
+                "--state-file",
+                foreground.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        !dir.exists(),
+        "the run directory is removed after a success"
+    );
+    assert_eq!(
+        state_names_in(&foreground),
+        ["init", "setup", "running", "success"]
+    );
+
+    // A detached runner is handed the file too (a relative path, from the
+    // starter's directory: the runner itself runs in /).
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+        .arg("run")
+        .arg(&spec)
+        .args(["--cache-dir", "cache", "--state-file", "out/detached.jsonl"])
+        .current_dir(bed.root.path())
+        .env("TMPDIR", bed.path("tmp"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let detached = bed.path("out/detached.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_names_in(&detached).last().map(String::as_str) != Some("success") {
+        assert!(Instant::now() < deadline, "{:?}", state_names_in(&detached));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        state_names_in(&detached),
+        ["init", "setup", "running", "success"]
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let dir = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("dir: "))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(dir).exists() {
+        assert!(Instant::now() < deadline, "{dir} is still there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
