@@ -71,6 +71,18 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// `path` (one of the paths below) on the master at `master`, which may have a
+/// path prefix of its own (`http://host/dadd` and `http://host/dadd/` are the
+/// same master).
+pub fn endpoint(master: &url::Url, path: &str) -> Result<url::Url, url::ParseError> {
+    // A base without a trailing slash would lose its last segment on join.
+    let mut base = master.clone();
+    if !base.path().ends_with('/') {
+        base.set_path(&format!("{}/", base.path()));
+    }
+    base.join(path)
+}
+
 /// The path, under the master's URL, where a process's states are posted.
 pub fn states_path(id: &str) -> String {
     format!("api/processes/{id}/states")

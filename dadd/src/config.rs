@@ -1,11 +1,15 @@
-//! The host's config file (TOML), shared by the runner and, later, the worker:
-//! where failures are mailed, the master, the artifact cache.
+//! The host's config file (TOML), shared by the runner and the worker: where
+//! failures are mailed, the master, the artifact cache, and the worker's name,
+//! capacity and state.
 //!
 //! ```toml
 //! master = "http://dadd-master.example.com:8000"   # report states and logs there
 //! token = "s3cret"                                 # the cluster's bearer token
 //! cache_dir = "/var/cache/dadd/artifacts"
 //! redis = "redis://cache.example.com:6379"         # the tier the hosts share
+//! name = "node-7"                                  # the worker's host name
+//! max_processes = 8                                # processes it runs at once
+//! state_dir = "/var/lib/dadd/worker"               # what it has started
 //!
 //! [smtp]                                           # an erroremail config
 //! server = "localhost"
@@ -35,6 +39,12 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// The Redis shared by the hosts, behind this host's cache.
     pub redis: Option<String>,
+    /// The worker's name on the master (default: the machine's host name).
+    pub name: Option<String>,
+    /// How many processes the worker runs at once (default: the number of CPUs).
+    pub max_processes: Option<u32>,
+    /// Where the worker records the processes it started.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Why the config file cannot be used.
@@ -91,6 +101,9 @@ mod tests {
             token = "t"
             cache_dir = "/tmp/c"
             redis = "redis://127.0.0.1:6379"
+            name = "node-7"
+            max_processes = 3
+            state_dir = "/var/lib/dadd/worker"
             [smtp]
             server = "127.0.0.1"
             port = 2525
@@ -102,6 +115,12 @@ mod tests {
         assert_eq!(config.smtp.unwrap().port(), 2525);
         assert_eq!(config.master.unwrap().as_str(), "http://127.0.0.1:8000/");
         assert_eq!(config.token.as_deref(), Some("t"));
+        assert_eq!(config.name.as_deref(), Some("node-7"));
+        assert_eq!(config.max_processes, Some(3));
+        assert_eq!(
+            config.state_dir.as_deref(),
+            Some(Path::new("/var/lib/dadd/worker"))
+        );
     }
 
     #[test]

@@ -54,3 +54,4 @@ pub mod master;
 pub mod progress;
 pub mod runner;
 pub mod spec;
+pub mod worker;

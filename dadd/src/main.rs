@@ -53,6 +53,39 @@ enum Command {
     /// Serve the master's HTTP API: take specs, receive the runners' states and
     /// logs, keep them in a database, host files. Prints the URL it listens on.
     Master(MasterArgs),
+    /// Be a host of the cluster: heartbeat to the master, start the processes it
+    /// assigns (each through a detached `dadd run`), forward their states and the
+    /// logs of failures, kill what it asks to kill. Stops on SIGINT, SIGTERM or
+    /// SIGHUP, leaving the processes running; a worker started again goes on
+    /// where it was.
+    Worker(WorkerArgs),
+}
+
+/// `dadd worker`'s options; each wins over the same key in the config file.
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// The host's config (TOML): master, token, name, max_processes, state_dir,
+    /// cache_dir, redis; [smtp], which the runners mail failures with.
+    #[arg(long, env = "DADD_CONFIG")]
+    config: Option<PathBuf>,
+    /// The master.
+    #[arg(long)]
+    master: Option<Url>,
+    /// The master's bearer token (also handed to the runners).
+    #[arg(long, env = "DADD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// This host's name on the master (default: the machine's host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// How many processes run at once (default: the number of CPUs).
+    #[arg(long)]
+    max_processes: Option<u32>,
+    /// Where the processes it started are recorded (default:
+    /// $XDG_STATE_HOME/dadd/worker, else ~/.local/state/dadd/worker).
+    #[arg(long, env = "DADD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 /// `dadd master`'s options.
@@ -165,6 +198,7 @@ fn main() -> ExitCode {
             (runtime.block_on(fetch(&spec, &dir, &cache)).map(|()| 0), 1)
         }
         Command::Master(args) => (runtime.block_on(master(args)).map(|()| 0), 1),
+        Command::Worker(args) => (runtime.block_on(worker(args)).map(|()| 0), 1),
     };
     match result {
         Ok(status) => ExitCode::from(status),
@@ -424,6 +458,47 @@ async fn master(args: MasterArgs) -> anyhow::Result<()> {
     println!("http://{}", master.local_addr()?);
     master
         .serve(async move {
+            let signal = stop.await;
+            tracing::info!(signal, "stopping");
+        })
+        .await?;
+    Ok(())
+}
+
+/// `dadd worker`: works until SIGINT, SIGTERM or SIGHUP.
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let host = match &args.config {
+        Some(path) => HostConfig::from_file(path).context("the config")?,
+        None => HostConfig::default(),
+    };
+    let name = match args.name.or(host.name) {
+        Some(name) => name,
+        None => dadd::worker::default_name()
+            .context("no host name: pass --name, or set name in the config")?,
+    };
+    let master = args
+        .master
+        .or(host.master)
+        .context("no master: pass --master, or set master in the config")?;
+    let state_dir = match args.state_dir.or(host.state_dir) {
+        Some(dir) => dir,
+        None => dadd::worker::default_state_dir().context(
+            "no state directory: set XDG_STATE_HOME or HOME, pass --state-dir, or set state_dir in the config",
+        )?,
+    };
+    let mut config = dadd::worker::WorkerConfig::new(name, master, state_dir);
+    config.token = args.token.or(host.token);
+    config.cache_dir = args.cache.cache_dir.or(host.cache_dir);
+    config.redis = args.cache.redis.or(host.redis);
+    config.host_config = args.config;
+    if let Some(max) = args.max_processes.or(host.max_processes) {
+        config.max_processes = max;
+    }
+    config.program = std::env::current_exe().context("finding the dadd binary")?;
+    let worker = dadd::worker::Worker::new(config)?;
+    let stop = stop_signals().context("listening for signals")?;
+    worker
+        .run(async move {
             let signal = stop.await;
             tracing::info!(signal, "stopping");
         })

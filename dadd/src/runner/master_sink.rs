@@ -61,13 +61,8 @@ impl MasterSink {
         if !api::valid_process_id(id) {
             return Err(MasterSinkError::BadId(id.to_owned()));
         }
-        // A base without a trailing slash would lose its last segment on join.
-        let mut base = master.clone();
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
-        }
         let join = |path: String| {
-            base.join(&path).map_err(|error| MasterSinkError::BadUrl {
+            api::endpoint(master, &path).map_err(|error| MasterSinkError::BadUrl {
                 url: master.clone(),
                 reason: error.to_string(),
             })

@@ -1,0 +1,582 @@
+//! `dadd worker`: a host of the cluster, which starts the processes the master
+//! assigns it and tells the master how they go.
+//!
+//! # Flow
+//!
+//! The worker posts a [`Heartbeat`] to the master every
+//! [`HeartbeatReply::heartbeat_every_ms`] (every second until the master first
+//! answers), listing every process it knows of. Each answer names processes to
+//! start and processes to kill (see [`crate::api`] for the protocol).
+//!
+//! **Start.** A process is recorded durably first (its spec in
+//! `STATE_DIR/processes/ID/`, synced, renamed into place), then its runner is
+//! started: `dadd run` detached, in a session of its own, with its pid and its
+//! states in the record (`--pid-file`, `--state-file`) and no master of its own:
+//! the worker alone talks to the master. An id that is recorded is never started
+//! again, and no more than [`WorkerConfig::max_processes`] run at once; the
+//! processes left over are not recorded, and the master offers them again.
+//!
+//! **Forward.** Every tick (a quarter of a second) the worker reads each
+//! record's state file and posts the lines the master has not acknowledged yet,
+//! in order, counting the acknowledged ones in the record; after a `failed`, it
+//! puts the end of the run's log (`output.log` in the run directory the `init`
+//! state names, at most [`MAX_LOG_BYTES`]). Once the last state (and the log) is
+//! acknowledged, the record is removed.
+//!
+//! **Watch.** A runner that is gone without a last state (SIGKILLed, or the
+//! machine restarted) gets a `failed` state from the worker; so does a record
+//! whose runner never wrote its pid within [`NEVER_STARTED_AFTER`]. A runner is
+//! told from other processes by its command line (`--id ID`), since pids are
+//! reused.
+//!
+//! **Kill.** A process the master asks to kill gets SIGTERM to its runner, which
+//! terminates the command's process group and records `failed` with the signal.
+//!
+//! # Failures
+//!
+//! The record is the truth: a master that is down or fails loses nothing (the
+//! worker warns once per outage and tries again on the next tick); a worker that
+//! is restarted, or killed, finds every process in its state directory and goes
+//! on where it was. The runners are not the worker's children: stopping or
+//! killing the worker never touches a running process.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use dadd::worker::{Worker, WorkerConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let master = "http://dadd-master.example.com:8440".parse()?;
+//! let config = WorkerConfig::new("node-7", master, "/var/lib/dadd/worker".into());
+//! let worker = Worker::new(config)?;
+//! worker.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod records;
+mod runners;
+
+use std::collections::HashSet;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::api::{self, Assignment, Heartbeat, HeartbeatReply, State};
+use client::{CallError, MasterClient};
+use records::{OpenError, Record, Records};
+use runners::Liveness;
+
+/// How often the worker looks at its records and forwards new states.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How often it sends a heartbeat until the master says how often it wants one.
+pub const FIRST_HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How long a record may wait for its runner's pid before it is failed as never
+/// started (its worker stopped between recording it and starting it).
+pub const NEVER_STARTED_AFTER: Duration = Duration::from_secs(30);
+/// The most of a failed run's log that is put on the master: its end.
+pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How a worker is set up.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Its name on the master (see [`api::valid_host_name`]).
+    pub name: String,
+    /// The master.
+    pub master: Url,
+    /// The cluster's bearer token, also handed to the runners.
+    pub token: Option<String>,
+    /// Where it records its processes.
+    pub state_dir: PathBuf,
+    /// The runners' artifact cache (default: theirs).
+    pub cache_dir: Option<PathBuf>,
+    /// The Redis the runners share behind their cache.
+    pub redis: Option<String>,
+    /// The host's config file, passed on to the runners (for `[smtp]`).
+    pub host_config: Option<PathBuf>,
+    /// How many processes run at once.
+    pub max_processes: u32,
+    /// The `dadd` binary that runs the processes (`dadd run`); by default the
+    /// current executable.
+    pub program: PathBuf,
+}
+
+impl WorkerConfig {
+    /// A worker named `name` for the master at `master`, recording its processes
+    /// in `state_dir`, running as many processes at once as there are CPUs.
+    pub fn new(name: impl Into<String>, master: Url, state_dir: PathBuf) -> WorkerConfig {
+        WorkerConfig {
+            name: name.into(),
+            master,
+            token: None,
+            state_dir,
+            cache_dir: None,
+            redis: None,
+            host_config: None,
+            max_processes: default_max_processes(),
+            program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("dadd")),
+        }
+    }
+}
+
+/// The machine's host name, the default name of its worker.
+pub fn default_name() -> Option<String> {
+    hostname::get().ok()?.into_string().ok()
+}
+
+/// The number of CPUs, the default of [`WorkerConfig::max_processes`].
+pub fn default_max_processes() -> u32 {
+    std::thread::available_parallelism()
+        .map(|count| u32::try_from(count.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
+/// `$XDG_STATE_HOME/dadd/worker`, else `~/.local/state/dadd/worker`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    let nonempty = |name| std::env::var_os(name).filter(|value| !value.is_empty());
+    let state = nonempty("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| nonempty("HOME").map(|home| PathBuf::from(home).join(".local/state")))?;
+    Some(state.join("dadd/worker"))
+}
+
+/// Why a worker cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The name cannot be used in the master's URLs.
+    #[error(
+        "host name {0:?}: use 1 to 128 ASCII letters, digits, `-`, `_` and `.` (not only dots)"
+    )]
+    BadName(String),
+    /// Zero processes at once.
+    #[error("max_processes must be at least 1")]
+    NoProcesses,
+    /// The state directory cannot be made or read.
+    #[error("the state directory {}: {source}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another worker uses the state directory.
+    #[error("the state directory {}: another worker uses it", .0.display())]
+    StateDirInUse(PathBuf),
+    /// The HTTP client cannot be built (its TLS roots, typically).
+    #[error("HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// A worker: see the [module documentation](self).
+#[derive(Debug)]
+pub struct Worker {
+    config: WorkerConfig,
+    records: Records,
+    master: MasterClient,
+    /// Processes whose runner was sent SIGTERM by this worker.
+    terminated: HashSet<String>,
+    /// Whether the master is known to be unreachable (its outage was logged).
+    master_down: bool,
+}
+
+impl Worker {
+    /// A worker set up as `config` says; its state directory is made (and the
+    /// leftovers of a worker stopped mid-way cleared).
+    pub fn new(mut config: WorkerConfig) -> Result<Worker, WorkerError> {
+        if !api::valid_host_name(&config.name) {
+            return Err(WorkerError::BadName(config.name));
+        }
+        if config.max_processes == 0 {
+            return Err(WorkerError::NoProcesses);
+        }
+        let state_dir_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| WorkerError::StateDir { path, source }
+        };
+        // The runners run in /: every path they are given is absolute.
+        config.state_dir =
+            std::path::absolute(&config.state_dir).map_err(state_dir_error(&config.state_dir))?;
+        for path in [&mut config.cache_dir, &mut config.host_config]
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(absolute) = std::path::absolute(&*path) {
+                *path = absolute;
+            }
+        }
+        let records = Records::open(&config.state_dir).map_err(|error| match error {
+            OpenError::Locked(_) => WorkerError::StateDirInUse(config.state_dir.clone()),
+            OpenError::Io(source) => WorkerError::StateDir {
+                path: config.state_dir.clone(),
+                source,
+            },
+        })?;
+        let master = MasterClient::new(config.master.clone(), config.token.clone())
+            .map_err(WorkerError::Client)?;
+        Ok(Worker {
+            config,
+            records,
+            master,
+            terminated: HashSet::new(),
+            master_down: false,
+        })
+    }
+
+    /// The worker's config (paths made absolute).
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Runs until `shutdown` completes, then returns, leaving the runners alone.
+    /// A process being recorded and started when `shutdown` completes is started
+    /// first.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        tracing::info!(
+            name = %self.config.name,
+            master = %self.master.url(),
+            state_dir = %self.config.state_dir.display(),
+            max_processes = self.config.max_processes,
+            "worker started"
+        );
+        let stop = CancellationToken::new();
+        let mut work = std::pin::pin!(self.work(&stop));
+        tokio::select! {
+            result = &mut work => return result,
+            () = shutdown => stop.cancel(),
+        }
+        let result = work.await;
+        tracing::info!("worker stopped; its runners go on");
+        result
+    }
+
+    /// Ticks until `stop` is cancelled.
+    async fn work(&mut self, stop: &CancellationToken) -> Result<(), WorkerError> {
+        let mut heartbeat_every = FIRST_HEARTBEAT_EVERY;
+        let mut next_heartbeat = Instant::now();
+        while !stop.is_cancelled() {
+            let records = self.watch().await?;
+            if Instant::now() >= next_heartbeat {
+                next_heartbeat = Instant::now() + heartbeat_every;
+                if let Some(Some(reply)) = until(stop, self.heartbeat(&records)).await {
+                    heartbeat_every = Duration::from_millis(reply.heartbeat_every_ms)
+                        .clamp(Duration::from_millis(50), Duration::from_secs(3600));
+                    next_heartbeat = Instant::now() + heartbeat_every;
+                    // Not interrupted by `stop`: a process recorded is started.
+                    let active = records.iter().filter(|(_, record)| !record.ended()).count();
+                    self.start(reply.start, active).await;
+                    self.kill(&reply.kill);
+                }
+            }
+            until(stop, self.forward(records)).await;
+            let pause = TICK.min(next_heartbeat.saturating_duration_since(Instant::now()));
+            until(stop, tokio::time::sleep(pause)).await;
+        }
+        Ok(())
+    }
+
+    /// Reads every record, and gives a `failed` state to those whose runner is
+    /// gone without one.
+    async fn watch(&self) -> Result<Vec<(String, Record)>, WorkerError> {
+        let ids = self.records.ids().map_err(|source| WorkerError::StateDir {
+            path: self.config.state_dir.clone(),
+            source,
+        })?;
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.read_and_watch(&id).await {
+                Ok(record) => records.push((id, record)),
+                Err(error) => tracing::warn!(%id, %error, "cannot read the process's record"),
+            }
+        }
+        Ok(records)
+    }
+
+    async fn read_and_watch(&self, id: &str) -> std::io::Result<Record> {
+        let record = Record::read(self.records.dir(id))?;
+        if record.ended() {
+            return Ok(record);
+        }
+        let reason = match record.runner_pid() {
+            Some(pid) if runners::liveness(pid, id) != Liveness::Gone => return Ok(record),
+            Some(pid) => format!(
+                "the runner died: pid {pid} is gone without a final state (killed, or the machine restarted)"
+            ),
+            None => {
+                let age = record
+                    .recorded_at()
+                    .and_then(|at| SystemTime::now().duration_since(at).ok())
+                    .unwrap_or_default();
+                if age < NEVER_STARTED_AFTER {
+                    return Ok(record);
+                }
+                format!(
+                    "never started: no runner wrote its pid within {}",
+                    humantime::format_duration(NEVER_STARTED_AFTER)
+                )
+            }
+        };
+        // The runner writes its last state before it exits: read again, now that
+        // it is gone, before saying it has none.
+        let record = Record::read(self.records.dir(id))?;
+        if record.ended() {
+            return Ok(record);
+        }
+        tracing::warn!(%id, %reason, "process failed");
+        record.append(failed(reason)).await
+    }
+
+    /// Posts a heartbeat listing every record; `None` when the master did not
+    /// answer it.
+    async fn heartbeat(&mut self, records: &[(String, Record)]) -> Option<HeartbeatReply> {
+        let heartbeat = Heartbeat {
+            max_processes: self.config.max_processes,
+            known: records.iter().map(|(id, _)| id.clone()).collect(),
+        };
+        let result = self.master.heartbeat(&self.config.name, &heartbeat).await;
+        self.outcome(result).ok().flatten()
+    }
+
+    /// Records and starts the assignments not recorded yet, while fewer than
+    /// `max_processes` are `active`.
+    async fn start(&mut self, assignments: Vec<Assignment>, mut active: usize) {
+        let max = usize::try_from(self.config.max_processes).unwrap_or(usize::MAX);
+        for assignment in assignments {
+            let id = &assignment.id;
+            if !api::valid_process_id(id) {
+                tracing::warn!(%id, "the master assigned a process whose id is not one: ignored");
+                continue;
+            }
+            if self.records.is_recorded(id) {
+                continue;
+            }
+            if active >= max {
+                tracing::debug!(%id, active, "at max_processes: left for the master to offer again");
+                continue;
+            }
+            let dir = self.records.dir(id);
+            if let Err(error) = self.records.record(&assignment) {
+                // Not recorded, not started: the master offers it again.
+                tracing::error!(%id, %error, "cannot record the process");
+                continue;
+            }
+            active += 1;
+            match runners::start(&self.config, id, &dir).await {
+                Ok(()) => tracing::info!(%id, "process started"),
+                Err(reason) => {
+                    tracing::warn!(%id, %reason, "cannot start the process");
+                    let appended = match Record::read(dir) {
+                        // Started after all, when its runner wrote its pid.
+                        Ok(record)
+                            if record.runner_pid().is_some_and(|pid| {
+                                runners::liveness(pid, id) != Liveness::Gone
+                            }) =>
+                        {
+                            Ok(())
+                        }
+                        Ok(record) => record
+                            .append(failed(format!("the runner could not be started: {reason}")))
+                            .await
+                            .map(drop),
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = appended {
+                        // Failed as never started later on.
+                        tracing::warn!(%id, %error, "cannot record the failure");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends SIGTERM to the runners of the processes in `kill` that are ours and
+    /// running.
+    fn kill(&mut self, kill: &[String]) {
+        for id in kill {
+            if !api::valid_process_id(id) || !self.records.is_recorded(id) {
+                continue;
+            }
+            // Once: the runner stops at the first, and says so in its states.
+            if self.terminated.contains(id) {
+                continue;
+            }
+            let Ok(record) = Record::read(self.records.dir(id)) else {
+                continue;
+            };
+            if record.ended() {
+                continue;
+            }
+            if let Some(pid) = record.runner_pid()
+                && runners::terminate(pid, id)
+            {
+                tracing::info!(%id, pid, "killing the process: SIGTERM to its runner");
+                self.terminated.insert(id.clone());
+            }
+        }
+    }
+
+    /// Posts the states the master has not acknowledged, puts the log of a
+    /// failure, and forgets what the master has whole. Stops at the first call
+    /// the master does not answer.
+    async fn forward(&mut self, records: Vec<(String, Record)>) {
+        for (id, record) in records {
+            match self.forward_one(&id, &record).await {
+                Ok(true) => {
+                    match self.records.forget(&id) {
+                        Ok(()) => tracing::info!(%id, "delivered: forgotten"),
+                        Err(error) => tracing::warn!(%id, %error, "cannot remove the record"),
+                    }
+                    self.terminated.remove(&id);
+                }
+                Ok(false) => {}
+                Err(Stop) => return,
+            }
+        }
+    }
+
+    /// Forwards one record; whether it is delivered whole.
+    async fn forward_one(&mut self, id: &str, record: &Record) -> Result<bool, Stop> {
+        let mut delivered = record.delivered();
+        for line in record.lines.iter().skip(delivered) {
+            if serde_json::from_str::<api::StateChange>(line).is_err() {
+                tracing::warn!(%id, %line, "not a state (a cut write?): skipped");
+            } else {
+                let result = self.master.post_state(id, line).await;
+                // Refused for good: the next ones are still worth sending.
+                self.outcome(result)?;
+            }
+            delivered += 1;
+            if let Err(error) = record.set_delivered(delivered) {
+                tracing::warn!(%id, %error, "cannot count the delivered states");
+            }
+        }
+        if !record.ended() {
+            return Ok(false);
+        }
+        if record.failed()
+            && let Some(log) = record
+                .run_dir()
+                .map(|dir| dir.join(crate::runner::LOG_FILE))
+        {
+            match log_tail(&log) {
+                Ok(Some(tail)) => {
+                    let bytes = tail.len();
+                    let result = self.master.put_log(id, tail).await;
+                    // Refused for good: nothing more to do with it.
+                    if self.outcome(result)?.is_some() {
+                        tracing::info!(%id, bytes, "log delivered");
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%id, log = %log.display(), %error, "cannot read the log")
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The value of a call; `None` when the master refused it for good; [`Stop`]
+    /// when it is unavailable. Logs an outage of the master once, and its end; a
+    /// call refused for good each time.
+    fn outcome<T>(&mut self, result: Result<T, CallError>) -> Result<Option<T>, Stop> {
+        match result {
+            Ok(value) => {
+                if std::mem::take(&mut self.master_down) {
+                    tracing::info!(master = %self.master.url(), "the master answers again");
+                }
+                Ok(Some(value))
+            }
+            Err(CallError::Unavailable(error)) => {
+                if !std::mem::replace(&mut self.master_down, true) {
+                    tracing::warn!(master = %self.master.url(), %error, "the master is unavailable: keeping everything, trying again");
+                }
+                Err(Stop)
+            }
+            Err(CallError::Refused(error)) => {
+                tracing::error!(master = %self.master.url(), %error, "the master refused");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Forwarding stopped: the master is unavailable.
+struct Stop;
+
+/// `future`'s output, unless `stop` is cancelled first.
+async fn until<T>(stop: &CancellationToken, future: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        output = future => Some(output),
+        () = stop.cancelled() => None,
+    }
+}
+
+fn failed(reason: String) -> State {
+    State::Failed {
+        exit_code: None,
+        signal: None,
+        reason,
+    }
+}
+
+/// The end of the log at `path`, at most [`MAX_LOG_BYTES`], from the start of
+/// a line when it is cut; `None` when there is no log.
+fn log_tail(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let length = file.metadata()?.len();
+    let start = length.saturating_sub(MAX_LOG_BYTES);
+    file.seek(std::io::SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.take(MAX_LOG_BYTES).read_to_end(&mut tail)?;
+    if start > 0
+        && let Some(newline) = tail.iter().position(|&byte| byte == b'\n')
+    {
+        tail.drain(..=newline);
+    }
+    Ok(Some(tail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_log_is_cut_to_its_end_from_a_line_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        let line = "x".repeat(99) + "\n";
+        let lines = usize::try_from(MAX_LOG_BYTES).unwrap() / line.len() + 10;
+        let mut text: String = (0..lines).map(|_| line.as_str()).collect();
+        text.push_str("the end\n");
+        std::fs::write(&path, &text).unwrap();
+        let tail = log_tail(&path).unwrap().unwrap();
+        assert!(tail.len() as u64 <= MAX_LOG_BYTES);
+        assert!(tail.starts_with(line.as_bytes()));
+        assert!(tail.ends_with(b"x\nthe end\n"));
+        assert_eq!(log_tail(&dir.path().join("none")).unwrap(), None);
+        std::fs::write(&path, "short\n").unwrap();
+        assert_eq!(log_tail(&path).unwrap().unwrap(), b"short\n");
+    }
+
+    #[test]
+    fn a_bad_name_or_no_capacity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let master: Url = "http://127.0.0.1:1".parse().unwrap();
+        let config = WorkerConfig::new("a/b", master.clone(), dir.path().into());
+        assert!(matches!(Worker::new(config), Err(WorkerError::BadName(_))));
+        let mut config = WorkerConfig::new("node-1", master, dir.path().into());
+        config.max_processes = 0;
+        assert!(matches!(Worker::new(config), Err(WorkerError::NoProcesses)));
+    }
+}

@@ -1,0 +1,361 @@
+//! The worker's memory: one directory per process it has recorded, under
+//! `STATE_DIR/processes/`, which is what survives a restart of the worker or of
+//! the machine.
+//!
+//! ```text
+//! STATE_DIR/processes/ID/spec.json     the assignment's spec (what `dadd run` reads)
+//! STATE_DIR/processes/ID/runner.pid    the detached runner's pid (the runner writes it)
+//! STATE_DIR/processes/ID/state.jsonl   its states, a JSON line each (the runner appends)
+//! STATE_DIR/processes/ID/delivered     how many of those lines the master acknowledged
+//! ```
+//!
+//! A process is recorded when its directory exists: the directory is built in
+//! `STATE_DIR/staging/`, synced, and renamed into place, so that a worker stopped
+//! at any moment either has the whole record or none of it. It is forgotten the
+//! same way backwards: renamed into `STATE_DIR/forgotten/`, then removed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::api::{self, Assignment, State, StateChange};
+use crate::runner::{FileStateSink, StateSink};
+
+/// The spec of a recorded process.
+pub(crate) const SPEC_FILE: &str = "spec.json";
+/// The pid of its detached runner.
+pub(crate) const PID_FILE: &str = "runner.pid";
+/// Its states, as its runner records them.
+pub(crate) const STATE_FILE: &str = "state.jsonl";
+/// How many lines of [`STATE_FILE`] the master acknowledged.
+const DELIVERED_FILE: &str = "delivered";
+
+const PROCESSES: &str = "processes";
+const STAGING: &str = "staging";
+const FORGOTTEN: &str = "forgotten";
+
+/// Locked while a worker uses the state directory.
+const LOCK_FILE: &str = "lock";
+
+/// The processes a worker has recorded, in its state directory.
+#[derive(Debug)]
+pub(crate) struct Records {
+    root: PathBuf,
+    /// Held (locked) as long as the records are open: two workers on one state
+    /// directory would start each process twice.
+    _lock: std::fs::File,
+}
+
+/// Why the state directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// Another worker uses it.
+    #[error("another worker uses it (it holds {})", .0.display())]
+    Locked(PathBuf),
+    /// It cannot be made, read or cleared.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Records {
+    /// Opens (and makes) the state directory, clearing what a stopped worker left
+    /// half done: records not yet in place, records not yet removed.
+    pub(crate) fn open(root: &Path) -> Result<Records, OpenError> {
+        std::fs::create_dir_all(root)?;
+        let lock_path = root.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(lock_path)),
+            Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
+        }
+        let records = Records {
+            root: root.to_owned(),
+            _lock: lock,
+        };
+        for leftovers in [STAGING, FORGOTTEN] {
+            let dir = root.join(leftovers);
+            match std::fs::remove_dir_all(&dir) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(error.into());
+                }
+                _ => {}
+            }
+            std::fs::create_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(root.join(PROCESSES))?;
+        Ok(records)
+    }
+
+    /// The directory of process `id` (recorded or not).
+    pub(crate) fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(PROCESSES).join(id)
+    }
+
+    /// Whether `id` is recorded.
+    pub(crate) fn is_recorded(&self, id: &str) -> bool {
+        self.dir(id).is_dir()
+    }
+
+    /// The ids of every recorded process, sorted. A name that is not a process id
+    /// (something else put there) is left alone.
+    pub(crate) fn ids(&self) -> std::io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(self.root.join(PROCESSES))? {
+            let entry = entry?;
+            match entry.file_name().into_string() {
+                Ok(id) if api::valid_process_id(&id) && entry.file_type()?.is_dir() => {
+                    ids.push(id);
+                }
+                _ => tracing::debug!(name = ?entry.file_name(), "not a process record"),
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Records `assignment` durably: when this returns, a worker restarted after
+    /// a crash, even of the machine, knows the process. The caller has checked the
+    /// id ([`api::valid_process_id`]).
+    pub(crate) fn record(&self, assignment: &Assignment) -> std::io::Result<()> {
+        let staged = self.root.join(STAGING).join(&assignment.id);
+        if staged.exists() {
+            std::fs::remove_dir_all(&staged)?;
+        }
+        std::fs::create_dir(&staged)?;
+        let mut spec = serde_json::to_vec_pretty(&assignment.spec)?;
+        spec.push(b'\n');
+        let mut file = std::fs::File::create(staged.join(SPEC_FILE))?;
+        file.write_all(&spec)?;
+        file.sync_all()?;
+        sync_dir(&staged)?;
+        let processes = self.root.join(PROCESSES);
+        std::fs::rename(&staged, processes.join(&assignment.id))?;
+        sync_dir(&processes)?;
+        sync_dir(&self.root.join(STAGING))
+    }
+
+    /// Forgets `id`: its record is gone at once, whole (a rename), then removed.
+    pub(crate) fn forget(&self, id: &str) -> std::io::Result<()> {
+        let gone = self.root.join(FORGOTTEN).join(id);
+        if gone.exists() {
+            std::fs::remove_dir_all(&gone)?;
+        }
+        std::fs::rename(self.dir(id), &gone)?;
+        sync_dir(&self.root.join(PROCESSES))?;
+        std::fs::remove_dir_all(&gone)
+    }
+}
+
+/// One recorded process, read from its directory.
+#[derive(Debug)]
+pub(crate) struct Record {
+    dir: PathBuf,
+    /// The complete lines of its state file, in order, without their newline.
+    pub(crate) lines: Vec<String>,
+    /// Whether the file ends in the middle of a line (a write cut by a crash).
+    torn: bool,
+}
+
+impl Record {
+    /// Reads the record in `dir`.
+    pub(crate) fn read(dir: PathBuf) -> std::io::Result<Record> {
+        let text = match std::fs::read(dir.join(STATE_FILE)) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        let torn = text.last().is_some_and(|&last| last != b'\n');
+        let lines = match text.iter().rposition(|&byte| byte == b'\n') {
+            Some(end) => text[..end]
+                .split(|&byte| byte == b'\n')
+                .map(|line| String::from_utf8_lossy(line).into_owned())
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Record { dir, lines, torn })
+    }
+
+    /// The states its lines say, in order; a line that is not a state is left
+    /// out.
+    pub(crate) fn states(&self) -> Vec<State> {
+        self.lines
+            .iter()
+            .filter_map(|line| serde_json::from_str::<StateChange>(line).ok())
+            .map(|change| change.state)
+            .collect()
+    }
+
+    /// Whether it reached `success` or `failed`.
+    pub(crate) fn ended(&self) -> bool {
+        self.states()
+            .iter()
+            .any(|state| matches!(state, State::Success | State::Failed { .. }))
+    }
+
+    /// Whether its last state is `failed`.
+    pub(crate) fn failed(&self) -> bool {
+        matches!(self.states().last(), Some(State::Failed { .. }))
+    }
+
+    /// The run directory its `init` state names.
+    pub(crate) fn run_dir(&self) -> Option<PathBuf> {
+        self.states().into_iter().find_map(|state| match state {
+            State::Init { dir } => Some(dir),
+            _ => None,
+        })
+    }
+
+    /// The pid its runner wrote, when it did.
+    pub(crate) fn runner_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join(PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// When it was recorded.
+    pub(crate) fn recorded_at(&self) -> Option<SystemTime> {
+        std::fs::metadata(self.dir.join(SPEC_FILE))
+            .and_then(|metadata| metadata.modified())
+            .ok()
+    }
+
+    /// How many of its lines the master acknowledged (0 when none, or when the
+    /// count is unreadable: resending is harmless).
+    pub(crate) fn delivered(&self) -> usize {
+        std::fs::read_to_string(self.dir.join(DELIVERED_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Keeps that the master acknowledged `count` lines. Written whole and
+    /// renamed; not synced: a count lost in a crash only resends lines the master
+    /// ignores.
+    pub(crate) fn set_delivered(&self, count: usize) -> std::io::Result<()> {
+        let partial = self.dir.join(format!("{DELIVERED_FILE}.partial"));
+        std::fs::write(&partial, format!("{count}\n"))?;
+        std::fs::rename(&partial, self.dir.join(DELIVERED_FILE))
+    }
+
+    /// Appends `state` (the worker's own word on a run whose runner cannot give
+    /// it any more), as the runner would have, then reads the record again.
+    pub(crate) async fn append(self, state: State) -> std::io::Result<Record> {
+        let path = self.dir.join(STATE_FILE);
+        if self.torn {
+            // The cut line stays unparsable on its own line; the new one is whole.
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)?
+                .write_all(b"\n")?;
+        }
+        FileStateSink::new(&path)
+            .record(&StateChange::now(state))
+            .await
+            .map_err(std::io::Error::other)?;
+        Record::read(self.dir)
+    }
+}
+
+/// Syncs a directory, so that the names just made or renamed in it survive a
+/// crash.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn assignment(id: &str) -> Assignment {
+        Assignment {
+            id: id.to_owned(),
+            spec: json!({"cmd": ["true"]}),
+        }
+    }
+
+    #[test]
+    fn a_record_survives_reopening_and_is_gone_once_forgotten() {
+        let root = tempfile::tempdir().unwrap();
+        let records = Records::open(root.path()).unwrap();
+        records.record(&assignment("b-2")).unwrap();
+        records.record(&assignment("a-1")).unwrap();
+        let spec = std::fs::read_to_string(records.dir("a-1").join(SPEC_FILE)).unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&spec).unwrap(),
+            json!({"cmd": ["true"]})
+        );
+        drop(records);
+
+        let records = Records::open(root.path()).unwrap();
+        assert_eq!(records.ids().unwrap(), ["a-1", "b-2"]);
+        records.forget("a-1").unwrap();
+        assert!(!records.is_recorded("a-1"));
+        assert_eq!(records.ids().unwrap(), ["b-2"]);
+    }
+
+    #[test]
+    fn a_state_directory_is_used_by_one_worker_at_a_time() {
+        let root = tempfile::tempdir().unwrap();
+        let first = Records::open(root.path()).unwrap();
+        assert!(matches!(
+            Records::open(root.path()),
+            Err(OpenError::Locked(_))
+        ));
+        drop(first);
+        Records::open(root.path()).unwrap();
+    }
+
+    #[test]
+    fn a_half_made_record_is_not_a_record() {
+        let root = tempfile::tempdir().unwrap();
+        drop(Records::open(root.path()).unwrap());
+        std::fs::create_dir(root.path().join(STAGING).join("x-1")).unwrap();
+        std::fs::create_dir(root.path().join(PROCESSES).join("..bad name")).unwrap();
+        let records = Records::open(root.path()).unwrap();
+        assert!(records.ids().unwrap().is_empty());
+        assert!(!root.path().join(STAGING).join("x-1").exists());
+    }
+
+    #[tokio::test]
+    async fn only_whole_lines_are_states_and_an_append_after_a_torn_one_is_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let records = Records::open(root.path()).unwrap();
+        records.record(&assignment("p")).unwrap();
+        let dir = records.dir("p");
+        let init = serde_json::to_string(&StateChange::now(State::Init {
+            dir: "/tmp/run".into(),
+        }))
+        .unwrap();
+        std::fs::write(dir.join(STATE_FILE), format!("{init}\n{{\"at\":")).unwrap();
+
+        let record = Record::read(dir.clone()).unwrap();
+        assert_eq!(record.lines, [init]);
+        assert!(!record.ended());
+        assert_eq!(record.run_dir(), Some(PathBuf::from("/tmp/run")));
+
+        let record = record
+            .append(State::Failed {
+                exit_code: None,
+                signal: None,
+                reason: "the runner died".to_owned(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(record.lines.len(), 3);
+        assert_eq!(record.lines[1], "{\"at\":");
+        assert!(record.ended() && record.failed());
+
+        assert_eq!(record.delivered(), 0);
+        record.set_delivered(2).unwrap();
+        assert_eq!(Record::read(dir).unwrap().delivered(), 2);
+    }
+}

@@ -1,0 +1,649 @@
+//! `dadd worker`, end to end: the real binary, real detached runners and real
+//! processes, reporting to a stand-in for the master on loopback that records
+//! heartbeats, offers assignments, and records the states and logs it accepts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use testbed::origin::{Origin, Reply};
+
+const HOST: &str = "test-host";
+
+/// What the stand-in master knows.
+#[derive(Default)]
+struct Books {
+    /// Assignments offered at each heartbeat until their last state is accepted.
+    offers: Vec<Value>,
+    /// Ids to kill, sent at each heartbeat.
+    kill: Vec<String>,
+    /// Every heartbeat received.
+    heartbeats: Vec<Value>,
+    /// The states accepted, by process.
+    states: HashMap<String, Vec<Value>>,
+    /// The logs accepted, by process.
+    logs: HashMap<String, Vec<u8>>,
+    /// Processes whose last state was accepted.
+    ended: HashSet<String>,
+}
+
+/// A stand-in for the master: `POST /api/hosts/test-host/heartbeat`,
+/// `POST /api/processes/{id}/states`, `PUT /api/processes/{id}/log`, each
+/// answering `status` (503 to play a failing master).
+struct StandIn {
+    origin: Origin,
+    books: Arc<Mutex<Books>>,
+    status: Arc<AtomicU16>,
+}
+
+impl StandIn {
+    async fn start() -> StandIn {
+        let stand_in = StandIn {
+            origin: Origin::start().await.unwrap(),
+            books: Arc::default(),
+            status: Arc::new(AtomicU16::new(200)),
+        };
+        let books = Arc::clone(&stand_in.books);
+        let status = Arc::clone(&stand_in.status);
+        stand_in
+            .origin
+            .route(&format!("/api/hosts/{HOST}/heartbeat"), move |request| {
+                let status = status.load(Ordering::SeqCst);
+                if status != 200 {
+                    return Reply::status(status);
+                }
+                let heartbeat: Value = serde_json::from_slice(&request.body).unwrap();
+                let mut books = books.lock().unwrap();
+                books.heartbeats.push(heartbeat);
+                let start: Vec<Value> = books
+                    .offers
+                    .iter()
+                    .filter(|offer| !books.ended.contains(offer["id"].as_str().unwrap()))
+                    .cloned()
+                    .collect();
+                let reply = json!({"start": start, "kill": books.kill, "heartbeat_every_ms": 100});
+                Reply::ok(reply.to_string()).header("content-type", "application/json")
+            });
+        stand_in
+    }
+
+    fn url(&self) -> String {
+        self.origin.url("/")
+    }
+
+    /// Offers `spec` as process `id` at every heartbeat until its last state is
+    /// accepted (a recorded process is offered again, which the worker ignores).
+    fn offer(&self, id: &str, spec: Value) {
+        let books = Arc::clone(&self.books);
+        let status = Arc::clone(&self.status);
+        let process = id.to_owned();
+        self.origin
+            .route(&format!("/api/processes/{id}/states"), move |request| {
+                let status = status.load(Ordering::SeqCst);
+                if status != 200 {
+                    return Reply::status(status);
+                }
+                assert_eq!(request.method.as_str(), "POST");
+                let state: Value = serde_json::from_slice(&request.body).unwrap();
+                let mut books = books.lock().unwrap();
+                if matches!(state["state"].as_str(), Some("success" | "failed")) {
+                    books.ended.insert(process.clone());
+                }
+                books.states.entry(process.clone()).or_default().push(state);
+                Reply::status(204)
+            });
+        let books = Arc::clone(&self.books);
+        let status = Arc::clone(&self.status);
+        let process = id.to_owned();
+        self.origin
+            .route(&format!("/api/processes/{id}/log"), move |request| {
+                let status = status.load(Ordering::SeqCst);
+                if status != 200 {
+                    return Reply::status(status);
+                }
+                assert_eq!(request.method.as_str(), "PUT");
+                let mut books = books.lock().unwrap();
+                books.logs.insert(process.clone(), request.body.to_vec());
+                Reply::status(204)
+            });
+        self.books
+            .lock()
+            .unwrap()
+            .offers
+            .push(json!({"id": id, "spec": spec}));
+    }
+
+    fn kill(&self, id: &str) {
+        self.books.lock().unwrap().kill.push(id.to_owned());
+    }
+
+    fn states(&self, id: &str) -> Vec<Value> {
+        let books = self.books.lock().unwrap();
+        books.states.get(id).cloned().unwrap_or_default()
+    }
+
+    fn state_names(&self, id: &str) -> Vec<String> {
+        names(&self.states(id))
+    }
+
+    fn log(&self, id: &str) -> Option<Vec<u8>> {
+        self.books.lock().unwrap().logs.get(id).cloned()
+    }
+
+    fn heartbeats(&self) -> Vec<Value> {
+        self.books.lock().unwrap().heartbeats.clone()
+    }
+}
+
+fn names(states: &[Value]) -> Vec<String> {
+    states
+        .iter()
+        .map(|state| state["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A test's directories: the worker's state, the artifact cache, TMPDIR (run
+/// directories), `out` (what commands write).
+struct Bed {
+    root: tempfile::TempDir,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let bed = Bed {
+            root: tempfile::tempdir().unwrap(),
+        };
+        for dir in ["cache", "tmp", "out"] {
+            std::fs::create_dir(bed.path(dir)).unwrap();
+        }
+        bed
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    fn out(&self) -> String {
+        self.path("out").display().to_string()
+    }
+
+    fn records(&self) -> Vec<String> {
+        match std::fs::read_dir(self.path("state/processes")) {
+            Ok(entries) => entries
+                .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// A running `dadd worker`, killed (SIGKILL) when dropped; its runners are not.
+struct WorkerProcess {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    /// `dadd worker --master URL --name test-host --state-dir STATE --cache-dir
+    /// CACHE ARGS...`, its log in `worker-N.log` in the bed.
+    fn start(bed: &Bed, master: &str, args: &[&str]) -> WorkerProcess {
+        let mut n = 0;
+        let log = loop {
+            let log = bed.path(&format!("worker-{n}.log"));
+            if !log.exists() {
+                break log;
+            }
+            n += 1;
+        };
+        let file = std::fs::File::create(&log).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+            .arg("worker")
+            .args(["--master", master, "--name", HOST])
+            .arg("--state-dir")
+            .arg(bed.path("state"))
+            .arg("--cache-dir")
+            .arg(bed.path("cache"))
+            .args(args)
+            .env("TMPDIR", bed.path("tmp"))
+            .env("DADD_LOG", "info")
+            .env_remove("DADD_TOKEN")
+            .env_remove("DADD_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        WorkerProcess { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// Waits until `done` holds, for at most `seconds`.
+async fn wait_until(seconds: u64, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie is as good as gone.
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn ended(stand_in: &StandIn, id: &str) -> bool {
+    stand_in
+        .state_names(id)
+        .last()
+        .is_some_and(|last| last == "success" || last == "failed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assigned_processes_run_and_their_states_and_a_failures_log_reach_the_master() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer(
+        "ok-1",
+        json!({"cmd": ["sh", "-c", "echo ran > \"$OUT/ok\""], "env": {"OUT": bed.out()}}),
+    );
+    master.offer(
+        "fail-1",
+        json!({"cmd": ["sh", "-c", "echo about to fail; exit 3"]}),
+    );
+    let worker = WorkerProcess::start(&bed, &master.url(), &["--max-processes", "3"]);
+
+    wait_until(20, "both processes to end", || {
+        ended(&master, "ok-1") && ended(&master, "fail-1") && master.log("fail-1").is_some()
+    })
+    .await;
+    assert_eq!(
+        master.state_names("ok-1"),
+        ["init", "setup", "running", "success"]
+    );
+    assert_eq!(
+        std::fs::read_to_string(bed.path("out/ok")).unwrap(),
+        "ran\n"
+    );
+    let failed = master.states("fail-1");
+    assert_eq!(names(&failed), ["init", "setup", "running", "failed"]);
+    assert_eq!(failed[3]["exit_code"], 3);
+    assert_eq!(master.log("fail-1").unwrap(), b"about to fail\n");
+
+    // Both delivered whole: forgotten, and no longer listed as known.
+    wait_until(10, "the records to go", || bed.records().is_empty()).await;
+    wait_until(10, "a heartbeat without them", || {
+        master
+            .heartbeats()
+            .last()
+            .is_some_and(|beat| beat["known"] == json!([]))
+    })
+    .await;
+    let heartbeats = master.heartbeats();
+    assert!(heartbeats.iter().all(|beat| beat["max_processes"] == 3));
+    assert!(
+        heartbeats
+            .iter()
+            .any(|beat| beat["known"].as_array().unwrap().len() == 2),
+        "both were listed as known while they ran: {heartbeats:?}"
+    );
+    assert!(worker.log().contains("worker started"), "{}", worker.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_than_max_processes_run_at_once_and_none_starts_twice() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    let ids = ["p-1", "p-2", "p-3"];
+    for id in ids {
+        // Offered at every heartbeat until it ends.
+        master.offer(
+            id,
+            json!({
+                "cmd": ["sh", "-c", "echo + >> \"$OUT/events\"; sleep 0.6; echo - >> \"$OUT/events\"; echo ran >> \"$OUT/$ID\""],
+                "env": {"OUT": bed.out(), "ID": id},
+            }),
+        );
+    }
+    let _worker = WorkerProcess::start(&bed, &master.url(), &["--max-processes", "2"]);
+
+    wait_until(30, "the three processes to end", || {
+        ids.iter().all(|id| ended(&master, id))
+    })
+    .await;
+    for id in ids {
+        assert_eq!(
+            master.state_names(id),
+            ["init", "setup", "running", "success"]
+        );
+        assert_eq!(
+            std::fs::read_to_string(bed.path(&format!("out/{id}"))).unwrap(),
+            "ran\n",
+            "{id} ran once"
+        );
+    }
+    let events = std::fs::read_to_string(bed.path("out/events")).unwrap();
+    let mut running = 0;
+    let mut most = 0;
+    for event in events.lines() {
+        running += if event == "+" { 1 } else { -1 };
+        most = most.max(running);
+    }
+    assert_eq!(most, 2, "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_from_the_master_terminates_the_process_and_its_failure_is_reported() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer(
+        "long-1",
+        json!({"cmd": ["sh", "-c", "echo started; sleep 30"]}),
+    );
+    let _worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the process to run", || {
+        master.state_names("long-1").contains(&"running".to_owned())
+    })
+    .await;
+    let command = master.states("long-1")[2]["pid"].as_u64().unwrap() as u32;
+
+    master.kill("long-1");
+    wait_until(20, "the process to fail", || ended(&master, "long-1")).await;
+    let last = master.states("long-1").pop().unwrap();
+    assert_eq!(last["state"], "failed");
+    assert_eq!(last["signal"], 15, "{last}");
+    assert!(!alive(command), "the command is gone");
+    wait_until(10, "its log", || master.log("long-1").is_some()).await;
+    assert_eq!(master.log("long-1").unwrap(), b"started\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_a_process_runs_delivers_its_end_once_restarted() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    let marker = bed.path("out/marker");
+    master.offer(
+        "slow-1",
+        json!({"cmd": ["sh", "-c", "sleep 1.5; echo done > \"$OUT/marker\""], "env": {"OUT": bed.out()}}),
+    );
+    let worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the process to run", || {
+        master.state_names("slow-1").contains(&"running".to_owned())
+    })
+    .await;
+    worker.kill().await;
+    assert!(
+        !marker.exists(),
+        "the command ended before the worker was killed"
+    );
+
+    wait_until(20, "the command to finish without its worker", || {
+        marker.exists()
+    })
+    .await;
+    assert_eq!(master.state_names("slow-1"), ["init", "setup", "running"]);
+    assert_eq!(bed.records(), ["slow-1"], "the record waits for a worker");
+
+    let _worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the success to reach the master", || {
+        ended(&master, "slow-1")
+    })
+    .await;
+    assert_eq!(
+        master.state_names("slow-1"),
+        ["init", "setup", "running", "success"]
+    );
+    wait_until(10, "the record to go", || bed.records().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_worker_and_leaves_its_processes_running() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    let marker = bed.path("out/marker");
+    master.offer(
+        "slow-2",
+        json!({"cmd": ["sh", "-c", "sleep 1; echo done > \"$OUT/marker\""], "env": {"OUT": bed.out()}}),
+    );
+    let mut worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the process to run", || {
+        master.state_names("slow-2").contains(&"running".to_owned())
+    })
+    .await;
+    signal(worker.pid(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), worker.child.wait())
+        .await
+        .expect("the worker stops")
+        .unwrap();
+    assert!(status.success(), "{status:?}: {}", worker.log());
+    assert!(worker.log().contains("stopping"), "{}", worker.log());
+    assert!(!marker.exists());
+    wait_until(20, "the command to finish", || marker.exists()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_gone_without_a_last_state_is_reported_failed() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer("doomed-1", json!({"cmd": ["sleep", "30"]}));
+    let _worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the process to run", || {
+        master
+            .state_names("doomed-1")
+            .contains(&"running".to_owned())
+    })
+    .await;
+    let command = master.states("doomed-1")[2]["pid"].as_u64().unwrap() as u32;
+    let runner: u32 = std::fs::read_to_string(bed.path("state/processes/doomed-1/runner.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(runner, "KILL");
+    wait_until(20, "the failure to reach the master", || {
+        ended(&master, "doomed-1")
+    })
+    .await;
+    let last = master.states("doomed-1").pop().unwrap();
+    assert_eq!(last["state"], "failed");
+    assert!(
+        last["reason"].as_str().unwrap().contains("the runner died"),
+        "{last}"
+    );
+    // The orphaned command, whose runner cannot end it any more.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{command}")])
+        .status();
+}
+
+/// Records a process in the worker's state directory as a worker would have,
+/// `age` ago.
+fn record_by_hand(bed: &Bed, id: &str, age: &str) -> PathBuf {
+    let dir = bed.path(&format!("state/processes/{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("spec.json"), r#"{"cmd": ["true"]}"#).unwrap();
+    let touched = std::process::Command::new("touch")
+        .args(["-d", age])
+        .arg(dir.join("spec.json"))
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_start_a_dead_runner_or_one_never_started_is_reported_failed() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    // The worker died before it started this one's runner, a while ago.
+    record_by_hand(&bed, "never-1", "1 hour ago");
+    // This one's runner died (the machine restarted): its pid is someone else's.
+    let dir = record_by_hand(&bed, "died-1", "1 hour ago");
+    std::fs::write(dir.join("runner.pid"), format!("{}\n", std::process::id())).unwrap();
+    let init =
+        json!({"at": "2026-11-28T00:00:00Z", "state": "init", "dir": bed.path("gone-run-dir")});
+    std::fs::write(dir.join("state.jsonl"), format!("{init}\n")).unwrap();
+    // Just recorded, and its runner not started yet: left alone.
+    record_by_hand(&bed, "young-1", "now");
+    for id in ["never-1", "died-1", "young-1"] {
+        master.offer(id, json!({"cmd": ["true"]}));
+    }
+    let _worker = WorkerProcess::start(&bed, &master.url(), &[]);
+
+    wait_until(20, "both failures to reach the master", || {
+        ended(&master, "never-1") && ended(&master, "died-1")
+    })
+    .await;
+    let never = master.states("never-1");
+    assert_eq!(names(&never), ["failed"]);
+    assert!(
+        never[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("never started"),
+        "{never:?}"
+    );
+    let died = master.states("died-1");
+    assert_eq!(names(&died), ["init", "failed"]);
+    assert!(
+        died[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the runner died"),
+        "{died:?}"
+    );
+    assert_eq!(master.log("died-1"), None, "no log file, no log");
+    wait_until(10, "the two records to go", || bed.records() == ["young-1"]).await;
+    assert!(
+        master.state_names("young-1").is_empty(),
+        "a recorded process is never started by the worker that finds it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_master_loses_no_state_and_gets_everything_once_it_answers() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer(
+        "patient-1",
+        json!({"cmd": ["sh", "-c", "sleep 0.5; echo kept; exit 4"]}),
+    );
+    let worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the process to be recorded", || {
+        bed.records() == ["patient-1"]
+    })
+    .await;
+    master.status.store(503, Ordering::SeqCst);
+    let state_file = bed.path("state/processes/patient-1/state.jsonl");
+    wait_until(20, "the process to fail while the master fails", || {
+        std::fs::read_to_string(&state_file).is_ok_and(|text| text.contains("\"failed\""))
+    })
+    .await;
+    let failed_calls = |origin: &Origin| origin.hits("/api/processes/patient-1/states");
+    let before = failed_calls(&master.origin);
+    wait_until(10, "the worker to try again", || {
+        failed_calls(&master.origin) >= before + 2
+    })
+    .await;
+    assert!(!ended(&master, "patient-1"));
+
+    master.status.store(200, Ordering::SeqCst);
+    wait_until(20, "the states and the log to arrive", || {
+        ended(&master, "patient-1") && master.log("patient-1").is_some()
+    })
+    .await;
+    let states = master.states("patient-1");
+    let names = names(&states);
+    // Whatever was accepted before the outage is not lost, nor anything after.
+    assert_eq!(names.last().unwrap(), "failed");
+    let mut unique = names.clone();
+    unique.dedup();
+    assert_eq!(unique, ["init", "setup", "running", "failed"], "{names:?}");
+    assert_eq!(master.log("patient-1").unwrap(), b"kept\n");
+    wait_until(10, "the record to go", || bed.records().is_empty()).await;
+    let log = worker.log();
+    assert_eq!(
+        log.matches("the master is unavailable").count(),
+        1,
+        "one warning per outage: {log}"
+    );
+    assert!(log.contains("the master answers again"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_names_the_worker_and_its_capacity_and_the_command_line_wins() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    let config = bed.path("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "master = \"{}\"\nname = \"not-this-one\"\nmax_processes = 5\nstate_dir = \"{}\"\n",
+            master.url(),
+            bed.path("state").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(bed.path("worker.log")).unwrap();
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+        .arg("worker")
+        .arg("--config")
+        .arg(&config)
+        .args(["--name", HOST])
+        .env_remove("DADD_TOKEN")
+        .stdin(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until(20, "a heartbeat", || !master.heartbeats().is_empty()).await;
+    assert_eq!(master.heartbeats()[0]["max_processes"], 5);
+    assert!(bed.path("state/processes").is_dir());
+    worker.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_host_name_is_refused_before_anything_starts() {
+    let bed = Bed::new();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+        .args(["worker", "--master", "http://127.0.0.1:9", "--name", "a/b"])
+        .arg("--state-dir")
+        .arg(bed.path("state"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("host name \"a/b\""), "{stderr}");
+    assert!(!Path::new(&bed.path("state")).exists());
+}
