@@ -647,3 +647,23 @@ async fn a_bad_host_name_is_refused_before_anything_starts() {
     assert!(stderr.contains("host name \"a/b\""), "{stderr}");
     assert!(!Path::new(&bed.path("state")).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_the_runner_refuses_is_reported_failed_with_why() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer("bad-1", json!({"cmd": ["true"], "timeout": true}));
+    let _worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the failure to reach the master", || {
+        ended(&master, "bad-1")
+    })
+    .await;
+    let states = master.states("bad-1");
+    assert_eq!(names(&states), ["failed"]);
+    let reason = states[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("could not be started") && reason.contains("timeout"),
+        "{reason}"
+    );
+    wait_until(10, "the record to go", || bed.records().is_empty()).await;
+}

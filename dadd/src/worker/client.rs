@@ -63,10 +63,9 @@ impl MasterClient {
                 "application/json",
             )
             .await?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| CallError::Unavailable(format!("the heartbeat's answer: {error}")))?;
+        let body = response.bytes().await.map_err(|error| {
+            CallError::Unavailable(format!("the heartbeat's answer: {}", chain(&error)))
+        })?;
         serde_json::from_slice(&body)
             .map_err(|error| CallError::Unavailable(format!("the heartbeat's answer: {error}")))
     }
@@ -112,10 +111,9 @@ impl MasterClient {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| CallError::Unavailable(format!("{method} {path}: {error}")))?;
+        let response = request.send().await.map_err(|error| {
+            CallError::Unavailable(format!("{method} {path}: {}", chain(&error)))
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -138,4 +136,20 @@ impl MasterClient {
             },
         )
     }
+}
+
+/// An error and its sources, `: `-separated (reqwest's own message leaves out
+/// why: refused, reset, timed out).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
