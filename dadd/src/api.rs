@@ -186,8 +186,9 @@ pub struct ProcessSummary {
     pub id: String,
     /// The spec's name, when it has one.
     pub name: Option<String>,
-    /// Its last state: `init` when submitted, then the last one its runner
-    /// reported.
+    /// Where it stands: `queued`, `assigned` or `dispatched` before its runner
+    /// reports, then the last state its runner reported (a state reported late
+    /// never moves it back), or [`LOST`] while its host is down.
     pub state: String,
     /// The address its states came from.
     pub host: Option<String>,

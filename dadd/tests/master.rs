@@ -107,7 +107,7 @@ fn state_names(process: &Value) -> Vec<&str> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_submitted_spec_is_shown_and_listed_in_state_init() {
+async fn a_submitted_spec_is_shown_and_listed_as_queued_until_a_worker_takes_it() {
     let data = tempfile::tempdir().unwrap();
     let master = Master::start(data.path(), &[]).await;
 
@@ -119,7 +119,7 @@ async fn a_submitted_spec_is_shown_and_listed_in_state_init() {
     let process = show(&master, &id).await;
     assert_eq!(process["id"], id);
     assert_eq!(process["name"], "hello");
-    assert_eq!(process["state"], "init");
+    assert_eq!(process["state"], "queued", "no worker has taken it");
     assert_eq!(process["spec"]["cmd"], json!(["echo", "hi"]));
     assert_eq!(process["spec"]["timeout"], "1m 30s");
     assert_eq!(process["states"], json!([]));
