@@ -44,7 +44,7 @@
 //! # Workers
 //!
 //! A worker (`dadd worker`) is a host of the cluster. It registers, and stays
-//! alive, by posting a [`Heartbeat`] every [`HeartbeatReply::heartbeat_every`]
+//! alive, by posting a [`Heartbeat`] every [`HeartbeatReply::heartbeat_every_ms`]
 //! (the first one registers it under its name). The master answers with the
 //! processes the worker is to start ([`HeartbeatReply::start`]) and those it is
 //! to kill ([`HeartbeatReply::kill`]).
