@@ -639,7 +639,7 @@ async fn a_silent_host_loses_its_unstarted_work_and_its_started_work_shows_lost_
     let offered_only = submit(&master, &json!({"cmd": ["true"]})).await;
     assert_eq!(
         offered(&heartbeat(&master, "a", 4, &[&started]).await),
-        [offered_only.clone()]
+        std::slice::from_ref(&offered_only)
     );
     assert_eq!(
         report(
@@ -664,7 +664,11 @@ async fn a_silent_host_loses_its_unstarted_work_and_its_started_work_shows_lost_
         assert!(tokio::time::Instant::now() < deadline, "never moved to b");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(taken, [unstarted.clone()], "only the unstarted one moves");
+    assert_eq!(
+        taken,
+        std::slice::from_ref(&unstarted),
+        "only the unstarted one moves"
+    );
     assert_eq!(show(&master, &unstarted).await["host"], "b");
     assert_eq!(show(&master, &started).await["state"], "lost");
     assert_eq!(show(&master, &offered_only).await["state"], "lost");
@@ -673,7 +677,7 @@ async fn a_silent_host_loses_its_unstarted_work_and_its_started_work_shows_lost_
     // a comes back: its running process is running again, and what it never
     // received is offered to it again (and to no one else).
     let reply = heartbeat(&master, "a", 4, &[&started]).await;
-    assert_eq!(offered(&reply), [offered_only.clone()]);
+    assert_eq!(offered(&reply), std::slice::from_ref(&offered_only));
     assert_eq!(show(&master, &started).await["state"], "running");
 }
 
@@ -702,7 +706,7 @@ async fn kills_end_what_has_not_started_and_reach_the_worker_of_what_has() {
     let running = submit(&master, &json!({"cmd": ["sleep", "100"]})).await;
     assert_eq!(
         offered(&heartbeat(&master, "a", 4, &[]).await),
-        [running.clone()]
+        std::slice::from_ref(&running)
     );
     report(
         &master,
