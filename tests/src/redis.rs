@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
 use tempfile::TempDir;
 
 use crate::net::free_port;
@@ -109,27 +110,19 @@ impl RedisServer {
     /// Freezes it (SIGSTOP): it keeps its connections but answers nothing, like a
     /// server that has become very slow, until [`resume`](RedisServer::resume).
     pub fn pause(&self) -> io::Result<()> {
-        self.signal("-STOP")
+        self.signal(Signal::STOP)
     }
 
     /// Lets a paused server run again (SIGCONT).
     pub fn resume(&self) -> io::Result<()> {
-        self.signal("-CONT")
+        self.signal(Signal::CONT)
     }
 
-    fn signal(&self, signal: &str) -> io::Result<()> {
-        let pid = self
-            .daemon
+    fn signal(&self, signal: Signal) -> io::Result<()> {
+        self.daemon
             .as_ref()
-            .and_then(Daemon::pid)
-            .ok_or_else(|| io::Error::other("the server is not running"))?;
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()?;
-        if !status.success() {
-            return Err(io::Error::other(format!("kill {signal} {pid} failed")));
-        }
-        Ok(())
+            .ok_or_else(|| io::Error::other("the server is not running"))?
+            .signal(signal)
     }
 
     /// Runs a `redis-cli` command against it and returns what it printed.
