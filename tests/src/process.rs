@@ -124,6 +124,30 @@ impl Drop for Daemon {
     }
 }
 
+/// Where `program` is: on `PATH`, else in `/usr/bin` or `/usr/local/bin` (which a
+/// test's environment may leave off its `PATH`).
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
+
+/// Where `program` is (see [`which`]), or an error that names the Debian `package`
+/// that has it.
+pub fn find_program(program: &str, package: &str) -> io::Result<PathBuf> {
+    which(program).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{program} is not installed; run scripts/test (it installs {package}) or `apt-get install {package}`"
+            ),
+        )
+    })
+}
+
 /// The first Python interpreter that can import `module`: `python3` on `PATH`, then
 /// Debian's `/usr/bin/python3` (where `apt-get install python3-<module>` puts modules).
 pub fn python_with(module: &str) -> io::Result<PathBuf> {

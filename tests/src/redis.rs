@@ -14,7 +14,7 @@ use rustix::process::Signal;
 use tempfile::TempDir;
 
 use crate::net::free_port;
-use crate::process::Daemon;
+use crate::process::{Daemon, find_program};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -195,26 +195,11 @@ impl RedisCluster {
 }
 
 fn redis_server() -> io::Result<PathBuf> {
-    which("redis-server")
+    find_program("redis-server", "redis-server")
 }
 
 fn redis_cli_path() -> io::Result<PathBuf> {
-    which("redis-cli")
-}
-
-fn which(program: &str) -> io::Result<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{program} is not installed; run scripts/test (it installs redis-server) or `apt-get install redis-server`"),
-            )
-        })
+    find_program("redis-cli", "redis-server")
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> io::Result<String> {
