@@ -10,6 +10,7 @@
 
 pub mod net;
 pub mod origin;
+pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod smtp;
