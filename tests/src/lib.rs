@@ -8,6 +8,7 @@
 //!
 //! The end-to-end tests across crates live in `tests/tests/`.
 
+pub mod chromium;
 pub mod net;
 pub mod origin;
 pub mod postgres;

@@ -35,7 +35,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -46,7 +45,7 @@ use rustix::process::Signal;
 use tempfile::TempDir;
 
 use crate::net::free_port;
-use crate::process::{Daemon, find_program, which};
+use crate::process::{Daemon, find_program, joined, which};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A fast shutdown writes a checkpoint, which takes a moment on a busy machine.
@@ -172,7 +171,7 @@ impl PostgresServer {
             .arg("-c")
             .arg(format!("port={}", self.port))
             .arg("-c")
-            .arg(with_prefix("unix_socket_directories=", self.dir.path()))
+            .arg(joined("unix_socket_directories=", self.dir.path()))
             // Test databases are small; the default (128MB) times many servers at
             // once is memory the machine may not have.
             .args(["-c", "shared_buffers=16MB"]);
@@ -432,12 +431,6 @@ fn failure(program: &str, output: &Output) -> io::Error {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     ))
-}
-
-fn with_prefix(prefix: &str, path: &Path) -> OsString {
-    let mut argument = OsString::from(prefix);
-    argument.push(path);
-    argument
 }
 
 #[cfg(test)]

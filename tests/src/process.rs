@@ -1,5 +1,6 @@
 //! Server processes that stop when their handle is dropped.
 
+use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -146,6 +147,14 @@ pub fn find_program(program: &str, package: &str) -> io::Result<PathBuf> {
             ),
         )
     })
+}
+
+/// A command-line argument made of `prefix` and a path that need not be UTF-8:
+/// `--user-data-dir=/tmp/x`.
+pub(crate) fn joined(prefix: &str, path: &Path) -> OsString {
+    let mut argument = OsString::from(prefix);
+    argument.push(path);
+    argument
 }
 
 /// The first Python interpreter that can import `module`: `python3` on `PATH`, then
