@@ -792,3 +792,134 @@ async fn a_state_sent_twice_is_kept_once_and_a_late_one_never_moves_a_process_ba
     assert_eq!(process["pid"], 9);
     assert_eq!(state_names(&process), ["running", "setup"]);
 }
+
+/// A private PostgreSQL server and a new database on it.
+async fn postgres() -> (testbed::postgres::PostgresServer, String) {
+    tokio::task::spawn_blocking(|| {
+        let server = testbed::postgres::PostgresServer::start().unwrap();
+        let url = server.create_database().unwrap();
+        (server, url)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_the_master_schedules_records_and_keeps_what_it_acknowledged() {
+    let (_server, database) = postgres().await;
+    let data = tempfile::tempdir().unwrap();
+    let master = Master::start(data.path(), &["--database", &database]).await;
+    heartbeat(&master, "a", 2, &[]).await;
+    let id = submit(&master, &json!({"name": "pg", "cmd": ["false"]})).await;
+    assert_eq!(
+        offered(&heartbeat(&master, "a", 2, &[]).await),
+        [id.clone()]
+    );
+    for state in [
+        json!({"at": "2026-11-28T01:02:03Z", "state": "running", "pid": 77}),
+        json!({"at": "2026-11-28T01:02:03Z", "state": "running", "pid": 77}),
+        json!({"at": "2026-11-28T01:02:04Z", "state": "failed", "exit_code": 1, "reason": "exit status 1"}),
+    ] {
+        assert_eq!(report(&master, &id, state).await, StatusCode::NO_CONTENT);
+    }
+    let log = client()
+        .put(master.url(&format!("/api/processes/{id}/log")))
+        .body("it failed\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(log.status(), StatusCode::NO_CONTENT);
+    master.kill().await;
+
+    let master = Master::start(data.path(), &["--database", &database]).await;
+    let process = show(&master, &id).await;
+    assert_eq!(process["state"], "failed");
+    assert_eq!(process["exit_code"], 1);
+    assert_eq!(process["host"], "a");
+    assert_eq!(process["has_log"], true);
+    assert_eq!(state_names(&process), ["running", "failed"]);
+    assert_eq!(hosts(&master).await["hosts"][0]["name"], "a");
+    let (status, body) = json_of(
+        client()
+            .post(master.url(&format!("/api/processes/{id}/kill")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_masters_on_one_postgresql_offer_each_of_twenty_processes_to_one_host_once() {
+    let (_server, database) = postgres().await;
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let masters = [
+        Master::start(one.path(), &["--database", &database]).await,
+        Master::start(two.path(), &["--database", &database]).await,
+    ];
+    // Each host heartbeats to its own master.
+    heartbeat(&masters[0], "a", 20, &[]).await;
+    heartbeat(&masters[1], "b", 20, &[]).await;
+
+    // Twenty submits, ten to each master, all at once, while both hosts
+    // heartbeat (each heartbeat schedules too).
+    let submits = futures_util::future::join_all((0..20).map(|n| {
+        let master = &masters[n % 2];
+        async move { submit(master, &json!({"name": format!("job{n}"), "cmd": ["true"]})).await }
+    }));
+    let beats = async {
+        let mut taken: [Vec<String>; 2] = Default::default();
+        for _ in 0..40 {
+            for (n, host) in ["a", "b"].into_iter().enumerate() {
+                let known: Vec<&str> = taken[n].iter().map(String::as_str).collect();
+                let offers = offered(&heartbeat(&masters[n], host, 20, &known).await);
+                taken[n].extend(offers);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        taken
+    };
+    let (ids, taken) = tokio::join!(submits, beats);
+    // The ones submitted after the last beat: one more round.
+    let mut taken = taken;
+    for (n, host) in ["a", "b"].into_iter().enumerate() {
+        let known: Vec<&str> = taken[n].iter().map(String::as_str).collect();
+        let offers = offered(&heartbeat(&masters[n], host, 20, &known).await);
+        taken[n].extend(offers);
+    }
+    let mut all: Vec<&String> = taken.iter().flatten().collect();
+    all.sort();
+    let mut submitted: Vec<&String> = ids.iter().collect();
+    submitted.sort();
+    assert_eq!(all, submitted, "each process offered once, to one host");
+    assert!(
+        !taken[0].is_empty() && !taken[1].is_empty(),
+        "both hosts got work: {taken:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_master_on_the_same_data_directory_refuses_to_start() {
+    let data = tempfile::tempdir().unwrap();
+    let _master = Master::start(data.path(), &[]).await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+        .arg("master")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("DADD_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "another master uses the data directory {} (pid ",
+            data.path().display()
+        )),
+        "{stderr}"
+    );
+}

@@ -134,6 +134,18 @@ pub enum MasterError {
         /// The host timeout.
         host_timeout: Duration,
     },
+    /// Another master uses the data directory.
+    #[error(
+        "another master uses the data directory {} ({holder}); give this one its own \
+         --data-dir (masters share work through a PostgreSQL database, not a directory)",
+        path.display()
+    )]
+    Busy {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds it, as its lock file says.
+        holder: String,
+    },
     /// The data directory cannot be made.
     #[error("the data directory {}: {source}", path.display())]
     DataDir {
@@ -167,6 +179,8 @@ pub enum MasterError {
 #[derive(Debug)]
 pub struct Master {
     listener: tokio::net::TcpListener,
+    /// Held while the master lives: one master per data directory.
+    _lock: std::fs::File,
     shared: Arc<routes::Shared>,
 }
 
@@ -185,6 +199,7 @@ impl Master {
             path: config.data_dir.clone(),
             source,
         })?;
+        let lock = lock_data_dir(&config.data_dir)?;
         let database = match config.database {
             Some(url) => url,
             None => format!("sqlite:{}", config.data_dir.join(DATABASE_FILE).display()),
@@ -209,6 +224,7 @@ impl Master {
             })?;
         Ok(Master {
             listener,
+            _lock: lock,
             shared: Arc::new(routes::Shared {
                 store,
                 files,
@@ -244,6 +260,46 @@ impl Master {
         store.close().await;
         result
     }
+}
+
+/// The lock file in the data directory.
+const LOCK_FILE: &str = "master.lock";
+
+/// Takes the data directory for this master: the database file, the file
+/// store and its staging area are one master's (a second one would remove the
+/// first one's uploads in flight at its start).
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, MasterError> {
+    let path = dir.join(LOCK_FILE);
+    let io_error = |source| MasterError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .map(|text| text.trim().to_owned())
+                .filter(|text| !text.is_empty())
+                .unwrap_or_else(|| "a process that did not say who it is".to_owned());
+            return Err(MasterError::Busy {
+                path: dir.to_owned(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(error)) => return Err(io_error(error)),
+    }
+    use std::io::Write;
+    file.set_len(0).map_err(io_error)?;
+    write!(file, "pid {}", std::process::id()).map_err(io_error)?;
+    Ok(file)
 }
 
 /// Schedules on a timer: a host that went silent has its unstarted work moved
