@@ -813,7 +813,7 @@ async fn on_postgresql_the_master_schedules_records_and_keeps_what_it_acknowledg
     let id = submit(&master, &json!({"name": "pg", "cmd": ["false"]})).await;
     assert_eq!(
         offered(&heartbeat(&master, "a", 2, &[]).await),
-        [id.clone()]
+        std::slice::from_ref(&id)
     );
     for state in [
         json!({"at": "2026-11-28T01:02:03Z", "state": "running", "pid": 77}),
