@@ -49,6 +49,7 @@
 #![cfg(unix)]
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod master;
 pub mod progress;
