@@ -31,6 +31,8 @@
 //! # }
 //! ```
 
+pub mod render;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -85,22 +87,22 @@ pub enum ClientError {
     Client(#[source] reqwest::Error),
     /// Nothing answers at the master's address.
     #[error(
-        "cannot reach the master at {url} ({what}): is `dadd up` or `dadd master` running at {url}?"
+        "cannot reach the master at {url} ({what}: {reason}); is `dadd up` or `dadd master` \
+         running at {url}?"
     )]
     Unreachable {
         /// The master's URL.
-        url: Url,
+        url: String,
         /// The call.
         what: String,
-        /// The connection error.
-        #[source]
-        source: reqwest::Error,
+        /// Why the connection failed, in the system's words.
+        reason: String,
     },
     /// The master answered 401.
     #[error("the master at {url} refused {what}: {message}; {hint}")]
     Unauthorized {
         /// The master's URL.
-        url: Url,
+        url: String,
         /// The call.
         what: String,
         /// The master's message.
@@ -120,7 +122,7 @@ pub enum ClientError {
     #[error("{what}: the master at {url} does not serve {path} (is it older than this dadd?)")]
     NoRoute {
         /// The master's URL.
-        url: Url,
+        url: String,
         /// The call.
         what: String,
         /// The route's path.
@@ -342,7 +344,7 @@ impl MasterClient {
         let what = format!("uploading {} to {url}", local_path.display());
         let response = self.send(&what, request).await?;
         let replaced = response.status() == StatusCode::NO_CONTENT;
-        tracing::info!(%url, bytes, replaced, "file uploaded");
+        tracing::debug!(%url, bytes, replaced, "file uploaded");
         Ok(Uploaded {
             url,
             bytes,
@@ -359,6 +361,16 @@ impl MasterClient {
             path.pop_if_empty().extend(segments);
         }
         url
+    }
+
+    /// The master's URL as a user writes it: without the slash of an empty path.
+    fn shown_url(&self) -> String {
+        let url = self.base.as_str();
+        if self.base.path() == "/" {
+            url.trim_end_matches('/').to_owned()
+        } else {
+            url.to_owned()
+        }
     }
 
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
@@ -396,9 +408,9 @@ impl MasterClient {
         let response = request.send().await.map_err(|source| {
             if source.is_connect() {
                 ClientError::Unreachable {
-                    url: self.base.clone(),
+                    url: self.shown_url(),
                     what: what.to_owned(),
-                    source,
+                    reason: root_cause(&source),
                 }
             } else {
                 ClientError::Http {
@@ -423,7 +435,7 @@ impl MasterClient {
         let what = what.to_owned();
         Err(match status {
             StatusCode::UNAUTHORIZED => ClientError::Unauthorized {
-                url: self.base.clone(),
+                url: self.shown_url(),
                 what,
                 message,
                 hint: if self.token.is_some() {
@@ -434,7 +446,7 @@ impl MasterClient {
             },
             // The master's answer to a path it has no route for.
             StatusCode::NOT_FOUND if message.starts_with("no such route") => ClientError::NoRoute {
-                url: self.base.clone(),
+                url: self.shown_url(),
                 what,
                 path,
             },
@@ -446,6 +458,15 @@ impl MasterClient {
             },
         })
     }
+}
+
+/// The last error in `error`'s chain of sources: what the system said.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 /// `id`, when it can go into a URL path.
