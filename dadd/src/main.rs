@@ -159,6 +159,13 @@ struct MasterArgs {
     /// The limit on a file in the file store, in bytes.
     #[arg(long, default_value_t = dadd::master::DEFAULT_MAX_FILE_BYTES)]
     max_file_bytes: u64,
+    /// How often workers send a heartbeat (they are told in each answer).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat_every: Duration,
+    /// How long a host may go without a heartbeat before it is down: its
+    /// unstarted work goes to other hosts, its running processes show as lost.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    host_timeout: Duration,
 }
 
 /// `dadd run`'s options.
@@ -480,6 +487,8 @@ async fn master(args: MasterArgs) -> anyhow::Result<()> {
     config.token = args.token;
     config.max_log_bytes = args.max_log_bytes;
     config.max_file_bytes = args.max_file_bytes;
+    config.heartbeat_every = args.heartbeat_every;
+    config.host_timeout = args.host_timeout;
     let master = dadd::master::Master::bind(config).await?;
     let stop = stop_signals().context("listening for signals")?;
     println!("http://{}", master.local_addr()?);
@@ -525,7 +534,7 @@ async fn call_master(command: ClientCommand) -> anyhow::Result<()> {
         }
         ClientCommand::Kill { id, master } => {
             let process = master.client()?.kill(&id).await?;
-            println!("{}: {}", process.id, render::printable(&process.state));
+            println!("{}", render::kill_answer(&process));
         }
         ClientCommand::Hosts { remove, master } => {
             let client = master.client()?;

@@ -20,6 +20,11 @@ impl Master {
     /// `dadd master --listen 127.0.0.1:PORT --data-dir DATA_DIR [--token TOKEN]`,
     /// once it accepts connections.
     async fn start(data_dir: &Path, token: Option<&str>) -> Master {
+        Master::start_with(data_dir, token, &[]).await
+    }
+
+    /// [`Master::start`] with more arguments.
+    async fn start_with(data_dir: &Path, token: Option<&str>, args: &[&str]) -> Master {
         let port = testbed::net::free_port().unwrap();
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"));
         command
@@ -28,6 +33,7 @@ impl Master {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
             .env_remove("DADD_TOKEN")
             .env("DADD_LOG", "warn")
             .stdin(Stdio::null())
@@ -248,13 +254,14 @@ async fn submit_ps_show_and_logs_print_what_the_master_has() {
     );
     assert_eq!(
         columns(row(&table, from_stdin)),
-        [from_stdin, "from-stdin", "init", "-", "Ns", "ago", "-"]
+        [from_stdin, "from-stdin", "queued", "-", "Ns", "ago", "-"]
     );
     let header = table.lines().next().unwrap();
     let state_column = header.find("STATE").unwrap();
     for line in table.lines().skip(1) {
         assert!(
-            line[state_column..].starts_with("failed") || line[state_column..].starts_with("init"),
+            line[state_column..].starts_with("failed")
+                || line[state_column..].starts_with("queued"),
             "the columns are aligned:\n{table}"
         );
     }
@@ -407,23 +414,119 @@ async fn a_master_that_is_not_running_is_a_clear_error() {
     }
 }
 
+/// A worker's heartbeat, as `dadd worker` sends it: the ids offered to it.
+async fn heartbeat(master: &Master, host: &str, max_processes: u32, known: &[&str]) -> Vec<String> {
+    let response = master
+        .api(
+            reqwest::Method::POST,
+            &format!("/api/hosts/{host}/heartbeat"),
+        )
+        .header("content-type", "application/json")
+        .body(json!({"max_processes": max_processes, "known": known}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let reply: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    reply["start"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|offer| offer["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hosts_and_kill_on_a_master_without_them_say_it_does_not_serve_them() {
+async fn hosts_lists_each_worker_up_or_down_with_its_load_and_removes_one() {
+    let data = tempfile::tempdir().unwrap();
+    let mut master = Master::start_with(
+        data.path(),
+        Some("s3cret"),
+        &["--heartbeat-every", "100ms", "--host-timeout", "2s"],
+    )
+    .await;
+    assert_eq!(
+        master.dadd(&["hosts"]).await.ok(),
+        "NAME  STATUS  HEARTBEAT  RUNNING\n"
+    );
+
+    heartbeat(&master, "gone-1", 4, &[]).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    heartbeat(&master, "worker-a", 2, &[]).await;
+    let id = master.submit(r#"{"cmd": "sleep 60"}"#).await;
+    assert_eq!(heartbeat(&master, "worker-a", 2, &[]).await, [id]);
+
+    let table = master.dadd(&["hosts"]).await.ok();
+    let lines: Vec<Vec<String>> = table.lines().map(columns).collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["NAME", "STATUS", "HEARTBEAT", "RUNNING"],
+            vec!["gone-1", "down", "Ns", "ago", "0/4"],
+            vec!["worker-a", "up", "Ns", "ago", "1/2"],
+        ],
+        "{table}"
+    );
+
+    assert_eq!(
+        master.dadd(&["hosts", "--remove", "gone-1"]).await.ok(),
+        "removed host gone-1\n"
+    );
+    let table = master.dadd(&["hosts"]).await.ok();
+    assert!(
+        !table.contains("gone-1") && table.contains("worker-a"),
+        "{table}"
+    );
+    let error = master
+        .dadd(&["hosts", "--remove", "nowhere"])
+        .await
+        .failed();
+    assert!(
+        error.contains("removing host nowhere") && error.contains("nowhere"),
+        "{error}"
+    );
+    master.token = None;
+    let error = master.dadd(&["hosts"]).await.failed();
+    assert!(error.contains("refused listing the hosts"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_ends_a_process_not_yet_started_and_hands_a_started_one_to_its_worker() {
     let data = tempfile::tempdir().unwrap();
     let master = Master::start(data.path(), None).await;
-    let error = master.dadd(&["hosts"]).await.failed();
+
+    let queued = master.submit(r#"{"cmd": "sleep 60"}"#).await;
+    assert_eq!(
+        master.dadd(&["kill", &queued]).await.ok(),
+        format!("{queued}: failed: killed before it started\n")
+    );
+    let error = master.dadd(&["kill", &queued]).await.failed();
     assert!(
         error.contains(&format!(
-            "listing the hosts: the master at {} does not serve /api/hosts",
-            master.url
-        )),
+            "killing process {queued}: the master answered 409 Conflict"
+        )) && error.contains("already ended"),
         "{error}"
     );
-    let error = master.dadd(&["kill", "job-1"]).await.failed();
-    assert!(
-        error.contains("killing process job-1") && error.contains("does not serve"),
-        "{error}"
+
+    heartbeat(&master, "worker-a", 2, &[]).await;
+    let running = master.submit(r#"{"cmd": "sleep 60"}"#).await;
+    assert_eq!(
+        heartbeat(&master, "worker-a", 2, &[]).await,
+        std::slice::from_ref(&running)
     );
+    master
+        .report(
+            &running,
+            json!({"at": "2026-11-28T01:00:00Z", "state": "running", "pid": 4242}),
+        )
+        .await;
+    assert_eq!(
+        master.dadd(&["kill", &running]).await.ok(),
+        format!("{running}: running on worker-a: its worker kills it at its next heartbeat\n")
+    );
+
+    let error = master.dadd(&["kill", "nope"]).await.failed();
+    assert_eq!(error.trim(), "dadd: killing process nope: no process nope");
 }
 
 /// Headless Chromium: the first of its usual names on `PATH`.
@@ -517,13 +620,15 @@ async fn the_web_page_lists_the_processes_and_shows_a_failed_ones_states_and_log
         // The name is shown as text, not as markup.
         "<td>&lt;b&gt;bold&lt;/b&gt; job</td>".to_owned(),
         r#"<td class="state-failed">failed</td>"#.to_owned(),
-        r#"<td class="state-init">init</td>"#.to_owned(),
+        r#"<td class="state-queued">queued</td>"#.to_owned(),
         r#"<p id="no-hosts" class="none">no hosts</p>"#.to_owned(),
         r#"<section id="detail" hidden="">"#.to_owned(),
     ] {
         assert!(page.contains(&expected), "{expected:?} in:\n{page}");
     }
 
+    // A worker: the queued process is assigned to it.
+    heartbeat(&master, "worker-a", 3, &[]).await;
     let detail = dump_dom(&format!("{}/#p-{failing}", master.url)).await;
     for expected in [
         format!(r#"<span id="detail-id">{failing}</span>"#),
@@ -531,6 +636,9 @@ async fn the_web_page_lists_the_processes_and_shows_a_failed_ones_states_and_log
             .to_owned(),
         "<td>exit 1: the command exited with status 1</td>".to_owned(),
         r#"<pre id="log">it broke &lt;script&gt;alert(1)&lt;/script&gt;"#.to_owned(),
+        r#"<td>worker-a</td><td class="host-up">up</td>"#.to_owned(),
+        "<td>1/3</td>".to_owned(),
+        r#"<p id="no-hosts" class="none" hidden="">"#.to_owned(),
     ] {
         assert!(detail.contains(&expected), "{expected:?} in:\n{detail}");
     }

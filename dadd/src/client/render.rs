@@ -130,6 +130,21 @@ pub fn host_table(hosts: &[HostSummary], now: Timestamp) -> String {
     table.render()
 }
 
+/// `dadd kill`: what became of the process. One that had not reached its host
+/// has ended (with the master's reason); one on a host is killed by its worker.
+pub fn kill_answer(process: &ProcessSummary) -> String {
+    let id = printable(&process.id);
+    let state = printable(&process.state);
+    match (process.state.as_str(), &process.reason) {
+        ("failed" | "success", Some(reason)) => format!("{id}: {state}: {}", printable(reason)),
+        ("failed" | "success", None) => format!("{id}: {state}"),
+        _ => format!(
+            "{id}: {state} on {}: its worker kills it at its next heartbeat",
+            printable(process.host.as_deref().unwrap_or("its host"))
+        ),
+    }
+}
+
 /// `dadd show`: a process's fields, its spec, and its state history.
 pub fn process_detail(detail: &ProcessDetail, now: Timestamp) -> String {
     let process = &detail.process;

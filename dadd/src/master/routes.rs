@@ -11,11 +11,14 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 
 use super::files::{FileError, FileStore, Put};
 use super::store::{Store, StoreError};
-use crate::api::{self, ErrorBody, ProcessDetail, ProcessList, StateChange, Submitted};
+use crate::api::{
+    self, ErrorBody, Heartbeat, HeartbeatReply, HostList, ProcessDetail, ProcessList,
+    ProcessSummary, StateChange, Submitted,
+};
 use crate::spec::{Format, Spec, SpecError};
 
 /// The largest spec `POST /api/processes` takes.
@@ -28,6 +31,7 @@ pub(crate) struct Shared {
     pub(crate) files: FileStore,
     pub(crate) token: Option<String>,
     pub(crate) max_log_bytes: usize,
+    pub(crate) heartbeat_every: std::time::Duration,
 }
 
 type Master = State<Arc<Shared>>;
@@ -40,6 +44,10 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .route("/api/processes", post(submit).get(list))
         .route("/api/processes/{id}", get(show))
         .route("/api/processes/{id}/states", post(report_state))
+        .route("/api/processes/{id}/kill", post(kill))
+        .route("/api/hosts", get(hosts))
+        .route("/api/hosts/{name}", delete(remove_host))
+        .route("/api/hosts/{name}/heartbeat", post(heartbeat))
         .route(
             "/api/processes/{id}/log",
             put(put_log)
@@ -95,7 +103,10 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
-            StoreError::NoProcess(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
+            StoreError::NoProcess(_) | StoreError::NoHost(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, error.to_string())
+            }
+            StoreError::CannotKill { .. } => ApiError::new(StatusCode::CONFLICT, error.to_string()),
             _ => {
                 tracing::error!(%error, "storage failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
@@ -138,6 +149,35 @@ fn process_id(id: String) -> Result<String, ApiError> {
     }
 }
 
+/// The host name in the path, when it is one the API takes.
+fn host_name(name: String) -> Result<String, ApiError> {
+    if api::valid_host_name(&name) {
+        Ok(name)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "host name {name:?}: use 1 to 128 ASCII letters, digits, `-`, `_` and `.` (not only dots)"
+        )))
+    }
+}
+
+/// A JSON body of the wrong shape is as bad a request as one that does not
+/// parse: one status for both, and a message that says which body.
+fn json_body<T>(what: &str, body: Result<axum::Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match body {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(rejection) => {
+            let status = match rejection {
+                JsonRejection::JsonDataError(_) => StatusCode::BAD_REQUEST,
+                _ => rejection.status(),
+            };
+            Err(ApiError::new(
+                status,
+                format!("{what}: {}", rejection.body_text()),
+            ))
+        }
+    }
+}
+
 /// Refuses a call without the configured bearer token.
 async fn require_token(State(master): Master, request: Request, next: Next) -> Response {
     let Some(token) = &master.token else {
@@ -169,7 +209,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `POST /api/processes`: a spec (JSON, or YAML by its content type) becomes a
-/// process in state `init`.
+/// queued process, assigned to a host when one has room.
 async fn submit(
     State(master): Master,
     headers: HeaderMap,
@@ -225,22 +265,62 @@ async fn report_state(
     change: Result<axum::Json<StateChange>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = process_id(id)?;
-    let axum::Json(change) = change.map_err(|rejection| {
-        // JSON of the wrong shape is as bad a request as JSON that does not
-        // parse: one status for both.
-        let status = match rejection {
-            JsonRejection::JsonDataError(_) => StatusCode::BAD_REQUEST,
-            _ => rejection.status(),
-        };
-        ApiError::new(
-            status,
-            format!("the state change: {}", rejection.body_text()),
-        )
-    })?;
+    let change = json_body("the state change", change)?;
     let host = peer.ip().to_string();
     master.store.record_state(&id, &change, &host).await?;
     tracing::info!(%id, state = change.state.name(), %host, "state reported");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/processes/{id}/kill`: a kill, done now or by the process's worker
+/// at its next heartbeat; the process as it is now.
+async fn kill(
+    State(master): Master,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, axum::Json<ProcessSummary>), ApiError> {
+    let id = process_id(id)?;
+    let process = master.store.kill(&id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(process)))
+}
+
+/// `GET /api/hosts`: every host, by name.
+async fn hosts(State(master): Master) -> Result<axum::Json<HostList>, ApiError> {
+    let hosts = master.store.hosts().await?;
+    Ok(axum::Json(HostList { hosts }))
+}
+
+/// `DELETE /api/hosts/{name}`: forgets a host; its unstarted work moves on.
+async fn remove_host(
+    State(master): Master,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = host_name(name)?;
+    master.store.remove_host(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/hosts/{name}/heartbeat`: a worker is alive; what it is to start
+/// and kill.
+async fn heartbeat(
+    State(master): Master,
+    Path(name): Path<String>,
+    body: Result<axum::Json<Heartbeat>, JsonRejection>,
+) -> Result<axum::Json<HeartbeatReply>, ApiError> {
+    let name = host_name(name)?;
+    let heartbeat = json_body("the heartbeat", body)?;
+    let reply = master
+        .store
+        .heartbeat(&name, &heartbeat, master.heartbeat_every)
+        .await?;
+    if !reply.start.is_empty() || !reply.kill.is_empty() {
+        tracing::info!(
+            host = %name,
+            start = reply.start.len(),
+            kill = reply.kill.len(),
+            "work for a host"
+        );
+    }
+    Ok(axum::Json(reply))
 }
 
 /// `PUT /api/processes/{id}/log`: a failed run's log.
