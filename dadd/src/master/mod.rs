@@ -13,7 +13,9 @@
 //! has never seen: the first state creates the process, without a spec.
 //!
 //! The master also keeps files under `/files/{path}` ([`files`]), so that it can
-//! host the artifacts its specs download.
+//! host the artifacts its specs download, and serves a web page at `/` that
+//! shows the processes, the hosts, and a process's states and log (static: its
+//! script reads the API, with the token the user types in).
 //!
 //! Everything is in the [`Store`] (SQLite: one file, WAL, synced at each commit)
 //! or on disk under the data directory before the master answers: a master
@@ -21,7 +23,8 @@
 //!
 //! # Security
 //!
-//! With a token, every call needs `Authorization: Bearer TOKEN`. Without one, the
+//! With a token, every call needs `Authorization: Bearer TOKEN` (but `GET /`,
+//! the web page, which holds no data). Without one, the
 //! master only starts on a loopback address: [`Master::bind`] refuses any other.
 //! Logs and files have size limits (413 beyond them); file paths that could leave
 //! the store are refused (400).

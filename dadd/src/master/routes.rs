@@ -36,11 +36,11 @@ pub(crate) struct Shared {
 
 type Master = State<Arc<Shared>>;
 
-/// The API, with the bearer token checked in front of every route when one is
-/// configured.
+/// The web page (`GET /`) and the API, with the bearer token checked in front
+/// of every API route when one is configured.
 pub(crate) fn routes(shared: Arc<Shared>) -> Router {
     let max_log_bytes = shared.max_log_bytes;
-    Router::new()
+    let api = Router::new()
         .route("/api/processes", post(submit).get(list))
         .route("/api/processes/{id}", get(show))
         .route("/api/processes/{id}/states", post(report_state))
@@ -61,7 +61,13 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,
-        ))
+        ));
+    // The page holds no data (its script reads the API with the token the user
+    // gives it), so it is served without the token: it is where the user types
+    // it.
+    Router::new()
+        .route("/", get(page).fallback(no_method))
+        .merge(api)
         .with_state(shared)
 }
 
@@ -369,6 +375,30 @@ async fn get_file(State(master): Master, Path(path): Path<String>) -> Result<Res
         Body::from_stream(tokio_util::io::ReaderStream::new(file)),
     )
         .into_response())
+}
+
+/// The web page: processes, hosts, a process's states and log.
+const PAGE: &str = include_str!("page.html");
+
+/// What the page may do: run its own inline script and style, and call this
+/// master; nothing from elsewhere, and no framing by other sites.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+/// `GET /`: the web page.
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 /// A method the path does not take.
