@@ -3,7 +3,7 @@
 //! port, and the master's web page in headless Chromium.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -529,62 +529,13 @@ async fn kill_ends_a_process_not_yet_started_and_hands_a_started_one_to_its_work
     assert_eq!(error.trim(), "dadd: killing process nope: no process nope");
 }
 
-/// Headless Chromium: the first of its usual names on `PATH`.
-fn chromium() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    [
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-        "google-chrome-stable",
-    ]
-    .iter()
-    .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-    .find(|candidate| candidate.is_file())
-    .unwrap_or_else(|| {
-        panic!(
-            "Chromium is needed to test the master's web page: install it \
-                 (`apt-get install -y chromium`)"
-        )
-    })
-}
-
-/// The DOM of `url` after its scripts ran for five seconds of virtual time, as
-/// headless Chromium dumps it.
+/// The DOM of `url` after its scripts ran, as headless Chromium dumps it.
 async fn dump_dom(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let mut command = tokio::process::Command::new(chromium());
-    command
-        .args([
-            "--headless",
-            "--disable-gpu",
-            "--no-first-run",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // Chromium's sandbox refuses to run as root.
-    if rustix::process::geteuid().is_root() {
-        command.arg("--no-sandbox");
-    }
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        command.arg("--dump-dom").arg(url).output(),
-    )
-    .await
-    .expect("Chromium dumped the page within a minute")
-    .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success() && dom.contains("</html>"),
-        "Chromium: {:?}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    dom
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || testbed::chromium::dump_dom(&url))
+        .await
+        .unwrap()
+        .unwrap_or_else(|error| panic!("Chromium: {error}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
