@@ -923,3 +923,75 @@ async fn a_second_master_on_the_same_data_directory_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_other_sites_cannot_call_the_master() {
+    let data = tempfile::tempdir().unwrap();
+    let master = Master::start(data.path(), &[]).await;
+    let submit_from = |origin: Option<&str>, host: Option<String>| {
+        let mut request = client()
+            .post(master.url("/api/processes"))
+            // What a form or a `fetch` without a preflight can send.
+            .header("content-type", "text/plain")
+            .body(r#"{"cmd": "true"}"#);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        request.send()
+    };
+
+    let (status, body) = json_of(
+        submit_from(Some("https://evil.example"), None)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body["error"],
+        format!(
+            "a page from https://evil.example cannot call this master: only its own page (127.0.0.1:{}) can",
+            master.port
+        )
+    );
+    // DNS rebinding: the other site's name, resolving to 127.0.0.1.
+    let rebound = format!("evil.example:{}", master.port);
+    let (status, body) = json_of(
+        submit_from(Some(&format!("http://{rebound}")), Some(rebound.clone()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("answers only to a loopback address"),
+        "{body}"
+    );
+    let kill = client()
+        .post(master.url("/api/processes/p-1/kill"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kill.status(), StatusCode::FORBIDDEN);
+
+    // Its own page, and clients that are not browsers.
+    let own = format!("http://127.0.0.1:{}", master.port);
+    assert_eq!(
+        submit_from(Some(&own), None).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        submit_from(None, Some(format!("localhost:{}", master.port)))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::CREATED
+    );
+}

@@ -68,7 +68,76 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(page).fallback(no_method))
         .merge(api)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            refuse_other_sites,
+        ))
         .with_state(shared)
+}
+
+/// Refuses what a web page of another site could make a browser send: a
+/// request whose `Origin` is not the master's own (a form or a `fetch` that
+/// needs no preflight, such as a `text/plain` submit or a kill), and, when the
+/// master has no token, a request for a host name that is not loopback (DNS
+/// rebinding: another site's name resolving to 127.0.0.1, so that its pages
+/// are same-origin with the master). Clients that are not browsers send
+/// neither header, or send them right.
+async fn refuse_other_sites(State(master): Master, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok());
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("(not text)");
+        if origin_authority(origin).as_deref() != host {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "a page from {origin} cannot call this master: only its own page ({}) can",
+                    host.unwrap_or("its address")
+                ),
+            )
+            .into_response();
+        }
+    }
+    if master.token.is_none()
+        && let Some(host) = host
+        && !is_loopback_name(host)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this master has no token, so it answers only to a loopback address \
+                 (127.0.0.1, [::1], localhost), not to {host:?}"
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// `host[:port]` of an origin (`http://127.0.0.1:8440`), as a `Host` header
+/// names it (the port only when it is not the scheme's default).
+fn origin_authority(origin: &str) -> Option<String> {
+    let url = url::Url::parse(origin).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+/// Whether the host of a `Host` header (`127.0.0.1:8440`, `[::1]:8440`,
+/// `localhost`) is a loopback address or `localhost`.
+fn is_loopback_name(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An error answer: a status and `{"error": "..."}`.
