@@ -309,8 +309,7 @@ async fn unknown_processes_and_refused_specs_are_errors_with_the_masters_message
     let error = master.dadd(&["logs", "nope"]).await.failed();
     assert_eq!(
         error.trim(),
-        "dadd: getting the log of process nope: process nope has no log (only a failed \
-         run's log is kept)"
+        "dadd: getting the log of process nope: no process nope"
     );
 
     let error = master

@@ -412,6 +412,10 @@ async fn get_log(State(master): Master, Path(id): Path<String>) -> Result<Respon
         Some(log) => {
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
         }
+        None if master.store.show(&id).await?.is_none() => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no process {id}"),
+        )),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("process {id} has no log (only a failed run's log is kept)"),
