@@ -44,7 +44,7 @@
 //! # Workers
 //!
 //! A worker (`dadd worker`) is a host of the cluster. It registers, and stays
-//! alive, by posting a [`Heartbeat`] every [`HeartbeatReply::heartbeat_every`]
+//! alive, by posting a [`Heartbeat`] every [`HeartbeatReply::heartbeat_every_ms`]
 //! (the first one registers it under its name). The master answers with the
 //! processes the worker is to start ([`HeartbeatReply::start`]) and those it is
 //! to kill ([`HeartbeatReply::kill`]).
@@ -198,8 +198,9 @@ pub struct ProcessSummary {
     pub id: String,
     /// The spec's name, when it has one.
     pub name: Option<String>,
-    /// Its last state: `init` when submitted, then the last one its runner
-    /// reported.
+    /// Where it stands: `queued`, `assigned` or `dispatched` before its runner
+    /// reports, then the last state its runner reported (a state reported late
+    /// never moves it back), or [`LOST`] while its host is down.
     pub state: String,
     /// The address its states came from.
     pub host: Option<String>,

@@ -26,9 +26,11 @@
 //! session of its own) and exits at once; `dadd fetch SPEC DIR` only fetches its
 //! artifacts and prints how each was served. [`progress`] draws the progress bars
 //! of large downloads. `dadd master` serves the HTTP API ([`master`]) that takes
-//! specs and the runners' reports, and keeps them in SQLite. `dadd worker`
-//! ([`worker`]) is a host of the cluster: it starts the processes the master
-//! assigns it through detached runners and forwards their states.
+//! specs and the runners' reports, and keeps them in SQLite, and a web page;
+//! `dadd submit`, `ps`, `show`, `logs`, `kill`, `hosts` and `put` call it through
+//! the [`client`]. `dadd worker` ([`worker`]) is a host of the cluster: it starts
+//! the processes the master assigns it through detached runners and forwards
+//! their states.
 //!
 //! # Example
 //!
@@ -51,6 +53,7 @@
 #![cfg(unix)]
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod master;
 pub mod progress;

@@ -1,12 +1,14 @@
-//! `dadd`: run a spec on this host, fetch its artifacts, or serve the master.
+//! `dadd`: run a spec on this host, fetch its artifacts, serve the master, or
+//! call it (submit, ps, show, logs, kill, hosts, put).
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use dadd::client::{MasterClient, render};
 use dadd::config::HostConfig;
 use dadd::progress::FetchBars;
 use dadd::runner::{
@@ -59,6 +61,86 @@ enum Command {
     /// SIGHUP, leaving the processes running; a worker started again goes on
     /// where it was.
     Worker(WorkerArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The commands that call the master.
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Submit a spec to the master; prints the new process's id.
+    Submit {
+        /// The spec, JSON or YAML (by its extension; `-` reads standard input).
+        spec: PathBuf,
+        #[command(flatten)]
+        master: MasterConnection,
+    },
+    /// List the master's processes, newest first.
+    Ps {
+        /// Print the master's list as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        master: MasterConnection,
+    },
+    /// Show a process: its details, its spec and its state history.
+    Show {
+        /// The process id.
+        id: String,
+        #[command(flatten)]
+        master: MasterConnection,
+    },
+    /// Print a failed process's log (the master keeps only a failed run's log).
+    Logs {
+        /// The process id.
+        id: String,
+        #[command(flatten)]
+        master: MasterConnection,
+    },
+    /// Ask the master to kill a process (its host kills it at its next
+    /// heartbeat).
+    Kill {
+        /// The process id.
+        id: String,
+        #[command(flatten)]
+        master: MasterConnection,
+    },
+    /// List the master's hosts (workers): up or down, last heartbeat, how many
+    /// processes each runs of how many it may.
+    Hosts {
+        /// Make the master forget this host instead.
+        #[arg(long, value_name = "NAME")]
+        remove: Option<String>,
+        #[command(flatten)]
+        master: MasterConnection,
+    },
+    /// Upload a file to the master's file store; prints the URL a spec's
+    /// download_urls can fetch it from.
+    Put {
+        /// The local file.
+        file: PathBuf,
+        /// Its path in the store (default: the file's name).
+        path: Option<String>,
+        #[command(flatten)]
+        master: MasterConnection,
+    },
+}
+
+/// Where the master is, for the commands that call it.
+#[derive(Debug, Args)]
+struct MasterConnection {
+    /// The master's URL.
+    #[arg(long, env = "DADD_MASTER", default_value = dadd::client::DEFAULT_MASTER_URL)]
+    master: String,
+    /// The cluster's bearer token.
+    #[arg(long, env = "DADD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl MasterConnection {
+    fn client(self) -> anyhow::Result<MasterClient> {
+        Ok(MasterClient::new(&self.master, self.token)?)
+    }
 }
 
 /// `dadd worker`'s options; each wins over the same key in the config file.
@@ -110,6 +192,13 @@ struct MasterArgs {
     /// The limit on a file in the file store, in bytes.
     #[arg(long, default_value_t = dadd::master::DEFAULT_MAX_FILE_BYTES)]
     max_file_bytes: u64,
+    /// How often workers send a heartbeat (they are told in each answer).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat_every: Duration,
+    /// How long a host may go without a heartbeat before it is down: its
+    /// unstarted work goes to other hosts, its running processes show as lost.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    host_timeout: Duration,
 }
 
 /// `dadd run`'s options.
@@ -199,6 +288,7 @@ fn main() -> ExitCode {
         }
         Command::Master(args) => (runtime.block_on(master(args)).map(|()| 0), 1),
         Command::Worker(args) => (runtime.block_on(worker(args)).map(|()| 0), 1),
+        Command::Client(command) => (runtime.block_on(call_master(command)).map(|()| 0), 1),
     };
     match result {
         Ok(status) => ExitCode::from(status),
@@ -453,6 +543,8 @@ async fn master(args: MasterArgs) -> anyhow::Result<()> {
     config.token = args.token;
     config.max_log_bytes = args.max_log_bytes;
     config.max_file_bytes = args.max_file_bytes;
+    config.heartbeat_every = args.heartbeat_every;
+    config.host_timeout = args.host_timeout;
     let master = dadd::master::Master::bind(config).await?;
     let stop = stop_signals().context("listening for signals")?;
     println!("http://{}", master.local_addr()?);
@@ -504,6 +596,88 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// The commands that call the master: each prints what it got on standard
+/// output.
+async fn call_master(command: ClientCommand) -> anyhow::Result<()> {
+    let now = jiff::Timestamp::now();
+    match command {
+        ClientCommand::Submit { spec, master } => {
+            let (text, format) = read_spec_text(&spec)?;
+            let id = master.client()?.submit(&text, format).await?;
+            println!("{id}");
+        }
+        ClientCommand::Ps { json, master } => {
+            let processes = master.client()?.list().await?;
+            if json {
+                let list = dadd::api::ProcessList { processes };
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", render::process_table(&processes, now));
+            }
+        }
+        ClientCommand::Show { id, master } => {
+            let detail = master.client()?.show(&id).await?;
+            print!("{}", render::process_detail(&detail, now));
+        }
+        ClientCommand::Logs { id, master } => {
+            let log = master.client()?.log(&id).await?;
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&log)
+                .and_then(|()| stdout.flush())
+                .context("writing the log to standard output")?;
+        }
+        ClientCommand::Kill { id, master } => {
+            let process = master.client()?.kill(&id).await?;
+            println!("{}", render::kill_answer(&process));
+        }
+        ClientCommand::Hosts { remove, master } => {
+            let client = master.client()?;
+            match remove {
+                Some(name) => {
+                    client.remove_host(&name).await?;
+                    println!("removed host {name}");
+                }
+                None => print!("{}", render::host_table(&client.hosts().await?, now)),
+            }
+        }
+        ClientCommand::Put { file, path, master } => {
+            let path = match path {
+                Some(path) => path,
+                None => file
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .with_context(|| {
+                        format!(
+                            "{} has no file name usable in a URL: give the PATH in the store",
+                            file.display()
+                        )
+                    })?
+                    .to_owned(),
+            };
+            let uploaded = master.client()?.put_file(&file, &path).await?;
+            println!("{}", uploaded.url);
+        }
+    }
+    Ok(())
+}
+
+/// A spec's text as the user wrote it (the master checks it), and its format by
+/// the file's extension (`-`: standard input, detected).
+fn read_spec_text(path: &Path) -> anyhow::Result<(String, Format)> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the spec from standard input")?;
+        Ok((text, Format::Detect))
+    } else {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the spec {}", path.display()))?;
+        Ok((text, Format::of_path(path)))
+    }
 }
 
 /// $XDG_DATA_HOME/dadd/master, else ~/.local/share/dadd/master.

@@ -8,8 +8,10 @@
 //!
 //! The end-to-end tests across crates live in `tests/tests/`.
 
+pub mod chromium;
 pub mod net;
 pub mod origin;
+pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod smtp;

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
 use tempfile::TempDir;
 
 use crate::net::free_port;
-use crate::process::Daemon;
+use crate::process::{Daemon, find_program};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -109,27 +110,19 @@ impl RedisServer {
     /// Freezes it (SIGSTOP): it keeps its connections but answers nothing, like a
     /// server that has become very slow, until [`resume`](RedisServer::resume).
     pub fn pause(&self) -> io::Result<()> {
-        self.signal("-STOP")
+        self.signal(Signal::STOP)
     }
 
     /// Lets a paused server run again (SIGCONT).
     pub fn resume(&self) -> io::Result<()> {
-        self.signal("-CONT")
+        self.signal(Signal::CONT)
     }
 
-    fn signal(&self, signal: &str) -> io::Result<()> {
-        let pid = self
-            .daemon
+    fn signal(&self, signal: Signal) -> io::Result<()> {
+        self.daemon
             .as_ref()
-            .and_then(Daemon::pid)
-            .ok_or_else(|| io::Error::other("the server is not running"))?;
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()?;
-        if !status.success() {
-            return Err(io::Error::other(format!("kill {signal} {pid} failed")));
-        }
-        Ok(())
+            .ok_or_else(|| io::Error::other("the server is not running"))?
+            .signal(signal)
     }
 
     /// Runs a `redis-cli` command against it and returns what it printed.
@@ -202,26 +195,11 @@ impl RedisCluster {
 }
 
 fn redis_server() -> io::Result<PathBuf> {
-    which("redis-server")
+    find_program("redis-server", "redis-server")
 }
 
 fn redis_cli_path() -> io::Result<PathBuf> {
-    which("redis-cli")
-}
-
-fn which(program: &str) -> io::Result<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{program} is not installed; run scripts/test (it installs redis-server) or `apt-get install redis-server`"),
-            )
-        })
+    find_program("redis-cli", "redis-server")
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> io::Result<String> {

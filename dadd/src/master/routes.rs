@@ -11,11 +11,14 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 
 use super::files::{FileError, FileStore, Put};
 use super::store::{Store, StoreError};
-use crate::api::{self, ErrorBody, ProcessDetail, ProcessList, StateChange, Submitted};
+use crate::api::{
+    self, ErrorBody, Heartbeat, HeartbeatReply, HostList, ProcessDetail, ProcessList,
+    ProcessSummary, StateChange, Submitted,
+};
 use crate::spec::{Format, Spec, SpecError};
 
 /// The largest spec `POST /api/processes` takes.
@@ -28,18 +31,23 @@ pub(crate) struct Shared {
     pub(crate) files: FileStore,
     pub(crate) token: Option<String>,
     pub(crate) max_log_bytes: usize,
+    pub(crate) heartbeat_every: std::time::Duration,
 }
 
 type Master = State<Arc<Shared>>;
 
-/// The API, with the bearer token checked in front of every route when one is
-/// configured.
+/// The web page (`GET /`) and the API, with the bearer token checked in front
+/// of every API route when one is configured.
 pub(crate) fn routes(shared: Arc<Shared>) -> Router {
     let max_log_bytes = shared.max_log_bytes;
-    Router::new()
+    let api = Router::new()
         .route("/api/processes", post(submit).get(list))
         .route("/api/processes/{id}", get(show))
         .route("/api/processes/{id}/states", post(report_state))
+        .route("/api/processes/{id}/kill", post(kill))
+        .route("/api/hosts", get(hosts))
+        .route("/api/hosts/{name}", delete(remove_host))
+        .route("/api/hosts/{name}/heartbeat", post(heartbeat))
         .route(
             "/api/processes/{id}/log",
             put(put_log)
@@ -53,8 +61,83 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,
+        ));
+    // The page holds no data (its script reads the API with the token the user
+    // gives it), so it is served without the token: it is where the user types
+    // it.
+    Router::new()
+        .route("/", get(page).fallback(no_method))
+        .merge(api)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            refuse_other_sites,
         ))
         .with_state(shared)
+}
+
+/// Refuses what a web page of another site could make a browser send: a
+/// request whose `Origin` is not the master's own (a form or a `fetch` that
+/// needs no preflight, such as a `text/plain` submit or a kill), and, when the
+/// master has no token, a request for a host name that is not loopback (DNS
+/// rebinding: another site's name resolving to 127.0.0.1, so that its pages
+/// are same-origin with the master). Clients that are not browsers send
+/// neither header, or send them right.
+async fn refuse_other_sites(State(master): Master, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok());
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("(not text)");
+        if origin_authority(origin).as_deref() != host {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "a page from {origin} cannot call this master: only its own page ({}) can",
+                    host.unwrap_or("its address")
+                ),
+            )
+            .into_response();
+        }
+    }
+    if master.token.is_none()
+        && let Some(host) = host
+        && !is_loopback_name(host)
+    {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this master has no token, so it answers only to a loopback address \
+                 (127.0.0.1, [::1], localhost), not to {host:?}"
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// `host[:port]` of an origin (`http://127.0.0.1:8440`), as a `Host` header
+/// names it (the port only when it is not the scheme's default).
+fn origin_authority(origin: &str) -> Option<String> {
+    let url = url::Url::parse(origin).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+/// Whether the host of a `Host` header (`127.0.0.1:8440`, `[::1]:8440`,
+/// `localhost`) is a loopback address or `localhost`.
+fn is_loopback_name(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An error answer: a status and `{"error": "..."}`.
@@ -89,7 +172,10 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
-            StoreError::NoProcess(_) => ApiError::new(StatusCode::NOT_FOUND, error.to_string()),
+            StoreError::NoProcess(_) | StoreError::NoHost(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, error.to_string())
+            }
+            StoreError::CannotKill { .. } => ApiError::new(StatusCode::CONFLICT, error.to_string()),
             _ => {
                 tracing::error!(%error, "storage failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
@@ -132,6 +218,35 @@ fn process_id(id: String) -> Result<String, ApiError> {
     }
 }
 
+/// The host name in the path, when it is one the API takes.
+fn host_name(name: String) -> Result<String, ApiError> {
+    if api::valid_host_name(&name) {
+        Ok(name)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "host name {name:?}: use 1 to 128 ASCII letters, digits, `-`, `_` and `.` (not only dots)"
+        )))
+    }
+}
+
+/// A JSON body of the wrong shape is as bad a request as one that does not
+/// parse: one status for both, and a message that says which body.
+fn json_body<T>(what: &str, body: Result<axum::Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match body {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(rejection) => {
+            let status = match rejection {
+                JsonRejection::JsonDataError(_) => StatusCode::BAD_REQUEST,
+                _ => rejection.status(),
+            };
+            Err(ApiError::new(
+                status,
+                format!("{what}: {}", rejection.body_text()),
+            ))
+        }
+    }
+}
+
 /// Refuses a call without the configured bearer token.
 async fn require_token(State(master): Master, request: Request, next: Next) -> Response {
     let Some(token) = &master.token else {
@@ -163,7 +278,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `POST /api/processes`: a spec (JSON, or YAML by its content type) becomes a
-/// process in state `init`.
+/// queued process, assigned to a host when one has room.
 async fn submit(
     State(master): Master,
     headers: HeaderMap,
@@ -219,22 +334,62 @@ async fn report_state(
     change: Result<axum::Json<StateChange>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = process_id(id)?;
-    let axum::Json(change) = change.map_err(|rejection| {
-        // JSON of the wrong shape is as bad a request as JSON that does not
-        // parse: one status for both.
-        let status = match rejection {
-            JsonRejection::JsonDataError(_) => StatusCode::BAD_REQUEST,
-            _ => rejection.status(),
-        };
-        ApiError::new(
-            status,
-            format!("the state change: {}", rejection.body_text()),
-        )
-    })?;
+    let change = json_body("the state change", change)?;
     let host = peer.ip().to_string();
     master.store.record_state(&id, &change, &host).await?;
     tracing::info!(%id, state = change.state.name(), %host, "state reported");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/processes/{id}/kill`: a kill, done now or by the process's worker
+/// at its next heartbeat; the process as it is now.
+async fn kill(
+    State(master): Master,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, axum::Json<ProcessSummary>), ApiError> {
+    let id = process_id(id)?;
+    let process = master.store.kill(&id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(process)))
+}
+
+/// `GET /api/hosts`: every host, by name.
+async fn hosts(State(master): Master) -> Result<axum::Json<HostList>, ApiError> {
+    let hosts = master.store.hosts().await?;
+    Ok(axum::Json(HostList { hosts }))
+}
+
+/// `DELETE /api/hosts/{name}`: forgets a host; its unstarted work moves on.
+async fn remove_host(
+    State(master): Master,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = host_name(name)?;
+    master.store.remove_host(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/hosts/{name}/heartbeat`: a worker is alive; what it is to start
+/// and kill.
+async fn heartbeat(
+    State(master): Master,
+    Path(name): Path<String>,
+    body: Result<axum::Json<Heartbeat>, JsonRejection>,
+) -> Result<axum::Json<HeartbeatReply>, ApiError> {
+    let name = host_name(name)?;
+    let heartbeat = json_body("the heartbeat", body)?;
+    let reply = master
+        .store
+        .heartbeat(&name, &heartbeat, master.heartbeat_every)
+        .await?;
+    if !reply.start.is_empty() || !reply.kill.is_empty() {
+        tracing::info!(
+            host = %name,
+            start = reply.start.len(),
+            kill = reply.kill.len(),
+            "work for a host"
+        );
+    }
+    Ok(axum::Json(reply))
 }
 
 /// `PUT /api/processes/{id}/log`: a failed run's log.
@@ -257,6 +412,10 @@ async fn get_log(State(master): Master, Path(id): Path<String>) -> Result<Respon
         Some(log) => {
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
         }
+        None if master.store.show(&id).await?.is_none() => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no process {id}"),
+        )),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("process {id} has no log (only a failed run's log is kept)"),
@@ -289,6 +448,30 @@ async fn get_file(State(master): Master, Path(path): Path<String>) -> Result<Res
         Body::from_stream(tokio_util::io::ReaderStream::new(file)),
     )
         .into_response())
+}
+
+/// The web page: processes, hosts, a process's states and log.
+const PAGE: &str = include_str!("page.html");
+
+/// What the page may do: run its own inline script and style, and call this
+/// master; nothing from elsewhere, and no framing by other sites.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+/// `GET /`: the web page.
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 /// A method the path does not take.
