@@ -212,6 +212,7 @@ impl WorkerProcess {
             .env("TMPDIR", bed.path("tmp"))
             .env("DADD_LOG", "info")
             .env_remove("DADD_TOKEN")
+            .env_remove("DADD_MASTER")
             .env_remove("DADD_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -621,6 +622,7 @@ async fn the_config_file_names_the_worker_and_its_capacity_and_the_command_line_
         .arg(&config)
         .args(["--name", HOST])
         .env_remove("DADD_TOKEN")
+        .env_remove("DADD_MASTER")
         .stdin(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -665,5 +667,242 @@ async fn a_spec_the_runner_refuses_is_reported_failed_with_why() {
         reason.contains("could not be started") && reason.contains("timeout"),
         "{reason}"
     );
+    wait_until(10, "the record to go", || bed.records().is_empty()).await;
+}
+
+// With the real master: `dadd master` and `dadd worker`, both real processes.
+
+/// A running `dadd master` on a loopback port of its own, killed when dropped.
+struct RealMaster {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl RealMaster {
+    /// `dadd master --listen 127.0.0.1:PORT --data-dir DATA --heartbeat-every
+    /// 100ms`, once it listens.
+    async fn start(data: &Path, port: u16) -> RealMaster {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
+            .arg("master")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--heartbeat-every", "100ms"])
+            .env_remove("DADD_TOKEN")
+            .env("DADD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        tokio::task::spawn_blocking(move || {
+            testbed::net::wait_for_port(port, Duration::from_secs(30))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        RealMaster { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn submit(&self, spec: Value) -> String {
+        let response = reqwest::Client::new()
+            .post(self.url("/api/processes"))
+            .header("content-type", "application/json")
+            .body(spec.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn show(&self, id: &str) -> Value {
+        let response = reqwest::get(self.url(&format!("/api/processes/{id}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        serde_json::from_str(&response.text().await.unwrap()).unwrap()
+    }
+
+    /// Waits until process `id` is in `state` at the master; returns it.
+    async fn wait_for(&self, id: &str, state: &str, seconds: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let process = self.show(id).await;
+            if process["state"] == state {
+                return process;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never reached {state}: {process}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+fn master_state_names(process: &Value) -> Vec<String> {
+    names(process["states"].as_array().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_real_master_submitted_specs_run_on_the_worker_and_a_failures_log_arrives() {
+    let bed = Bed::new();
+    let data = bed.path("master");
+    let master = RealMaster::start(&data, testbed::net::free_port().unwrap()).await;
+    let _worker = WorkerProcess::start(&bed, &master.url("/"), &["--max-processes", "2"]);
+    let ok: Vec<String> = futures_util::future::join_all((0..3).map(|n| {
+        master.submit(json!({
+            "cmd": ["sh", "-c", "echo $N >> \"$OUT/ran\""],
+            "env": {"OUT": bed.out(), "N": n.to_string()},
+        }))
+    }))
+    .await;
+    let failing = master
+        .submit(json!({"cmd": ["sh", "-c", "echo going down; exit 9"]}))
+        .await;
+
+    for id in &ok {
+        let process = master.wait_for(id, "success", 30).await;
+        assert_eq!(
+            master_state_names(&process),
+            ["init", "setup", "running", "success"]
+        );
+    }
+    let mut ran: Vec<String> = std::fs::read_to_string(bed.path("out/ran"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ran.sort();
+    assert_eq!(ran, ["0", "1", "2"], "each ran once");
+
+    let process = master.wait_for(&failing, "failed", 30).await;
+    assert_eq!(process["exit_code"], 9);
+    wait_until(10, "the records to go", || bed.records().is_empty()).await;
+    let process = master.show(&failing).await;
+    assert_eq!(process["has_log"], true, "{process}");
+    let log = reqwest::get(master.url(&format!("/api/processes/{failing}/log")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(log, "going down\n");
+
+    let hosts = reqwest::get(master.url("/api/hosts"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let hosts: Value = serde_json::from_str(&hosts).unwrap();
+    assert_eq!(hosts["hosts"][0]["name"], HOST);
+    assert_eq!(hosts["hosts"][0]["up"], true);
+    assert_eq!(hosts["hosts"][0]["max_processes"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_real_master_a_worker_killed_mid_run_reports_the_end_once_restarted() {
+    let bed = Bed::new();
+    let master = RealMaster::start(&bed.path("master"), testbed::net::free_port().unwrap()).await;
+    let worker = WorkerProcess::start(&bed, &master.url("/"), &[]);
+    let marker = bed.path("out/marker");
+    let id = master
+        .submit(json!({
+            "cmd": ["sh", "-c", "sleep 1.5; echo done > \"$OUT/marker\""],
+            "env": {"OUT": bed.out()},
+        }))
+        .await;
+    master.wait_for(&id, "running", 30).await;
+    worker.kill().await;
+
+    wait_until(20, "the command to finish without its worker", || {
+        marker.exists()
+    })
+    .await;
+    let process = master.show(&id).await;
+    assert_eq!(master_state_names(&process), ["init", "setup", "running"]);
+
+    let _worker = WorkerProcess::start(&bed, &master.url("/"), &[]);
+    let process = master.wait_for(&id, "success", 30).await;
+    assert_eq!(
+        master_state_names(&process),
+        ["init", "setup", "running", "success"]
+    );
+    wait_until(10, "the record to go", || bed.records().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_real_master_stopped_during_a_run_the_states_arrive_once_it_is_back() {
+    let bed = Bed::new();
+    let data = bed.path("master");
+    let port = testbed::net::free_port().unwrap();
+    let master = RealMaster::start(&data, port).await;
+    let worker = WorkerProcess::start(&bed, &master.url("/"), &[]);
+    let id = master
+        .submit(json!({"cmd": ["sh", "-c", "sleep 1; echo the end; exit 2"]}))
+        .await;
+    master.wait_for(&id, "running", 30).await;
+    master.kill().await;
+
+    let state_file = bed.path(&format!("state/processes/{id}/state.jsonl"));
+    wait_until(20, "the process to end while the master is down", || {
+        std::fs::read_to_string(&state_file).is_ok_and(|text| text.contains("\"failed\""))
+    })
+    .await;
+    // A few ticks on a master that is down.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(bed.records(), [id.as_str()], "kept while the master is down");
+
+    let master = RealMaster::start(&data, port).await;
+    let process = master.wait_for(&id, "failed", 30).await;
+    assert_eq!(
+        master_state_names(&process),
+        ["init", "setup", "running", "failed"]
+    );
+    wait_until(10, "the record to go", || bed.records().is_empty()).await;
+    let log = reqwest::get(master.url(&format!("/api/processes/{id}/log")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(log, "the end\n");
+    let log = worker.log();
+    assert_eq!(
+        log.matches("the master is unavailable").count(),
+        1,
+        "one warning per outage: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_real_master_a_kill_ends_the_running_process() {
+    let bed = Bed::new();
+    let master = RealMaster::start(&bed.path("master"), testbed::net::free_port().unwrap()).await;
+    let _worker = WorkerProcess::start(&bed, &master.url("/"), &[]);
+    let id = master.submit(json!({"cmd": ["sleep", "30"]})).await;
+    let running = master.wait_for(&id, "running", 30).await;
+    let command = running["pid"].as_u64().unwrap() as u32;
+
+    let response = reqwest::Client::new()
+        .post(master.url(&format!("/api/processes/{id}/kill")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let process = master.wait_for(&id, "failed", 30).await;
+    assert_eq!(process["signal"], 15, "{process}");
+    assert!(!alive(command), "the command is gone");
     wait_until(10, "the record to go", || bed.records().is_empty()).await;
 }
