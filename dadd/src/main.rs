@@ -151,7 +151,7 @@ struct WorkerArgs {
     #[arg(long, env = "DADD_CONFIG")]
     config: Option<PathBuf>,
     /// The master.
-    #[arg(long)]
+    #[arg(long, env = "DADD_MASTER")]
     master: Option<Url>,
     /// The master's bearer token (also handed to the runners).
     #[arg(long, env = "DADD_TOKEN", hide_env_values = true)]
