@@ -862,7 +862,11 @@ async fn with_the_real_master_stopped_during_a_run_the_states_arrive_once_it_is_
     .await;
     // A few ticks on a master that is down.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(bed.records(), [id.as_str()], "kept while the master is down");
+    assert_eq!(
+        bed.records(),
+        [id.as_str()],
+        "kept while the master is down"
+    );
 
     let master = RealMaster::start(&data, port).await;
     let process = master.wait_for(&id, "failed", 30).await;

@@ -570,6 +570,15 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_can_be_spawned_on_a_runtime() {
+        fn spawnable(_: impl Future<Output = Result<(), WorkerError>> + Send + 'static) {}
+        let dir = tempfile::tempdir().unwrap();
+        let master: Url = "http://127.0.0.1:1".parse().unwrap();
+        let worker = Worker::new(WorkerConfig::new("node-1", master, dir.path().into())).unwrap();
+        spawnable(worker.run(std::future::pending()));
+    }
+
+    #[test]
     fn a_bad_name_or_no_capacity_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let master: Url = "http://127.0.0.1:1".parse().unwrap();
