@@ -932,3 +932,33 @@ async fn state_file_keeps_the_states_of_a_run_whose_directory_is_removed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_master_reports_nowhere_even_when_the_config_names_a_master() {
+    let bed = Bed::new();
+    let origin = master(200).await;
+    let config = bed.path("host.toml");
+    std::fs::write(&config, format!("master = \"{}\"\n", origin.url("/"))).unwrap();
+    let spec = bed.spec("ok.json", &json!({"cmd": "true"}));
+    let states = bed.path("out/states.jsonl");
+    let output = bed
+        .run(
+            &spec,
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--id",
+                "job-1",
+                "--no-master",
+                "--state-file",
+                states.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        state_names_in(&states),
+        ["init", "setup", "running", "success"]
+    );
+    assert_eq!(origin.total_hits(), 0, "the master was not called");
+}
