@@ -61,6 +61,11 @@ enum Command {
     /// SIGHUP, leaving the processes running; a worker started again goes on
     /// where it was.
     Worker(WorkerArgs),
+    /// A cluster of one machine: a master (SQLite, on loopback) and a worker in
+    /// one process. Prints the master's URL and its web page's; `dadd submit`,
+    /// `dadd ps`, `dadd logs` then talk to it. Stops on SIGINT, SIGTERM or
+    /// SIGHUP, leaving running processes running.
+    Up(UpArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -141,6 +146,29 @@ impl MasterConnection {
     fn client(self) -> anyhow::Result<MasterClient> {
         Ok(MasterClient::new(&self.master, self.token)?)
     }
+}
+
+/// `dadd up`'s options.
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// The master's address: loopback only (there is no token).
+    #[arg(long, default_value = dadd::master::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// The master's directory (default: as `dadd master`'s).
+    #[arg(long, env = "DADD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The worker's state directory (default: as `dadd worker`'s).
+    #[arg(long, env = "DADD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// How many processes run at once (default: the number of CPUs).
+    #[arg(long)]
+    max_processes: Option<u32>,
+    /// The host's config (TOML): [smtp], which the runners mail failures with;
+    /// name, max_processes, state_dir, cache_dir, redis.
+    #[arg(long, env = "DADD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 /// `dadd worker`'s options; each wins over the same key in the config file.
@@ -288,6 +316,7 @@ fn main() -> ExitCode {
         }
         Command::Master(args) => (runtime.block_on(master(args)).map(|()| 0), 1),
         Command::Worker(args) => (runtime.block_on(worker(args)).map(|()| 0), 1),
+        Command::Up(args) => (runtime.block_on(up(args)).map(|()| 0), 1),
         Command::Client(command) => (runtime.block_on(call_master(command)).map(|()| 0), 1),
     };
     match result {
@@ -596,6 +625,93 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// `dadd up`: a master and a worker, until SIGINT, SIGTERM or SIGHUP.
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let host = match &args.config {
+        Some(path) => HostConfig::from_file(path).context("the config")?,
+        None => HostConfig::default(),
+    };
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()
+            .context("no data directory: set XDG_DATA_HOME or HOME, or pass --data-dir")?,
+    };
+    let master_config = dadd::master::MasterConfig::new(args.listen, data_dir.clone());
+    let master = match dadd::master::Master::bind(master_config).await {
+        Err(error @ dadd::master::MasterError::Listen { .. }) => {
+            return Err(anyhow::Error::new(error).context(format!(
+                "is a `dadd up` or `dadd master` already running there? `dadd ps` talks to it; \
+                 or pass --listen 127.0.0.1:PORT (and --master http://127.0.0.1:PORT to the \
+                 client commands)"
+            )));
+        }
+        result => result?,
+    };
+    let url =
+        Url::parse(&format!("http://{}", master.local_addr()?)).context("the master's URL")?;
+
+    let name = match host.name {
+        Some(name) => name,
+        None => dadd::worker::default_name().context("no host name: set name in the config")?,
+    };
+    let state_dir = match args.state_dir.or(host.state_dir) {
+        Some(dir) => dir,
+        None => dadd::worker::default_state_dir()
+            .context("no state directory: set XDG_STATE_HOME or HOME, or pass --state-dir")?,
+    };
+    let mut config = dadd::worker::WorkerConfig::new(name, url.clone(), state_dir);
+    config.cache_dir = args.cache.cache_dir.or(host.cache_dir);
+    config.redis = args.cache.redis.or(host.redis);
+    config.host_config = args.config;
+    if let Some(max) = args.max_processes.or(host.max_processes) {
+        config.max_processes = max;
+    }
+    config.program = std::env::current_exe().context("finding the dadd binary")?;
+    let worker = dadd::worker::Worker::new(config)?;
+
+    let stop = stop_signals().context("listening for signals")?;
+    let stopping = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            let signal = stop.await;
+            tracing::info!(signal, "stopping");
+            stopping.cancel();
+        }
+    });
+    println!("master:   {}", url.as_str().trim_end_matches('/'));
+    println!("web page: {url}");
+    println!(
+        "worker:   {} ({} processes at once; state in {})",
+        worker.config().name,
+        worker.config().max_processes,
+        worker.config().state_dir.display()
+    );
+    println!("data:     {}", data_dir.display());
+    println!("Submit a spec with `dadd submit SPEC`, then `dadd ps` and `dadd logs ID`.");
+    println!("Ctrl-C stops the master and the worker; running processes go on.");
+    std::io::stdout().flush().ok();
+    // Either one failing stops the other.
+    let serve = {
+        let stopping = stopping.clone();
+        async move {
+            let result = master.serve(stopping.clone().cancelled_owned()).await;
+            stopping.cancel();
+            result.context("the master")
+        }
+    };
+    let work = {
+        let stopping = stopping.clone();
+        async move {
+            let result = worker.run(stopping.clone().cancelled_owned()).await;
+            stopping.cancel();
+            result.context("the worker")
+        }
+    };
+    let (served, worked) = tokio::join!(serve, work);
+    served.and(worked)
 }
 
 /// The commands that call the master: each prints what it got on standard
