@@ -641,11 +641,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let master_config = dadd::master::MasterConfig::new(args.listen, data_dir.clone());
     let master = match dadd::master::Master::bind(master_config).await {
         Err(error @ dadd::master::MasterError::Listen { .. }) => {
-            return Err(anyhow::Error::new(error).context(format!(
+            return Err(anyhow::Error::new(error).context(
                 "is a `dadd up` or `dadd master` already running there? `dadd ps` talks to it; \
                  or pass --listen 127.0.0.1:PORT (and --master http://127.0.0.1:PORT to the \
-                 client commands)"
-            )));
+                 client commands)",
+            ));
         }
         result => result?,
     };
