@@ -55,7 +55,8 @@
 //! way is offered again and nothing starts twice. The worker then forwards the
 //! states its runners record to `POST /api/processes/{id}/states` (a state the
 //! master already has is ignored, so resending after a restart is safe) and puts
-//! a failed run's log, and forgets the process once both are acknowledged.
+//! the run's log when it ends, and forgets the process once both are
+//! acknowledged.
 //!
 //! On the master, a process goes `queued` (no live host can take it) ->
 //! `assigned` (a host is chosen) -> `dispatched` (offered to that host) -> the

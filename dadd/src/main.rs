@@ -95,7 +95,8 @@ enum ClientCommand {
         #[command(flatten)]
         master: MasterConnection,
     },
-    /// Print a failed process's log (the master keeps only a failed run's log).
+    /// Print a process's log (its worker puts it on the master when the run
+    /// ends).
     Logs {
         /// The process id.
         id: String,
@@ -269,6 +270,10 @@ struct RunArgs {
     /// the run directory, which is removed after a success).
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// Where the command's output (output.log) is kept once the run ended, so
+    /// that it outlives the run directory a success removes.
+    #[arg(long)]
+    log_copy: Option<PathBuf>,
     /// The detached runner itself: its run directory was made, and its spec
     /// written there, by the `dadd run` that started it.
     #[arg(long, hide = true)]
@@ -387,11 +392,14 @@ async fn run(mut args: RunArgs) -> anyhow::Result<u8> {
     } else {
         make_run_dir(args.dir.as_deref())?
     };
-    let file = FileStateSink::new(
+    let mut file = FileStateSink::new(
         args.state_file
             .clone()
             .unwrap_or_else(|| dir.join(STATE_FILE)),
     );
+    if let Some(copy) = &args.log_copy {
+        file = file.with_log_copy(std::path::absolute(copy)?);
+    }
     let outcome = match master {
         // The file too: the states a master that is down missed are still there.
         Some(master) => run_with(&runner, &spec, &dir, &(file, master), stop).await,
@@ -493,6 +501,11 @@ fn detach(args: &RunArgs, spec: &Spec, id: Option<&str>) -> anyhow::Result<u8> {
         command
             .arg("--state-file")
             .arg(std::path::absolute(state_file)?);
+    }
+    if let Some(log_copy) = &args.log_copy {
+        command
+            .arg("--log-copy")
+            .arg(std::path::absolute(log_copy)?);
     }
     if let Some(id) = id {
         command.arg("--id").arg(id);

@@ -596,7 +596,7 @@ async fn the_web_page_lists_the_processes_and_shows_a_failed_ones_states_and_log
 
     let without_log = dump_dom(&format!("{}/#p-{quiet}", master.url)).await;
     assert!(
-        without_log.contains("no log (only a failed run's log is kept)")
+        without_log.contains("no log (yet: it is put here when the run ends)")
             && without_log.contains("no state reported yet"),
         "{without_log}"
     );

@@ -573,7 +573,7 @@ async fn master(status: u16) -> Origin {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_master_gets_the_states_in_order_and_the_log_of_a_failure() {
+async fn the_master_gets_the_states_in_order_and_the_log_of_every_run() {
     let bed = Bed::new();
     let origin = master(200).await;
     let spec = bed.spec(
@@ -620,14 +620,16 @@ async fn the_master_gets_the_states_in_order_and_the_log_of_a_failure() {
     // The states are in the kept run directory too.
     assert_eq!(state_names(&self::states(&kept_dir(&output))).len(), 4);
 
-    // A success: its states, no log.
+    // A success: its states and its log (before the last state).
     let spec = bed.spec("ok.json", &json!({"cmd": "true"}));
     let output = bed.run(&spec, &["--master", &url, "--id", "job-2"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
     let posts = origin.requests("/api/processes/job-2/states");
     assert_eq!(posts.len(), 4);
     assert_eq!(posts[0].header("authorization"), None);
-    assert_eq!(origin.hits("/api/processes/job-2/log"), 0);
+    let puts = origin.requests("/api/processes/job-2/log");
+    assert_eq!(puts.len(), 1);
+    assert_eq!(&puts[0].body[..], b"");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

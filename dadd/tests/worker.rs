@@ -570,7 +570,10 @@ async fn a_failing_master_loses_no_state_and_gets_everything_once_it_answers() {
         std::fs::read_to_string(&state_file).is_ok_and(|text| text.contains("\"failed\""))
     })
     .await;
-    let failed_calls = |origin: &Origin| origin.hits("/api/processes/patient-1/states");
+    // The log goes first once the run ended, then the states.
+    let failed_calls = |origin: &Origin| {
+        origin.hits("/api/processes/patient-1/states") + origin.hits("/api/processes/patient-1/log")
+    };
     let before = failed_calls(&master.origin);
     wait_until(10, "the worker to try again", || {
         failed_calls(&master.origin) >= before + 2
@@ -755,14 +758,14 @@ fn master_state_names(process: &Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_real_master_submitted_specs_run_on_the_worker_and_a_failures_log_arrives() {
+async fn with_the_real_master_submitted_specs_run_on_the_worker_and_their_logs_arrive() {
     let bed = Bed::new();
     let data = bed.path("master");
     let master = RealMaster::start(&data, testbed::net::free_port().unwrap()).await;
     let _worker = WorkerProcess::start(&bed, &master.url("/"), &["--max-processes", "2"]);
     let ok: Vec<String> = futures_util::future::join_all((0..3).map(|n| {
         master.submit(json!({
-            "cmd": ["sh", "-c", "echo $N >> \"$OUT/ran\""],
+            "cmd": ["sh", "-c", "echo $N >> \"$OUT/ran\"; echo ran $N"],
             "env": {"OUT": bed.out(), "N": n.to_string()},
         }))
     }))
@@ -785,6 +788,16 @@ async fn with_the_real_master_submitted_specs_run_on_the_worker_and_a_failures_l
         .collect();
     ran.sort();
     assert_eq!(ran, ["0", "1", "2"], "each ran once");
+    // A success's log too, though its run directory is gone.
+    for (n, id) in ok.iter().enumerate() {
+        let log = reqwest::get(master.url(&format!("/api/processes/{id}/log")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(log, format!("ran {n}\n"));
+    }
 
     let process = master.wait_for(&failing, "failed", 30).await;
     assert_eq!(process["exit_code"], 9);

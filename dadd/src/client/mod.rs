@@ -254,7 +254,7 @@ impl MasterClient {
         self.json(&format!("showing process {id}"), request).await
     }
 
-    /// `GET /api/processes/{id}/log`: a failed run's log, as its runner put it
+    /// `GET /api/processes/{id}/log`: a run's log, as its worker put it
     /// (bytes: a command's output need not be UTF-8).
     pub async fn log(&self, id: &str) -> Result<Bytes, ClientError> {
         let id = process_id(id)?;

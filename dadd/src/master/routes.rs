@@ -392,7 +392,7 @@ async fn heartbeat(
     Ok(axum::Json(reply))
 }
 
-/// `PUT /api/processes/{id}/log`: a failed run's log.
+/// `PUT /api/processes/{id}/log`: a run's log.
 async fn put_log(
     State(master): Master,
     Path(id): Path<String>,
@@ -418,7 +418,7 @@ async fn get_log(State(master): Master, Path(id): Path<String>) -> Result<Respon
         )),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("process {id} has no log (only a failed run's log is kept)"),
+            format!("process {id} has no log (yet: it is put there when its run ends)"),
         )),
     }
 }

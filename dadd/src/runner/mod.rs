@@ -24,10 +24,12 @@
 //!    same for its group). A setup failure goes straight to **failed**, with the
 //!    reason.
 //!
-//! On success the run directory is removed, unless the spec says `keep_dir`; on
-//! failure it is kept, with the log, for whoever looks into it, the log is handed
-//! to the sink ([`StateSink::upload_log`]: the [`MasterSink`] puts it on the
-//! master) and, when the runner was given an [`ErrorEmail`]
+//! Once the run ended, and before its last state is reported, the log is handed
+//! to the sink ([`StateSink::upload_log`]:
+//! the [`MasterSink`] puts it on the master, a [`FileStateSink`] can keep a copy
+//! beside its states). On success the run directory is then removed, unless the
+//! spec says `keep_dir`; on failure it is kept, with the log, for whoever looks
+//! into it, and, when the runner was given an [`ErrorEmail`]
 //! ([`Runner::mail_failures`]), the failure is mailed. The
 //! [`RunOutcome`] says how it ended and gives the exit status for a foreground
 //! `dadd run` ([`RunOutcome::exit_code`]).
@@ -361,9 +363,14 @@ impl Runner {
             kept: true,
             ended,
         };
+        // The log before the last state: whoever sees the run ended finds it.
+        let log = dir.join(LOG_FILE);
+        if let Err(error) = sink.upload_log(&log).await {
+            tracing::warn!(%error, log = %log.display(), "cannot upload the log");
+        }
         report(sink, outcome.state()).await;
         if !outcome.succeeded() {
-            self.after_failure(spec, &outcome, sink, started).await;
+            self.after_failure(spec, &outcome, started).await;
         }
         if outcome.succeeded() && !spec.keep_dir {
             match tokio::fs::remove_dir_all(dir).await {
@@ -376,19 +383,15 @@ impl Runner {
         outcome
     }
 
-    /// Puts the log where the sink keeps it and mails the failure; what fails here
-    /// is logged, and the run directory (with the log) is kept whatever happens.
+    /// Mails the failure; what fails here is logged, and the run directory (with
+    /// the log) is kept whatever happens.
     async fn after_failure(
         &self,
         spec: &Spec,
         outcome: &RunOutcome,
-        sink: &dyn StateSink,
         (started_at, started): (SystemTime, Instant),
     ) {
         let log = outcome.dir.join(LOG_FILE);
-        if let Err(error) = sink.upload_log(&log).await {
-            tracing::warn!(%error, log = %log.display(), "cannot upload the log: it stays in the run directory");
-        }
         let Some(mail) = &self.mail else { return };
         let command: Vec<String> = spec
             .command(&outcome.dir.join(CONFIG_FILE))

@@ -20,9 +20,11 @@ pub trait StateSink: Send + Sync {
     /// Records that the run entered `change.state` at `change.at`.
     async fn record(&self, change: &StateChange) -> Result<(), SinkError>;
 
-    /// Keeps the log of a failed run (`output.log`, at `log`) where whoever looks
-    /// into the failure will find it. The default does nothing: the log stays in
-    /// the kept run directory anyway.
+    /// Keeps the log of a run (`output.log`, at `log`) where whoever looks into
+    /// the run will find it: called once the run ended, success or failure,
+    /// before its last state is recorded and a successful run's directory is
+    /// removed. The default does nothing
+    /// (the log of a failure stays in the kept run directory anyway).
     async fn upload_log(&self, log: &Path) -> Result<(), SinkError> {
         let _ = log;
         Ok(())
@@ -47,16 +49,29 @@ impl<A: StateSink, B: StateSink> StateSink for (A, B) {
 }
 
 /// Appends each state as a JSON line to a file (`state.jsonl` in the run
-/// directory).
+/// directory), and, when asked to ([`with_log_copy`](Self::with_log_copy)),
+/// keeps the log of the run outside the run directory.
 #[derive(Debug, Clone)]
 pub struct FileStateSink {
     path: PathBuf,
+    log_copy: Option<PathBuf>,
 }
 
 impl FileStateSink {
     /// A sink appending to `path` (created when the first state is recorded).
     pub fn new(path: impl Into<PathBuf>) -> FileStateSink {
-        FileStateSink { path: path.into() }
+        FileStateSink {
+            path: path.into(),
+            log_copy: None,
+        }
+    }
+
+    /// Keeps the log of the run at `path` once it ended (a hard link when the
+    /// file systems allow, else a copy), so that it outlives a successful run's
+    /// directory.
+    pub fn with_log_copy(mut self, path: impl Into<PathBuf>) -> FileStateSink {
+        self.log_copy = Some(path.into());
+        self
     }
 
     /// The file.
@@ -80,6 +95,28 @@ impl StateSink for FileStateSink {
                 .open(&path)?;
             file.write_all(&line)?;
             file.sync_data()
+        })
+        .await??;
+        Ok(())
+    }
+
+    async fn upload_log(&self, log: &Path) -> Result<(), SinkError> {
+        let Some(copy) = self.log_copy.clone() else {
+            return Ok(());
+        };
+        let log = log.to_owned();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if !log.exists() {
+                // Setup failed before the command had a log.
+                return Ok(());
+            }
+            // Whole or not at all: the link or copy is made aside, then renamed.
+            let partial = copy.with_extension("partial");
+            let _ = std::fs::remove_file(&partial);
+            if std::fs::hard_link(&log, &partial).is_err() {
+                std::fs::copy(&log, &partial)?;
+            }
+            std::fs::rename(&partial, &copy)
         })
         .await??;
         Ok(())

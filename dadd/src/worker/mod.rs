@@ -10,18 +10,20 @@
 //!
 //! **Start.** A process is recorded durably first (its spec in
 //! `STATE_DIR/processes/ID/`, synced, renamed into place), then its runner is
-//! started: `dadd run` detached, in a session of its own, with its pid and its
-//! states in the record (`--pid-file`, `--state-file`) and no master of its own:
-//! the worker alone talks to the master. An id that is recorded is never started
+//! started: `dadd run` detached, in a session of its own, with its pid, its
+//! states and its log in the record (`--pid-file`, `--state-file`,
+//! `--log-copy`) and no master of its own: the worker alone talks to the
+//! master. An id that is recorded is never started
 //! again, and no more than [`WorkerConfig::max_processes`] run at once; the
 //! processes left over are not recorded, and the master offers them again.
 //!
 //! **Forward.** Every tick (a quarter of a second) the worker reads each
 //! record's state file and posts the lines the master has not acknowledged yet,
-//! in order, counting the acknowledged ones in the record; after a `failed`, it
-//! puts the end of the run's log (`output.log` in the run directory the `init`
-//! state names, at most [`MAX_LOG_BYTES`]). Once the last state (and the log) is
-//! acknowledged, the record is removed.
+//! in order, counting the acknowledged ones in the record; once the run ended,
+//! it puts the end of the run's log (at most [`MAX_LOG_BYTES`]) on the master:
+//! the runner keeps it in the record (`--log-copy`) before its last state, so a
+//! success's log outlives its run directory. Once the last state and the log
+//! are acknowledged, the record is removed.
 //!
 //! **Watch.** A runner that is gone without a last state (SIGKILLed, or the
 //! machine restarted) gets a `failed` state from the worker; so does a record
@@ -78,7 +80,7 @@ pub const FIRST_HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// How long a record may wait for its runner's pid before it is failed as never
 /// started (its worker stopped between recording it and starting it).
 pub const NEVER_STARTED_AFTER: Duration = Duration::from_secs(30);
-/// The most of a failed run's log that is put on the master: its end.
+/// The most of a run's log that is put on the master: its end.
 pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
 
 /// How a worker is set up.
@@ -440,8 +442,31 @@ impl Worker {
         }
     }
 
-    /// Forwards one record; whether it is delivered whole.
+    /// Forwards one record; whether it is delivered whole. The log of a run
+    /// that ended goes first, so that whoever sees the last state at the master
+    /// finds the log there too.
     async fn forward_one(&mut self, id: &str, record: &Record) -> Result<bool, Stop> {
+        if record.ended() && !record.log_delivered() {
+            if let Some(log) = record.log() {
+                match log_tail(&log) {
+                    Ok(Some(tail)) => {
+                        let bytes = tail.len();
+                        let result = self.master.put_log(id, tail).await;
+                        // Refused for good: nothing more to do with it.
+                        if self.outcome(result)?.is_some() {
+                            tracing::info!(%id, bytes, "log delivered");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%id, log = %log.display(), %error, "cannot read the log")
+                    }
+                }
+            }
+            if let Err(error) = record.set_log_delivered() {
+                tracing::warn!(%id, %error, "cannot mark the log delivered");
+            }
+        }
         let mut delivered = record.delivered();
         for line in record.lines.iter().skip(delivered) {
             if serde_json::from_str::<api::StateChange>(line).is_err() {
@@ -456,30 +481,7 @@ impl Worker {
                 tracing::warn!(%id, %error, "cannot count the delivered states");
             }
         }
-        if !record.ended() {
-            return Ok(false);
-        }
-        if record.failed()
-            && let Some(log) = record
-                .run_dir()
-                .map(|dir| dir.join(crate::runner::LOG_FILE))
-        {
-            match log_tail(&log) {
-                Ok(Some(tail)) => {
-                    let bytes = tail.len();
-                    let result = self.master.put_log(id, tail).await;
-                    // Refused for good: nothing more to do with it.
-                    if self.outcome(result)?.is_some() {
-                        tracing::info!(%id, bytes, "log delivered");
-                    }
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(%id, log = %log.display(), %error, "cannot read the log")
-                }
-            }
-        }
-        Ok(true)
+        Ok(record.ended())
     }
 
     /// The value of a call; `None` when the master refused it for good; [`Stop`]

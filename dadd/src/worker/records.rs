@@ -27,6 +27,11 @@ pub(crate) const SPEC_FILE: &str = "spec.json";
 pub(crate) const PID_FILE: &str = "runner.pid";
 /// Its states, as its runner records them.
 pub(crate) const STATE_FILE: &str = "state.jsonl";
+/// The log of its run, kept there by its runner (`dadd run --log-copy`) before
+/// the run's last state.
+pub(crate) const LOG_COPY: &str = "output.log";
+/// There once the master acknowledged the log.
+const LOG_DELIVERED_FILE: &str = "log-delivered";
 /// How many lines of [`STATE_FILE`] the master acknowledged.
 const DELIVERED_FILE: &str = "delivered";
 
@@ -210,6 +215,20 @@ impl Record {
         })
     }
 
+    /// The log of its run: the copy its runner kept in the record, else (a
+    /// runner that kept none: it died, or is older) the log in a failed run's
+    /// directory, which a failure keeps.
+    pub(crate) fn log(&self) -> Option<PathBuf> {
+        let copy = self.dir.join(LOG_COPY);
+        if copy.exists() {
+            return Some(copy);
+        }
+        if self.failed() {
+            return self.run_dir().map(|dir| dir.join(crate::runner::LOG_FILE));
+        }
+        None
+    }
+
     /// The pid its runner wrote, when it did.
     pub(crate) fn runner_pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.dir.join(PID_FILE))
@@ -242,6 +261,17 @@ impl Record {
         let partial = self.dir.join(format!("{DELIVERED_FILE}.partial"));
         std::fs::write(&partial, format!("{count}\n"))?;
         std::fs::rename(&partial, self.dir.join(DELIVERED_FILE))
+    }
+
+    /// Whether the master acknowledged the log.
+    pub(crate) fn log_delivered(&self) -> bool {
+        self.dir.join(LOG_DELIVERED_FILE).exists()
+    }
+
+    /// Keeps that the master acknowledged the log (not synced: a mark lost in a
+    /// crash only puts the log again).
+    pub(crate) fn set_log_delivered(&self) -> std::io::Result<()> {
+        std::fs::write(self.dir.join(LOG_DELIVERED_FILE), b"")
     }
 
     /// Appends `state` (the worker's own word on a run whose runner cannot give

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use rustix::process::{Pid, Signal};
 
 use super::WorkerConfig;
-use super::records::{PID_FILE, SPEC_FILE, STATE_FILE};
+use super::records::{LOG_COPY, PID_FILE, SPEC_FILE, STATE_FILE};
 
 /// Starts the runner of the process recorded in `dir`, detached: `dadd run
 /// DIR/spec.json --id ID --pid-file DIR/runner.pid --state-file DIR/state.jsonl
@@ -27,6 +27,9 @@ pub(crate) async fn start(config: &WorkerConfig, id: &str, dir: &Path) -> Result
         .arg(dir.join(PID_FILE))
         .arg("--state-file")
         .arg(dir.join(STATE_FILE))
+        // The log of every run, success or failure, for the master.
+        .arg("--log-copy")
+        .arg(dir.join(LOG_COPY))
         // The worker alone talks to the master, whatever the config says.
         .arg("--no-master");
     if let Some(host_config) = &config.host_config {
