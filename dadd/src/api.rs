@@ -13,8 +13,8 @@
 //!
 //! `state` is one of `init` (with `dir`), `setup`, `running` (with `pid`),
 //! `success`, `failed` (with `reason`, and `exit_code` or `signal` when the
-//! command ended with one). After a failure the runner uploads the command's
-//! output:
+//! command ended with one). When the run ends, before its last state, the
+//! runner (or the worker forwarding for it) puts the command's output:
 //!
 //! ```text
 //! PUT {master}/api/processes/{id}/log

@@ -18,15 +18,16 @@
 //! terminates its process group when it outlives its timeout, and removes the
 //! directory after a success, keeping it after a failure.
 //!
-//! After a failure the runner puts the log where its sink keeps it (the master,
-//! see [`api`]) and mails the failure when the host's [`config`] says where.
+//! When the run ends the runner puts the log where its sink keeps it (the
+//! master, see [`api`]), and after a failure mails it when the host's
+//! [`config`] says where.
 //!
 //! The `dadd` binary composes these: `dadd run SPEC --foreground` runs a spec and
 //! exits with its command's status, `dadd run SPEC` runs it detached (in a
 //! session of its own) and exits at once; `dadd fetch SPEC DIR` only fetches its
 //! artifacts and prints how each was served. [`progress`] draws the progress bars
 //! of large downloads. `dadd master` serves the HTTP API ([`master`]) that takes
-//! specs and the runners' reports, and keeps them in SQLite, and a web page;
+//! specs and the runners' reports, and keeps them in SQLite or PostgreSQL, schedules them onto workers, and serves a web page;
 //! `dadd submit`, `ps`, `show`, `logs`, `kill`, `hosts` and `put` call it through
 //! the [`client`]. `dadd worker` ([`worker`]) is a host of the cluster: it starts
 //! the processes the master assigns it through detached runners and forwards

@@ -249,7 +249,7 @@ struct RunArgs {
     /// cache_dir, redis.
     #[arg(long, env = "DADD_CONFIG")]
     config: Option<PathBuf>,
-    /// Report states (and the log of a failure) to this master.
+    /// Report states (and the run's log, when it ends) to this master.
     #[arg(long)]
     master: Option<Url>,
     /// Report to no master, even when the config names one (a worker's runners:

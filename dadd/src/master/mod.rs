@@ -7,7 +7,7 @@
 //! run` would ([`Spec::parse`](crate::spec::Spec::parse)), stores it as a process
 //! `queued`, assigns it to a worker (see Scheduling) and answers its id. The
 //! worker starts a runner for it and reports each state of the run to
-//! `/api/processes/{id}/states`, and the log of a failure to
+//! `/api/processes/{id}/states`, and the log of the run, when it ends, to
 //! `/api/processes/{id}/log` (the shapes are in [`crate::api`]). A runner started
 //! by hand (`dadd run --master URL`) reports the same way under an id the master
 //! has never seen: the first state creates the process, without a spec.
