@@ -327,10 +327,27 @@ fn main() -> ExitCode {
     match result {
         Ok(status) => ExitCode::from(status),
         Err(error) => {
-            eprintln!("dadd: {error:#}");
+            eprintln!("dadd: {}", explain(&error));
             ExitCode::from(failure_status)
         }
     }
+}
+
+/// An error and its causes on one line, outermost first, each cause said once:
+/// many of our errors already say their source in their own message.
+fn explain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// The detached runner's own output (its log lines), in the run directory.
@@ -654,11 +671,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let master_config = dadd::master::MasterConfig::new(args.listen, data_dir.clone());
     let master = match dadd::master::Master::bind(master_config).await {
         Err(error @ dadd::master::MasterError::Listen { .. }) => {
-            return Err(anyhow::Error::new(error).context(
-                "is a `dadd up` or `dadd master` already running there? `dadd ps` talks to it; \
-                 or pass --listen 127.0.0.1:PORT (and --master http://127.0.0.1:PORT to the \
-                 client commands)",
-            ));
+            anyhow::bail!(
+                "{error}; is a `dadd up` or `dadd master` already running there? `dadd ps` \
+                 talks to it; or pass --listen 127.0.0.1:PORT (and --master \
+                 http://127.0.0.1:PORT to the client commands)"
+            );
         }
         result => result?,
     };
@@ -876,5 +893,23 @@ async fn build_fetcher(cache: &CacheArgs, bars: Option<&FetchBars>) -> anyhow::R
 async fn close(fetcher: &Fetcher) {
     if let Err(error) = fetcher.close().await {
         tracing::warn!(%error, "closing the artifact cache");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("listening on 127.0.0.1:8440: {0}")]
+        struct Listen(#[source] std::io::Error);
+        let error = anyhow::Error::new(Listen(std::io::Error::other("address in use")))
+            .context("the master");
+        assert_eq!(
+            explain(&error),
+            "the master: listening on 127.0.0.1:8440: address in use"
+        );
     }
 }
