@@ -262,6 +262,11 @@ pub struct Heartbeat {
     /// running, or ended with its states or log not yet acknowledged.
     #[serde(default)]
     pub known: Vec<String>,
+    /// What tells this worker from another that takes the same name (a cloned
+    /// machine, a copied config): a random id kept in its state directory. The
+    /// master refuses a heartbeat of another instance while the host is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// The answer to a [`Heartbeat`].
@@ -274,6 +279,10 @@ pub struct HeartbeatReply {
     /// How often the master wants a heartbeat, in milliseconds; a host silent
     /// for several of these is marked down.
     pub heartbeat_every_ms: u64,
+    /// The largest log the master takes (`PUT /api/processes/{id}/log`): a
+    /// worker puts the end of a longer one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_log_bytes: Option<u64>,
 }
 
 /// A process offered to a worker.

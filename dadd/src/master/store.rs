@@ -379,6 +379,7 @@ impl Store {
             start: Vec::new(),
             kill: Vec::new(),
             heartbeat_every_ms: u64::try_from(heartbeat_every.as_millis()).unwrap_or(u64::MAX),
+            max_log_bytes: None,
         };
         for row in &rows {
             let id: String = row.try_get("id")?;

@@ -340,6 +340,7 @@ impl Worker {
         let heartbeat = Heartbeat {
             max_processes: self.config.max_processes,
             known: records.iter().map(|(id, _)| id.clone()).collect(),
+            instance: None,
         };
         let result = self.master.heartbeat(&self.config.name, &heartbeat).await;
         self.outcome(result).ok().flatten()
