@@ -995,3 +995,111 @@ async fn pages_of_other_sites_cannot_call_the_master() {
         StatusCode::CREATED
     );
 }
+
+/// A heartbeat of a given worker instance: its status and body.
+async fn heartbeat_of(
+    master: &Master,
+    host: &str,
+    instance: &str,
+    known: &[&str],
+) -> (StatusCode, Value) {
+    json_of(
+        client()
+            .post(master.url(&format!("/api/hosts/{host}/heartbeat")))
+            .header("content-type", "application/json")
+            .body(json!({"max_processes": 2, "known": known, "instance": instance}).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_under_a_live_hosts_name_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let master = Master::start(
+        data.path(),
+        &["--heartbeat-every", "100ms", "--host-timeout", "600ms"],
+    )
+    .await;
+    let (status, reply) = heartbeat_of(&master, "a", "first", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["max_log_bytes"], 16 * 1024 * 1024);
+    let (status, body) = heartbeat_of(&master, "a", "clone", &[]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("host a is up as another worker"),
+        "{body}"
+    );
+    // Once the first one is down, the name is free.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, body) = heartbeat_of(&master, "a", "clone", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_process_its_live_host_no_longer_knows_fails_saying_why() {
+    let data = tempfile::tempdir().unwrap();
+    let master = Master::start(data.path(), &[]).await;
+    heartbeat(&master, "a", 2, &[]).await;
+    let id = submit(&master, &json!({"cmd": ["sleep", "100"]})).await;
+    assert_eq!(
+        offered(&heartbeat(&master, "a", 2, &[]).await),
+        std::slice::from_ref(&id)
+    );
+    report(
+        &master,
+        &id,
+        json!({"at": "2026-11-28T01:02:03Z", "state": "running", "pid": 4242}),
+    )
+    .await;
+    heartbeat(&master, "a", 2, &[&id]).await;
+    assert_eq!(show(&master, &id).await["state"], "running");
+    // Its state directory wiped, the worker lists nothing.
+    heartbeat(&master, "a", 2, &[]).await;
+    let process = show(&master, &id).await;
+    assert_eq!(process["state"], "failed");
+    assert!(
+        process["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("its host a no longer knows it"),
+        "{process}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_of_a_lost_process_waits_for_its_host() {
+    let data = tempfile::tempdir().unwrap();
+    let master = Master::start(
+        data.path(),
+        &["--heartbeat-every", "100ms", "--host-timeout", "500ms"],
+    )
+    .await;
+    heartbeat(&master, "a", 2, &[]).await;
+    let id = submit(&master, &json!({"cmd": ["sleep", "100"]})).await;
+    offered(&heartbeat(&master, "a", 2, &[]).await);
+    report(
+        &master,
+        &id,
+        json!({"at": "2026-11-28T01:02:03Z", "state": "running", "pid": 4242}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, body) = json_of(
+        client()
+            .post(master.url(&format!("/api/processes/{id}/kill")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["state"], "lost", "it may still run: not failed yet");
+    let reply = heartbeat(&master, "a", 2, &[&id]).await;
+    assert_eq!(reply["kill"], json!([id]), "killed once its host is back");
+}

@@ -50,5 +50,6 @@ CREATE TABLE hosts (
     registered_at  TEXT NOT NULL,
     last_heartbeat TEXT NOT NULL,
     max_processes  BIGINT NOT NULL,
-    removed        BIGINT NOT NULL DEFAULT 0  -- 1 once removed, until it heartbeats again
+    removed        BIGINT NOT NULL DEFAULT 0, -- 1 once removed, until it heartbeats again
+    instance       TEXT                      -- the worker's instance id: one worker per name
 );

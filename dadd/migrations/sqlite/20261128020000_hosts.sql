@@ -7,7 +7,8 @@ CREATE TABLE hosts (
     registered_at  TEXT NOT NULL,
     last_heartbeat TEXT NOT NULL,
     max_processes  INTEGER NOT NULL,
-    removed        INTEGER NOT NULL DEFAULT 0  -- 1 once removed, until it heartbeats again
+    removed        INTEGER NOT NULL DEFAULT 0, -- 1 once removed, until it heartbeats again
+    instance       TEXT                      -- the worker's instance id: one worker per name
 );
 
 -- The host the spec names, if any: the process runs there and nowhere else.
@@ -16,7 +17,8 @@ ALTER TABLE processes ADD COLUMN wanted_host TEXT;
 ALTER TABLE processes ADD COLUMN kill_requested INTEGER NOT NULL DEFAULT 0;
 
 -- A submitted process that no host has taken yet is `queued` now (it was `init`).
-UPDATE processes SET state = 'queued' WHERE state = 'init' AND spec IS NOT NULL;
+UPDATE processes SET state = 'queued' WHERE state = 'init' AND spec IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM states WHERE states.process_id = processes.id);
 
 CREATE INDEX processes_by_host ON processes (host, state);
 CREATE INDEX processes_by_state ON processes (state, created_at);

@@ -175,7 +175,9 @@ impl From<StoreError> for ApiError {
             StoreError::NoProcess(_) | StoreError::NoHost(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, error.to_string())
             }
-            StoreError::CannotKill { .. } => ApiError::new(StatusCode::CONFLICT, error.to_string()),
+            StoreError::CannotKill { .. } | StoreError::HostTaken { .. } => {
+                ApiError::new(StatusCode::CONFLICT, error.to_string())
+            }
             _ => {
                 tracing::error!(%error, "storage failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
@@ -379,7 +381,12 @@ async fn heartbeat(
     let heartbeat = json_body("the heartbeat", body)?;
     let reply = master
         .store
-        .heartbeat(&name, &heartbeat, master.heartbeat_every)
+        .heartbeat(
+            &name,
+            &heartbeat,
+            master.heartbeat_every,
+            u64::try_from(master.max_log_bytes).unwrap_or(u64::MAX),
+        )
         .await?;
     if !reply.start.is_empty() || !reply.kill.is_empty() {
         tracing::info!(

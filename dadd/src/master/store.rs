@@ -85,6 +85,18 @@ pub enum StoreError {
     /// No host has this name.
     #[error("no host {0}")]
     NoHost(String),
+    /// Another worker, up, has the name a heartbeat came under.
+    #[error(
+        "host {host} is up as another worker (its last heartbeat {last}): two workers \
+         with one name would start the same processes; give this one another name \
+         (--name, or name in its config)"
+    )]
+    HostTaken {
+        /// The name.
+        host: String,
+        /// When the other worker's last heartbeat came.
+        last: String,
+    },
     /// The process cannot be killed: it ended, or no worker of this master runs
     /// it.
     #[error("process {id}: {reason}")]
@@ -179,6 +191,16 @@ impl Store {
         }
     }
 
+    /// A transaction that writes: on SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so that it waits for another process's writer
+    /// instead of failing half-way when it first writes.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// `clause` on PostgreSQL, nothing on SQLite (which has no row locks).
     fn lock(&self, clause: &'static str) -> &'static str {
         match self.backend {
@@ -199,7 +221,8 @@ impl Store {
     }
 
     /// Stores a submitted spec as a new process, queued, and schedules it; its
-    /// id.
+    /// id. A scheduling that fails is logged, not returned: the process is
+    /// stored, and the master's timer schedules it.
     pub async fn submit(&self, spec: &Spec) -> Result<String, StoreError> {
         let spec_json = serde_json::to_string(spec)?;
         let now = stored_time(Timestamp::now());
@@ -227,7 +250,11 @@ impl Store {
                 break id;
             }
         };
-        self.schedule().await?;
+        // Stored is submitted: a scheduling that fails now (the timer schedules
+        // again) must not make the client think it was not, and submit twice.
+        if let Err(error) = self.schedule().await {
+            tracing::warn!(%id, %error, "scheduling after a submit failed; the next round will");
+        }
         Ok(id)
     }
 
@@ -241,7 +268,7 @@ impl Store {
         let live_since = self.live_since();
         let now = stored_time(Timestamp::now());
         let _turn = self.write_turn().await;
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self.begin().await?;
         // Locking the live hosts makes two masters schedule one after the other,
         // each seeing what the other assigned.
         let hosts = sqlx::query(&format!(
@@ -285,14 +312,32 @@ impl Store {
                 *active = row.try_get("active")?;
             }
         }
-        let queued = sqlx::query(&format!(
+        // Only what some host can take now: processes that wait for a host that
+        // is down, or full, never hold back those behind them.
+        let open: Vec<&String> = room
+            .iter()
+            .filter(|(_, (active, max))| active < max)
+            .map(|(name, _)| name)
+            .collect();
+        if open.is_empty() {
+            transaction.commit().await?;
+            return Ok(());
+        }
+        let wanted = (0..open.len())
+            .map(|n| format!("${}", n + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let query = format!(
             "SELECT id, wanted_host FROM processes WHERE state = 'queued' \
+             AND (wanted_host IS NULL OR wanted_host IN ({wanted})) \
              ORDER BY created_at, id LIMIT $1{}",
             self.lock(" FOR UPDATE SKIP LOCKED")
-        ))
-        .bind(SCHEDULE_BATCH)
-        .fetch_all(&mut *transaction)
-        .await?;
+        );
+        let mut queued = sqlx::query(&query).bind(SCHEDULE_BATCH);
+        for name in &open {
+            queued = queued.bind(name.as_str());
+        }
+        let queued = queued.fetch_all(&mut *transaction).await?;
         for row in &queued {
             let id: String = row.try_get("id")?;
             let wanted: Option<String> = row.try_get("wanted_host")?;
@@ -337,38 +382,63 @@ impl Store {
         host: &str,
         heartbeat: &Heartbeat,
         heartbeat_every: Duration,
+        max_log_bytes: u64,
     ) -> Result<HeartbeatReply, StoreError> {
         let now = stored_time(Timestamp::now());
+        let live_since = self.live_since();
         {
             let _turn = self.write_turn().await;
-            let registered = sqlx::query(
-                "INSERT INTO hosts (name, registered_at, last_heartbeat, max_processes) \
-                 VALUES ($1, $2, $3, $4) \
+            let mut transaction = self.begin().await?;
+            let existing = sqlx::query(&format!(
+                "SELECT instance, last_heartbeat, removed FROM hosts WHERE name = $1{}",
+                self.lock(" FOR UPDATE")
+            ))
+            .bind(host)
+            .fetch_optional(&mut *transaction)
+            .await?;
+            if let Some(row) = &existing {
+                let instance: Option<String> = row.try_get("instance")?;
+                let last: String = row.try_get("last_heartbeat")?;
+                let up = last >= live_since && row.try_get::<i64, _>("removed")? == 0;
+                if up
+                    && let (Some(theirs), Some(ours)) = (&instance, &heartbeat.instance)
+                    && theirs != ours
+                {
+                    return Err(StoreError::HostTaken {
+                        host: host.to_owned(),
+                        last,
+                    });
+                }
+            }
+            sqlx::query(
+                "INSERT INTO hosts (name, registered_at, last_heartbeat, max_processes, instance) \
+                 VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (name) DO UPDATE SET \
                      last_heartbeat = excluded.last_heartbeat, \
                      max_processes = excluded.max_processes, \
-                     removed = 0 \
-                 RETURNING registered_at",
+                     instance = excluded.instance, \
+                     removed = 0",
             )
             .bind(host)
             .bind(&now)
             .bind(&now)
             .bind(i64::from(heartbeat.max_processes))
-            .fetch_one(&self.pool)
+            .bind(heartbeat.instance.as_deref())
+            .execute(&mut *transaction)
             .await?;
-            let registered_at: String = registered.try_get("registered_at")?;
-            if registered_at == now {
+            transaction.commit().await?;
+            if existing.is_none() {
                 tracing::info!(%host, max_processes = heartbeat.max_processes, "host registered");
             }
         }
         self.schedule().await?;
         let known: HashSet<&str> = heartbeat.known.iter().map(String::as_str).collect();
         let _turn = self.write_turn().await;
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self.begin().await?;
         let rows = sqlx::query(&format!(
             "SELECT id, spec, state, kill_requested FROM processes \
              WHERE host = $1 AND spec IS NOT NULL \
-             AND (state IN {ACTIVE} OR (kill_requested = 1 AND state = 'failed')) \
+             AND state IN {ACTIVE} \
              ORDER BY created_at, id{}",
             self.lock(" FOR UPDATE")
         ))
@@ -379,13 +449,30 @@ impl Store {
             start: Vec::new(),
             kill: Vec::new(),
             heartbeat_every_ms: u64::try_from(heartbeat_every.as_millis()).unwrap_or(u64::MAX),
-            max_log_bytes: None,
+            max_log_bytes: Some(max_log_bytes),
         };
         for row in &rows {
             let id: String = row.try_get("id")?;
             let state: String = row.try_get("state")?;
             let kill_requested = row.try_get::<i64, _>("kill_requested")? != 0;
             let is_known = known.contains(id.as_str());
+            let started = matches!(state.as_str(), "init" | "setup" | "running");
+            if started && !is_known {
+                // The worker records a process before it starts it, and keeps the
+                // record until the master has its last state: a live worker that
+                // does not list a started process has lost its records.
+                fail(
+                    &mut transaction,
+                    &id,
+                    format!(
+                        "its host {host} no longer knows it (the worker's state directory \
+                         was lost?): whether it still runs there is unknown"
+                    ),
+                    &now,
+                )
+                .await?;
+                continue;
+            }
             if kill_requested {
                 if is_known {
                     reply.kill.push(id);
@@ -449,7 +536,7 @@ impl Store {
         };
         let name = change.state.name();
         let _turn = self.write_turn().await;
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = self.begin().await?;
         let created = sqlx::query(
             "INSERT INTO processes \
                  (id, state, host, pid, exit_code, signal, reason, created_at, updated_at) \
@@ -468,6 +555,18 @@ impl Store {
         .await?
         .rows_affected()
             == 1;
+        // The process's row first: two reports of one process (a worker sending
+        // again while the first is in flight) then take turns, where inserting
+        // the state first would have each hold the row's key lock and wait for
+        // the other's.
+        let current: String = sqlx::query(&format!(
+            "SELECT state FROM processes WHERE id = $1{}",
+            self.lock(" FOR UPDATE")
+        ))
+        .bind(id)
+        .fetch_one(&mut *transaction)
+        .await?
+        .try_get("state")?;
         let new = sqlx::query(
             "INSERT INTO states (process_id, state, at, details) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (process_id, state, at) DO NOTHING",
@@ -481,14 +580,6 @@ impl Store {
         .rows_affected()
             == 1;
         if new && !created {
-            let current: String = sqlx::query(&format!(
-                "SELECT state FROM processes WHERE id = $1{}",
-                self.lock(" FOR UPDATE")
-            ))
-            .bind(id)
-            .fetch_one(&mut *transaction)
-            .await?
-            .try_get("state")?;
             if rank(name) > rank(&current) {
                 sqlx::query(
                     "UPDATE processes SET \
@@ -521,15 +612,15 @@ impl Store {
 
     /// Asks for the process `id` to be killed: one that has not reached its
     /// host yet fails at once; one on a host is killed by its worker at its next
-    /// heartbeat (and fails with the signal); one on a host that is down fails
-    /// now, and is killed there if the host comes back. The process as it is
+    /// heartbeat (and fails with the signal); one on a host that is down stays
+    /// `lost`, and is killed there if the host comes back. The process as it is
     /// now.
     pub async fn kill(&self, id: &str) -> Result<ProcessSummary, StoreError> {
         let now = stored_time(Timestamp::now());
         let live_since = self.live_since();
         {
             let _turn = self.write_turn().await;
-            let mut transaction = self.pool.begin().await?;
+            let mut transaction = self.begin().await?;
             let query = format!(
                 "SELECT state, host, CASE WHEN spec IS NULL THEN 0 ELSE 1 END AS submitted, \
                      (SELECT COUNT(*) FROM hosts WHERE name = processes.host \
@@ -577,18 +668,9 @@ impl Store {
                     )
                     .await?;
                 }
-                _ if !host_up => {
-                    let host = host.as_deref().unwrap_or("its host");
-                    fail(
-                        &mut transaction,
-                        id,
-                        format!(
-                            "killed while {host} was down; it is killed there if {host} comes back"
-                        ),
-                        &now,
-                    )
-                    .await?;
-                }
+                // Lost: it may run there still; it stays as it is until its host
+                // reports again and its worker kills it.
+                _ if !host_up => tracing::info!(%id, "kill requested; its host is down"),
                 _ => tracing::info!(%id, "kill requested"),
             }
             transaction.commit().await?;
