@@ -564,8 +564,8 @@ async fn the_web_page_lists_the_processes_and_shows_a_failed_ones_states_and_log
 
     let page = dump_dom(&format!("{}/", master.url)).await;
     for expected in [
-        format!(r##"<a href="#p-{quiet}">{quiet}</a>"##),
-        format!(r##"<a href="#p-{failing}">{failing}</a>"##),
+        format!(r##"<a href="#{quiet}">{quiet}</a>"##),
+        format!(r##"<a href="#{failing}">{failing}</a>"##),
         "<td>quiet</td>".to_owned(),
         // The name is shown as text, not as markup.
         "<td>&lt;b&gt;bold&lt;/b&gt; job</td>".to_owned(),
@@ -579,7 +579,7 @@ async fn the_web_page_lists_the_processes_and_shows_a_failed_ones_states_and_log
 
     // A worker: the queued process is assigned to it.
     heartbeat(&master, "worker-a", 3, &[]).await;
-    let detail = dump_dom(&format!("{}/#p-{failing}", master.url)).await;
+    let detail = dump_dom(&format!("{}/#{failing}", master.url)).await;
     for expected in [
         format!(r#"<span id="detail-id">{failing}</span>"#),
         r#"<td>2026-11-28T01:00:00Z</td><td class="state-running">running</td><td>pid 77</td>"#
@@ -594,7 +594,7 @@ async fn the_web_page_lists_the_processes_and_shows_a_failed_ones_states_and_log
     }
     assert!(!detail.contains("<script>alert"), "{detail}");
 
-    let without_log = dump_dom(&format!("{}/#p-{quiet}", master.url)).await;
+    let without_log = dump_dom(&format!("{}/#{quiet}", master.url)).await;
     assert!(
         without_log.contains("no log (yet: it is put here when the run ends)")
             && without_log.contains("no state reported yet"),
