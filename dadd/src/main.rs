@@ -560,8 +560,12 @@ fn detach(args: &RunArgs, spec: &Spec, id: Option<&str>) -> anyhow::Result<u8> {
 }
 
 fn write_pid(path: &Path, pid: u32) -> anyhow::Result<()> {
-    // Written whole, then renamed: a reader never sees half a pid.
-    let partial = path.with_extension("pid.partial");
+    // Written whole, then renamed: a reader never sees half a pid. The starter
+    // and the detached runner both write it, maybe at once: each its own
+    // partial file, or one's rename would take the other's away from under it
+    // (and the runner, failing to write its pid, would end before its command
+    // started).
+    let partial = path.with_extension(format!("pid.{}.partial", std::process::id()));
     std::fs::write(&partial, format!("{pid}\n"))
         .and_then(|()| std::fs::rename(&partial, path))
         .with_context(|| format!("writing the pid file {}", path.display()))
