@@ -203,7 +203,8 @@ pub struct ProcessSummary {
     /// reports, then the last state its runner reported (a state reported late
     /// never moves it back), or [`LOST`] while its host is down.
     pub state: String,
-    /// The address its states came from.
+    /// The host (worker) it is assigned to; for a run started by hand with
+    /// `dadd run --master`, the address its states came from.
     pub host: Option<String>,
     /// Its command's pid, once running.
     pub pid: Option<u32>,
