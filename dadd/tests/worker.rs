@@ -470,6 +470,7 @@ async fn a_runner_gone_without_a_last_state_is_reported_failed() {
         .trim()
         .parse()
         .unwrap();
+    assert!(alive(command));
     signal(runner, "KILL");
     wait_until(20, "the failure to reach the master", || {
         ended(&master, "doomed-1")
@@ -477,14 +478,14 @@ async fn a_runner_gone_without_a_last_state_is_reported_failed() {
     .await;
     let last = master.states("doomed-1").pop().unwrap();
     assert_eq!(last["state"], "failed");
+    let reason = last["reason"].as_str().unwrap();
+    assert!(reason.contains("the runner died"), "{last}");
     assert!(
-        last["reason"].as_str().unwrap().contains("the runner died"),
+        reason.contains(&format!("its command (pid {command}) was terminated")),
         "{last}"
     );
-    // The orphaned command, whose runner cannot end it any more.
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{command}")])
-        .status();
+    // Its runner cannot end it any more: the worker did.
+    assert!(!alive(command), "the orphaned command is gone");
 }
 
 /// Records a process in the worker's state directory as a worker would have,

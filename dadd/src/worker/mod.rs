@@ -29,7 +29,10 @@
 //! machine restarted) gets a `failed` state from the worker; so does a record
 //! whose runner never wrote its pid within [`NEVER_STARTED_AFTER`]. A runner is
 //! told from other processes by its command line (`--id ID`), since pids are
-//! reused.
+//! reused. A dead runner's command, when it still runs (told by its start
+//! time, which its `running` state gives), has nobody to end it or report it:
+//! the worker terminates its process group (SIGTERM, then SIGKILL after
+//! [`COMMAND_GRACE`]) and says so in the `failed` state.
 //!
 //! **Kill.** A process the master asks to kill gets SIGTERM to its runner, which
 //! terminates the command's process group and records `failed` with the signal.
@@ -82,6 +85,8 @@ pub const FIRST_HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 pub const NEVER_STARTED_AFTER: Duration = Duration::from_secs(30);
 /// The most of a run's log that is put on the master: its end.
 pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
+/// How long a dead runner's command is given to end on SIGTERM before SIGKILL.
+pub const COMMAND_GRACE: Duration = Duration::from_secs(3);
 
 /// How a worker is set up.
 #[derive(Debug, Clone)]
@@ -305,11 +310,10 @@ impl Worker {
         if record.ended() {
             return Ok(record);
         }
-        let reason = match record.runner_pid() {
+        let runner = record.runner_pid();
+        match runner {
             Some(pid) if runners::liveness(pid, id) != Liveness::Gone => return Ok(record),
-            Some(pid) => format!(
-                "the runner died: pid {pid} is gone without a final state (killed, or the machine restarted)"
-            ),
+            Some(_) => {}
             None => {
                 let age = record
                     .recorded_at()
@@ -318,18 +322,34 @@ impl Worker {
                 if age < NEVER_STARTED_AFTER {
                     return Ok(record);
                 }
-                format!(
-                    "never started: no runner wrote its pid within {}",
-                    humantime::format_duration(NEVER_STARTED_AFTER)
-                )
             }
-        };
+        }
         // The runner writes its last state before it exits: read again, now that
         // it is gone, before saying it has none.
         let record = Record::read(self.records.dir(id))?;
         if record.ended() {
             return Ok(record);
         }
+        let reason = match runner {
+            Some(pid) => {
+                let died = format!(
+                    "the runner died: pid {pid} is gone without a final state (killed, or the machine restarted)"
+                );
+                match record.command() {
+                    // Nobody else would end it, or say how it ended.
+                    Some((command, at)) if runners::is_command(command, at) => {
+                        tracing::warn!(%id, command, "the runner died: terminating its command");
+                        runners::terminate_group(command, COMMAND_GRACE).await;
+                        format!("{died}; its command (pid {command}) was terminated")
+                    }
+                    _ => died,
+                }
+            }
+            None => format!(
+                "never started: no runner wrote its pid within {}",
+                humantime::format_duration(NEVER_STARTED_AFTER)
+            ),
+        };
         tracing::warn!(%id, %reason, "process failed");
         record.append(failed(reason)).await
     }

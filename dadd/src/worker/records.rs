@@ -202,6 +202,20 @@ impl Record {
             .any(|state| matches!(state, State::Success | State::Failed { .. }))
     }
 
+    /// Its command, once it ran: the pid (also its process group's) and when
+    /// its `running` state says it started.
+    pub(crate) fn command(&self) -> Option<(u32, jiff::Timestamp)> {
+        self.lines
+            .iter()
+            .rev()
+            .filter_map(|line| serde_json::from_str::<StateChange>(line).ok())
+            .filter_map(|change| match change.state {
+                State::Running { pid } => Some((pid, change.at)),
+                _ => None,
+            })
+            .next()
+    }
+
     /// Whether its last state is `failed`.
     pub(crate) fn failed(&self) -> bool {
         matches!(self.states().last(), Some(State::Failed { .. }))
