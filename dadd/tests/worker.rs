@@ -30,6 +30,8 @@ struct Books {
     logs: HashMap<String, Vec<u8>>,
     /// Processes whose last state was accepted.
     ended: HashSet<String>,
+    /// The largest log the master says it takes.
+    max_log_bytes: Option<u64>,
 }
 
 /// A stand-in for the master: `POST /api/hosts/test-host/heartbeat`,
@@ -66,7 +68,11 @@ impl StandIn {
                     .filter(|offer| !books.ended.contains(offer["id"].as_str().unwrap()))
                     .cloned()
                     .collect();
-                let reply = json!({"start": start, "kill": books.kill, "heartbeat_every_ms": 100});
+                let mut reply =
+                    json!({"start": start, "kill": books.kill, "heartbeat_every_ms": 100});
+                if let Some(max) = books.max_log_bytes {
+                    reply["max_log_bytes"] = json!(max);
+                }
                 Reply::ok(reply.to_string()).header("content-type", "application/json")
             });
         stand_in
@@ -672,6 +678,27 @@ async fn a_spec_the_runner_refuses_is_reported_failed_with_why() {
         "{reason}"
     );
     wait_until(10, "the record to go", || bed.records().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_cut_to_what_the_master_takes() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.books.lock().unwrap().max_log_bytes = Some(64);
+    master.offer(
+        "chatty-1",
+        json!({"cmd": ["sh", "-c", "for n in $(seq 1 50); do echo line $n; done"]}),
+    );
+    let _worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the process and its log", || {
+        ended(&master, "chatty-1") && master.log("chatty-1").is_some()
+    })
+    .await;
+    let whole: String = (1..=50).map(|n| format!("line {n}\n")).collect();
+    let log = String::from_utf8(master.log("chatty-1").unwrap()).unwrap();
+    assert!(log.len() <= 64 && log.len() > 50, "{log:?}");
+    assert!(whole.ends_with(&log), "the end: {log:?}");
+    assert!(log.starts_with("line "), "from a line start: {log:?}");
 }
 
 // With the real master: `dadd master` and `dadd worker`, both real processes.

@@ -20,7 +20,8 @@
 //! **Forward.** Every tick (a quarter of a second) the worker reads each
 //! record's state file and posts the lines the master has not acknowledged yet,
 //! in order, counting the acknowledged ones in the record; once the run ended,
-//! it puts the end of the run's log (at most [`MAX_LOG_BYTES`]) on the master:
+//! it puts the end of the run's log (at most [`MAX_LOG_BYTES`], or less when
+//! the master's [`HeartbeatReply::max_log_bytes`] says so) on the master:
 //! the runner keeps it in the record (`--log-copy`) before its last state, so a
 //! success's log outlives its run directory. Once the last state and the log
 //! are acknowledged, the record is removed.
@@ -191,6 +192,9 @@ pub struct Worker {
     terminated: HashSet<String>,
     /// Whether the master is known to be unreachable (its outage was logged).
     master_down: bool,
+    /// The most of a log the master takes, as its last heartbeat reply said
+    /// (at most [`MAX_LOG_BYTES`]).
+    max_log_bytes: u64,
 }
 
 impl Worker {
@@ -233,6 +237,7 @@ impl Worker {
             master,
             terminated: HashSet::new(),
             master_down: false,
+            max_log_bytes: MAX_LOG_BYTES,
         })
     }
 
@@ -275,6 +280,8 @@ impl Worker {
                     heartbeat_every = Duration::from_millis(reply.heartbeat_every_ms)
                         .clamp(Duration::from_millis(50), Duration::from_secs(3600));
                     next_heartbeat = Instant::now() + heartbeat_every;
+                    let max_log_bytes = reply.max_log_bytes.unwrap_or(MAX_LOG_BYTES);
+                    self.max_log_bytes = max_log_bytes.min(MAX_LOG_BYTES);
                     // Not interrupted by `stop`: a process recorded is started.
                     let active = records.iter().filter(|(_, record)| !record.ended()).count();
                     self.start(reply.start, active).await;
@@ -469,7 +476,7 @@ impl Worker {
     async fn forward_one(&mut self, id: &str, record: &Record) -> Result<bool, Stop> {
         if record.ended() && !record.log_delivered() {
             if let Some(log) = record.log() {
-                match log_tail(&log) {
+                match log_tail(&log, self.max_log_bytes) {
                     Ok(Some(tail)) => {
                         let bytes = tail.len();
                         let result = self.master.put_log(id, tail).await;
@@ -549,19 +556,19 @@ fn failed(reason: String) -> State {
     }
 }
 
-/// The end of the log at `path`, at most [`MAX_LOG_BYTES`], from the start of
-/// a line when it is cut; `None` when there is no log.
-fn log_tail(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+/// The end of the log at `path`, at most `max` bytes, from the start of a line
+/// when it is cut; `None` when there is no log.
+fn log_tail(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error),
     };
     let length = file.metadata()?.len();
-    let start = length.saturating_sub(MAX_LOG_BYTES);
+    let start = length.saturating_sub(max);
     file.seek(std::io::SeekFrom::Start(start))?;
     let mut tail = Vec::new();
-    file.take(MAX_LOG_BYTES).read_to_end(&mut tail)?;
+    file.take(max).read_to_end(&mut tail)?;
     if start > 0
         && let Some(newline) = tail.iter().position(|&byte| byte == b'\n')
     {
@@ -583,13 +590,20 @@ mod tests {
         let mut text: String = (0..lines).map(|_| line.as_str()).collect();
         text.push_str("the end\n");
         std::fs::write(&path, &text).unwrap();
-        let tail = log_tail(&path).unwrap().unwrap();
+        let tail = log_tail(&path, MAX_LOG_BYTES).unwrap().unwrap();
         assert!(tail.len() as u64 <= MAX_LOG_BYTES);
         assert!(tail.starts_with(line.as_bytes()));
         assert!(tail.ends_with(b"x\nthe end\n"));
-        assert_eq!(log_tail(&dir.path().join("none")).unwrap(), None);
+        assert_eq!(
+            log_tail(&dir.path().join("none"), MAX_LOG_BYTES).unwrap(),
+            None
+        );
         std::fs::write(&path, "short\n").unwrap();
-        assert_eq!(log_tail(&path).unwrap().unwrap(), b"short\n");
+        assert_eq!(log_tail(&path, MAX_LOG_BYTES).unwrap().unwrap(), b"short\n");
+        // A master that takes less gets less.
+        std::fs::write(&path, "first line\nsecond\nthird\n").unwrap();
+        assert_eq!(log_tail(&path, 14).unwrap().unwrap(), b"second\nthird\n");
+        assert_eq!(log_tail(&path, 12).unwrap().unwrap(), b"third\n");
     }
 
     #[test]
