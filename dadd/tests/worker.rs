@@ -30,6 +30,9 @@ struct Books {
     logs: HashMap<String, Vec<u8>>,
     /// Processes whose last state was accepted.
     ended: HashSet<String>,
+    /// Whether an ended process is offered again too (a master restored from a
+    /// backup).
+    reoffer: bool,
     /// The largest log the master says it takes.
     max_log_bytes: Option<u64>,
 }
@@ -65,7 +68,9 @@ impl StandIn {
                 let start: Vec<Value> = books
                     .offers
                     .iter()
-                    .filter(|offer| !books.ended.contains(offer["id"].as_str().unwrap()))
+                    .filter(|offer| {
+                        books.reoffer || !books.ended.contains(offer["id"].as_str().unwrap())
+                    })
                     .cloned()
                     .collect();
                 let mut reply =
@@ -143,6 +148,15 @@ impl StandIn {
 
     fn heartbeats(&self) -> Vec<Value> {
         self.books.lock().unwrap().heartbeats.clone()
+    }
+
+    /// Waits until `count` more heartbeats than now have come.
+    async fn more_heartbeats(&self, count: usize) {
+        let now = self.heartbeats().len();
+        wait_until(10, "more heartbeats", || {
+            self.heartbeats().len() >= now + count
+        })
+        .await;
     }
 }
 
@@ -678,6 +692,41 @@ async fn a_spec_the_runner_refuses_is_reported_failed_with_why() {
         "{reason}"
     );
     wait_until(10, "the record to go", || bed.records().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_process_offered_again_is_not_started_again() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer(
+        "once-1",
+        json!({"cmd": ["sh", "-c", "echo ran >> \"$OUT/once-1\""], "env": {"OUT": bed.out()}}),
+    );
+    // Offered again after it ended, as a master restored from a backup would.
+    master.books.lock().unwrap().reoffer = true;
+    let worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the process to end", || ended(&master, "once-1")).await;
+    wait_until(10, "the record to go", || bed.records().is_empty()).await;
+    master.more_heartbeats(5).await;
+    worker.kill().await;
+    // The tombstone outlives the worker.
+    let worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    master.more_heartbeats(5).await;
+
+    assert_eq!(
+        std::fs::read_to_string(bed.path("out/once-1")).unwrap(),
+        "ran\n",
+        "ran once"
+    );
+    assert!(bed.records().is_empty());
+    assert_eq!(master.heartbeats().last().unwrap()["known"], json!([]));
+    let log = worker.log();
+    assert_eq!(
+        log.matches("ran and forgot").count(),
+        1,
+        "warned once: {log}"
+    );
+    assert!(log.contains("once-1"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

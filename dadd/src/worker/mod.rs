@@ -13,9 +13,12 @@
 //! started: `dadd run` detached, in a session of its own, with its pid, its
 //! states and its log in the record (`--pid-file`, `--state-file`,
 //! `--log-copy`) and no master of its own: the worker alone talks to the
-//! master. An id that is recorded is never started
-//! again, and no more than [`WorkerConfig::max_processes`] run at once; the
-//! processes left over are not recorded, and the master offers them again.
+//! master. An id that is recorded, or was forgotten within a week (a tombstone
+//! in the state directory), is never started again: a master that offers a
+//! forgotten id again (its database restored from a backup, a last state it
+//! refused) gets a warning, once, and the id is not listed as known. No more
+//! than [`WorkerConfig::max_processes`] run at once; the processes left over
+//! are not recorded, and the master offers them again.
 //!
 //! **Forward.** Every tick (a quarter of a second) the worker reads each
 //! record's state file and posts the lines the master has not acknowledged yet,
@@ -24,7 +27,7 @@
 //! the master's [`HeartbeatReply::max_log_bytes`] says so) on the master:
 //! the runner keeps it in the record (`--log-copy`) before its last state, so a
 //! success's log outlives its run directory. Once the last state and the log
-//! are acknowledged, the record is removed.
+//! are acknowledged, the record is removed, and a tombstone of its id kept.
 //!
 //! **Watch.** A runner that is gone without a last state (SIGKILLed, or the
 //! machine restarted) gets a `failed` state from the worker; so does a record
@@ -195,6 +198,8 @@ pub struct Worker {
     /// The most of a log the master takes, as its last heartbeat reply said
     /// (at most [`MAX_LOG_BYTES`]).
     max_log_bytes: u64,
+    /// Forgotten ids the master offered again (each was warned of once).
+    offered_again: HashSet<String>,
 }
 
 impl Worker {
@@ -238,6 +243,7 @@ impl Worker {
             terminated: HashSet::new(),
             master_down: false,
             max_log_bytes: MAX_LOG_BYTES,
+            offered_again: HashSet::new(),
         })
     }
 
@@ -373,8 +379,8 @@ impl Worker {
         self.outcome(result).ok().flatten()
     }
 
-    /// Records and starts the assignments not recorded yet, while fewer than
-    /// `max_processes` are `active`.
+    /// Records and starts the assignments not recorded yet (nor forgotten),
+    /// while fewer than `max_processes` are `active`.
     async fn start(&mut self, assignments: Vec<Assignment>, mut active: usize) {
         let max = usize::try_from(self.config.max_processes).unwrap_or(usize::MAX);
         for assignment in assignments {
@@ -383,7 +389,14 @@ impl Worker {
                 tracing::warn!(%id, "the master assigned a process whose id is not one: ignored");
                 continue;
             }
+            // In this order: a record is forgotten after its tombstone is written.
             if self.records.is_recorded(id) {
+                continue;
+            }
+            if self.records.is_forgotten(id) {
+                if self.offered_again.insert(id.clone()) {
+                    tracing::warn!(%id, "the master offers a process this worker ran and forgot: not started again");
+                }
                 continue;
             }
             if active >= max {
