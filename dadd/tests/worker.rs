@@ -33,6 +33,8 @@ struct Books {
     /// Whether an ended process is offered again too (a master restored from a
     /// backup).
     reoffer: bool,
+    /// The status and error message heartbeats are refused with, when they are.
+    refuse_heartbeats: Option<(u16, String)>,
     /// The largest log the master says it takes.
     max_log_bytes: Option<u64>,
 }
@@ -64,6 +66,11 @@ impl StandIn {
                 }
                 let heartbeat: Value = serde_json::from_slice(&request.body).unwrap();
                 let mut books = books.lock().unwrap();
+                if let Some((status, message)) = &books.refuse_heartbeats {
+                    return Reply::status(*status)
+                        .header("content-type", "application/json")
+                        .body(json!({"error": message}).to_string());
+                }
                 books.heartbeats.push(heartbeat);
                 let start: Vec<Value> = books
                     .offers
@@ -727,6 +734,53 @@ async fn a_forgotten_process_offered_again_is_not_started_again() {
         "warned once: {log}"
     );
     assert!(log.contains("once-1"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_name_the_instance_and_a_refused_one_starts_nothing_until_taken() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    let refusal = "host test-host is up as another instance; stop it, or name this one otherwise";
+    master.books.lock().unwrap().refuse_heartbeats = Some((409, refusal.to_owned()));
+    master.offer("patient-2", json!({"cmd": ["true"]}));
+    let worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    let path = format!("/api/hosts/{HOST}/heartbeat");
+    wait_until(20, "refused heartbeats", || master.origin.hits(&path) >= 4).await;
+    let refused = master.origin.requests(&path);
+    let instance = serde_json::from_slice::<Value>(&refused[0].body).unwrap()["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(instance.len(), 16, "{instance}");
+    assert!(
+        instance.chars().all(|c| c.is_ascii_hexdigit()),
+        "{instance}"
+    );
+    assert!(bed.records().is_empty(), "nothing started");
+    let log = worker.log();
+    assert_eq!(log.matches(refusal).count(), 1, "said once: {log}");
+    assert!(
+        log.contains("another worker is up under this name"),
+        "{log}"
+    );
+
+    master.books.lock().unwrap().refuse_heartbeats = None;
+    wait_until(20, "the process to end", || ended(&master, "patient-2")).await;
+    assert!(
+        worker
+            .log()
+            .contains("the master takes the heartbeats again"),
+        "{}",
+        worker.log()
+    );
+    worker.kill().await;
+    let _worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    master.more_heartbeats(2).await;
+    let heartbeats = master.heartbeats();
+    assert!(
+        heartbeats.iter().all(|beat| beat["instance"] == instance),
+        "the same instance, across restarts: {heartbeats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,8 +19,18 @@ pub(crate) enum CallError {
     Unavailable(String),
     /// The master refuses this call for good (another 4xx): making it again would
     /// get the same answer.
-    #[error("{0}")]
-    Refused(String),
+    #[error("{method} {path}: {status}: {message}")]
+    Refused {
+        /// The call's method.
+        method: reqwest::Method,
+        /// The call's path.
+        path: String,
+        /// The answer's status.
+        status: reqwest::StatusCode,
+        /// What the master said: its [`api::ErrorBody`]'s message, else the
+        /// answer's text.
+        message: String,
+    },
 }
 
 /// The master, as a worker calls it.
@@ -53,15 +63,15 @@ impl MasterClient {
         host: &str,
         heartbeat: &Heartbeat,
     ) -> Result<HeartbeatReply, CallError> {
-        let body =
-            serde_json::to_vec(heartbeat).map_err(|error| CallError::Refused(error.to_string()))?;
+        let path = api::heartbeat_path(host);
+        let body = serde_json::to_vec(heartbeat).map_err(|error| CallError::Refused {
+            method: reqwest::Method::POST,
+            path: path.clone(),
+            status: reqwest::StatusCode::BAD_REQUEST,
+            message: error.to_string(),
+        })?;
         let response = self
-            .call(
-                reqwest::Method::POST,
-                &api::heartbeat_path(host),
-                body,
-                "application/json",
-            )
+            .call(reqwest::Method::POST, &path, body, "application/json")
             .await?;
         let body = response.bytes().await.map_err(|error| {
             CallError::Unavailable(format!("the heartbeat's answer: {}", chain(&error)))
@@ -101,8 +111,12 @@ impl MasterClient {
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<reqwest::Response, CallError> {
-        let url = api::endpoint(&self.master, path)
-            .map_err(|error| CallError::Refused(format!("{path}: {error}")))?;
+        let url = api::endpoint(&self.master, path).map_err(|error| CallError::Refused {
+            method: method.clone(),
+            path: path.to_owned(),
+            status: reqwest::StatusCode::BAD_REQUEST,
+            message: error.to_string(),
+        })?;
         let mut request = self
             .client
             .request(method.clone(), url)
@@ -119,7 +133,10 @@ impl MasterClient {
             return Ok(response);
         }
         let said = response.text().await.unwrap_or_default();
-        let message = format!("{method} {path}: {status}: {}", said.trim());
+        let said = match serde_json::from_str::<api::ErrorBody>(&said) {
+            Ok(body) => body.error,
+            Err(_) => said.trim().to_owned(),
+        };
         Err(
             if status.is_client_error()
                 && !matches!(
@@ -130,9 +147,14 @@ impl MasterClient {
                         | reqwest::StatusCode::TOO_MANY_REQUESTS
                 )
             {
-                CallError::Refused(message)
+                CallError::Refused {
+                    method,
+                    path: path.to_owned(),
+                    status,
+                    message: said,
+                }
             } else {
-                CallError::Unavailable(message)
+                CallError::Unavailable(format!("{method} {path}: {status}: {said}"))
             },
         )
     }

@@ -5,8 +5,9 @@
 //!
 //! The worker posts a [`Heartbeat`] to the master every
 //! [`HeartbeatReply::heartbeat_every_ms`] (every second until the master first
-//! answers), listing every process it knows of. Each answer names processes to
-//! start and processes to kill (see [`crate::api`] for the protocol).
+//! answers), listing every process it has recorded, and its instance id (see
+//! below). Each answer names processes to start and processes to kill (see
+//! [`crate::api`] for the protocol).
 //!
 //! **Start.** A process is recorded durably first (its spec in
 //! `STATE_DIR/processes/ID/`, synced, renamed into place), then its runner is
@@ -48,6 +49,12 @@
 //! is restarted, or killed, finds every process in its state directory and goes
 //! on where it was. The runners are not the worker's children: stopping or
 //! killing the worker never touches a running process.
+//!
+//! A worker keeps a random instance id in its state directory and sends it in
+//! every heartbeat: the master refuses (409) the heartbeats of a second worker
+//! that takes the name of one that is up (a cloned machine, a copied config).
+//! The refused worker says so once, starts nothing, and tries again every
+//! heartbeat.
 //!
 //! # Example
 //!
@@ -195,6 +202,8 @@ pub struct Worker {
     terminated: HashSet<String>,
     /// Whether the master is known to be unreachable (its outage was logged).
     master_down: bool,
+    /// Whether the master refuses the heartbeats (the refusal was logged).
+    heartbeat_refused: bool,
     /// The most of a log the master takes, as its last heartbeat reply said
     /// (at most [`MAX_LOG_BYTES`]).
     max_log_bytes: u64,
@@ -242,6 +251,7 @@ impl Worker {
             master,
             terminated: HashSet::new(),
             master_down: false,
+            heartbeat_refused: false,
             max_log_bytes: MAX_LOG_BYTES,
             offered_again: HashSet::new(),
         })
@@ -258,6 +268,7 @@ impl Worker {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         tracing::info!(
             name = %self.config.name,
+            instance = %self.records.instance(),
             master = %self.master.url(),
             state_dir = %self.config.state_dir.display(),
             max_processes = self.config.max_processes,
@@ -368,15 +379,36 @@ impl Worker {
     }
 
     /// Posts a heartbeat listing every record; `None` when the master did not
-    /// answer it.
+    /// answer it, or refused it.
     async fn heartbeat(&mut self, records: &[(String, Record)]) -> Option<HeartbeatReply> {
         let heartbeat = Heartbeat {
             max_processes: self.config.max_processes,
             known: records.iter().map(|(id, _)| id.clone()).collect(),
-            instance: None,
+            instance: Some(self.records.instance().to_owned()),
         };
-        let result = self.master.heartbeat(&self.config.name, &heartbeat).await;
-        self.outcome(result).ok().flatten()
+        match self.master.heartbeat(&self.config.name, &heartbeat).await {
+            Err(CallError::Refused {
+                status, message, ..
+            }) => {
+                self.answered();
+                if !std::mem::replace(&mut self.heartbeat_refused, true) {
+                    let why = if status == reqwest::StatusCode::CONFLICT {
+                        "the master refuses the heartbeats: another worker is up under this name; starting nothing, trying again"
+                    } else {
+                        "the master refuses the heartbeats: starting nothing, trying again"
+                    };
+                    tracing::error!(master = %self.master.url(), %status, %message, "{why}");
+                }
+                None
+            }
+            result => {
+                let reply = self.outcome(result).ok().flatten()?;
+                if std::mem::take(&mut self.heartbeat_refused) {
+                    tracing::info!(master = %self.master.url(), "the master takes the heartbeats again");
+                }
+                Some(reply)
+            }
+        }
     }
 
     /// Records and starts the assignments not recorded yet (nor forgotten),
@@ -531,9 +563,7 @@ impl Worker {
     fn outcome<T>(&mut self, result: Result<T, CallError>) -> Result<Option<T>, Stop> {
         match result {
             Ok(value) => {
-                if std::mem::take(&mut self.master_down) {
-                    tracing::info!(master = %self.master.url(), "the master answers again");
-                }
+                self.answered();
                 Ok(Some(value))
             }
             Err(CallError::Unavailable(error)) => {
@@ -542,10 +572,20 @@ impl Worker {
                 }
                 Err(Stop)
             }
-            Err(CallError::Refused(error)) => {
+            Err(error @ CallError::Refused { .. }) => {
+                self.answered();
                 tracing::error!(master = %self.master.url(), %error, "the master refused");
                 Ok(None)
             }
+        }
+    }
+}
+
+impl Worker {
+    /// The master answered: the end of an outage is logged.
+    fn answered(&mut self) {
+        if std::mem::take(&mut self.master_down) {
+            tracing::info!(master = %self.master.url(), "the master answers again");
         }
     }
 }

@@ -20,6 +20,7 @@
 //! STATE_DIR/tombstones   the ids forgotten, `ID TIMESTAMP` a line (appended, synced,
 //!                        before the record goes; lines older than a week are
 //!                        dropped when the worker starts)
+//! STATE_DIR/instance     this worker's random instance id (made once)
 //! ```
 //!
 //! A tombstone is what keeps a forgotten id from starting again when the master
@@ -28,7 +29,7 @@
 //! otherwise look new.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -58,6 +59,8 @@ const FORGOTTEN: &str = "forgotten";
 const LOCK_FILE: &str = "lock";
 /// The ids forgotten, and when.
 const TOMBSTONES_FILE: &str = "tombstones";
+/// The worker's instance id.
+const INSTANCE_FILE: &str = "instance";
 
 /// How long a forgotten id is kept from starting again: longer than any master
 /// goes on offering a process it was told about, shorter than forever.
@@ -72,6 +75,8 @@ pub(crate) struct Records {
     _lock: std::fs::File,
     /// The ids in [`TOMBSTONES_FILE`].
     tombstones: Mutex<HashSet<String>>,
+    /// The worker's instance id, from [`INSTANCE_FILE`].
+    instance: String,
 }
 
 /// Why the state directory cannot be used.
@@ -102,10 +107,12 @@ impl Records {
             Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
         }
         let tombstones = prune_tombstones(&root.join(TOMBSTONES_FILE), SystemTime::now())?;
+        let instance = instance_id(root)?;
         let records = Records {
             root: root.to_owned(),
             _lock: lock,
             tombstones: Mutex::new(tombstones),
+            instance,
         };
         for leftovers in [STAGING, FORGOTTEN] {
             let dir = root.join(leftovers);
@@ -124,6 +131,12 @@ impl Records {
     /// The directory of process `id` (recorded or not).
     pub(crate) fn dir(&self, id: &str) -> PathBuf {
         self.root.join(PROCESSES).join(id)
+    }
+
+    /// The worker's instance id: 16 random hexadecimal digits, made the first
+    /// time the state directory is used, then kept.
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Whether `id` was forgotten (within [`TOMBSTONES_KEPT`]): it is never
@@ -388,6 +401,33 @@ fn prune_tombstones(path: &Path, now: SystemTime) -> std::io::Result<HashSet<Str
     Ok(ids)
 }
 
+/// The instance id kept in `root`, made (16 random hexadecimal digits) when
+/// there is none.
+fn instance_id(root: &Path) -> std::io::Result<String> {
+    let path = root.join(INSTANCE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if valid_instance(text.trim()) => return Ok(text.trim().to_owned()),
+        Ok(text) => tracing::warn!(path = %path.display(), %text, "not an instance id: made anew"),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let mut random = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    let instance: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    write_synced(&path, format!("{instance}\n").as_bytes())?;
+    Ok(instance)
+}
+
+/// Whether `text` is an instance id as [`instance_id`] makes them (or one set
+/// by hand: letters, digits, `-` and `_`, up to 64).
+fn valid_instance(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+}
+
 /// Writes `path` whole: a synced `.partial` file renamed into place.
 fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut partial = path.as_os_str().to_owned();
@@ -467,6 +507,17 @@ mod tests {
             "{text:?}"
         );
         assert_eq!(text.lines().count(), 1, "{text:?}");
+    }
+
+    #[test]
+    fn the_instance_id_is_made_once_and_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let first = Records::open(root.path()).unwrap().instance().to_owned();
+        assert_eq!(first.len(), 16);
+        assert!(first.chars().all(|c| c.is_ascii_hexdigit()), "{first}");
+        assert_eq!(Records::open(root.path()).unwrap().instance(), first);
+        let elsewhere = tempfile::tempdir().unwrap();
+        assert_ne!(Records::open(elsewhere.path()).unwrap().instance(), first);
     }
 
     #[test]
