@@ -35,6 +35,10 @@ struct Books {
     reoffer: bool,
     /// The status and error message heartbeats are refused with, when they are.
     refuse_heartbeats: Option<(u16, String)>,
+    /// Processes whose log puts are answered only after a delay (and not kept).
+    slow_logs: HashMap<String, Duration>,
+    /// What came when: `log ID` (accepted), `log-attempt ID`, `ID STATE`.
+    events: Vec<(Instant, String)>,
     /// The largest log the master says it takes.
     max_log_bytes: Option<u64>,
 }
@@ -109,9 +113,17 @@ impl StandIn {
                 assert_eq!(request.method.as_str(), "POST");
                 let state: Value = serde_json::from_slice(&request.body).unwrap();
                 let mut books = books.lock().unwrap();
+                let states = books.states.entry(process.clone()).or_default();
+                if states.contains(&state) {
+                    // As the master does: a state sent again (its acknowledgment
+                    // lost to a worker killed) is ignored.
+                    return Reply::status(204);
+                }
                 if matches!(state["state"].as_str(), Some("success" | "failed")) {
                     books.ended.insert(process.clone());
                 }
+                let event = format!("{process} {}", state["state"].as_str().unwrap());
+                books.events.push((Instant::now(), event));
                 books.states.entry(process.clone()).or_default().push(state);
                 Reply::status(204)
             });
@@ -126,7 +138,16 @@ impl StandIn {
                 }
                 assert_eq!(request.method.as_str(), "PUT");
                 let mut books = books.lock().unwrap();
+                books
+                    .events
+                    .push((Instant::now(), format!("log-attempt {process}")));
+                if let Some(&delay) = books.slow_logs.get(&process) {
+                    return Reply::status(204).delay(delay);
+                }
                 books.logs.insert(process.clone(), request.body.to_vec());
+                books
+                    .events
+                    .push((Instant::now(), format!("log {process}")));
                 Reply::status(204)
             });
         self.books
@@ -155,6 +176,16 @@ impl StandIn {
 
     fn heartbeats(&self) -> Vec<Value> {
         self.books.lock().unwrap().heartbeats.clone()
+    }
+
+    /// When `event` (see [`Books::events`]) first came.
+    fn when(&self, event: &str) -> Option<Instant> {
+        let books = self.books.lock().unwrap();
+        books
+            .events
+            .iter()
+            .find(|(_, seen)| seen == event)
+            .map(|(at, _)| *at)
     }
 
     /// Waits until `count` more heartbeats than now have come.
@@ -699,6 +730,63 @@ async fn a_spec_the_runner_refuses_is_reported_failed_with_why() {
         "{reason}"
     );
     wait_until(10, "the record to go", || bed.records().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_times_out_holds_back_only_its_own_last_state() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer("a-slow", json!({"cmd": ["sh", "-c", "echo slow log"]}));
+    // Answered after the worker's 10 s timeout for a short log, until lifted.
+    let slow = Duration::from_secs(15);
+    master
+        .books
+        .lock()
+        .unwrap()
+        .slow_logs
+        .insert("a-slow".to_owned(), slow);
+    let _worker = WorkerProcess::start(&bed, &master.url(), &["--max-processes", "2"]);
+
+    wait_until(20, "a put of a-slow's log", || {
+        master.when("log-attempt a-slow").is_some()
+    })
+    .await;
+    let attempt = master.when("log-attempt a-slow").unwrap();
+    assert!(
+        master.when("a-slow running").is_some_and(|at| at < attempt),
+        "the states before the last go before the log"
+    );
+    // Another process, offered once a-slow's log went.
+    master.offer(
+        "b-quick",
+        json!({"cmd": ["sh", "-c", "sleep 1; echo quick log"]}),
+    );
+    wait_until(20, "b-quick to run", || {
+        master.when("b-quick running").is_some()
+    })
+    .await;
+    // Its end waits for a-slow's put to time out, not for a-slow's log.
+    wait_until(20, "b-quick's end", || {
+        ended(&master, "b-quick") && master.log("b-quick").is_some()
+    })
+    .await;
+    assert_eq!(master.log("b-quick").unwrap(), b"quick log\n");
+    assert_eq!(
+        master.state_names("a-slow"),
+        ["init", "setup", "running"],
+        "the last state waits for the log"
+    );
+    assert_eq!(master.log("a-slow"), None);
+
+    master.books.lock().unwrap().slow_logs.clear();
+    wait_until(30, "a-slow's end", || ended(&master, "a-slow")).await;
+    assert_eq!(master.log("a-slow").unwrap(), b"slow log\n");
+    let log = master.when("log a-slow").unwrap();
+    assert!(
+        master.when("a-slow success").unwrap() > log,
+        "the log goes first"
+    );
+    wait_until(10, "the records to go", || bed.records().is_empty()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,12 +23,16 @@
 //!
 //! **Forward.** Every tick (a quarter of a second) the worker reads each
 //! record's state file and posts the lines the master has not acknowledged yet,
-//! in order, counting the acknowledged ones in the record; once the run ended,
-//! it puts the end of the run's log (at most [`MAX_LOG_BYTES`], or less when
-//! the master's [`HeartbeatReply::max_log_bytes`] says so) on the master:
-//! the runner keeps it in the record (`--log-copy`) before its last state, so a
-//! success's log outlives its run directory. Once the last state and the log
-//! are acknowledged, the record is removed, and a tombstone of its id kept.
+//! in order, counting the acknowledged ones in the record. Once the run ended,
+//! the states before the last one go first, then the end of the run's log (at
+//! most [`MAX_LOG_BYTES`], or less when the master's
+//! [`HeartbeatReply::max_log_bytes`] says so), then the last state: whoever sees
+//! at the master that the run ended finds its log there. A log is given a
+//! second more than other calls for every 256 KiB, so that a long one goes
+//! through a slow link. The runner keeps the log in the record (`--log-copy`)
+//! before its last state, so a success's log outlives its run directory. Once
+//! the last state and the log are acknowledged, the record is removed, and a
+//! tombstone of its id kept.
 //!
 //! **Watch.** A runner that is gone without a last state (SIGKILLed, or the
 //! machine restarted) gets a `failed` state from the worker; so does a record
@@ -49,6 +53,14 @@
 //! is restarted, or killed, finds every process in its state directory and goes
 //! on where it was. The runners are not the worker's children: stopping or
 //! killing the worker never touches a running process.
+//!
+//! A master that cannot be reached (the connection refused or reset, its name
+//! not resolved, a gateway saying it is down) or that hangs ends the tick's
+//! forwarding: every other call would fail the same. A failure that concerns
+//! one record (its log timing out, a 500 for its call, a refusal) holds back
+//! that record alone: it is tried again later (after a pause that doubles up
+//! to [`RETRY_AT_MOST`]; a refusal is for good, and the record goes on without
+//! what was refused), and the other records go on.
 //!
 //! A worker keeps a random instance id in its state directory and sends it in
 //! every heartbeat: the master refuses (409) the heartbeats of a second worker
@@ -73,7 +85,7 @@ mod client;
 mod records;
 mod runners;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -98,6 +110,10 @@ pub const NEVER_STARTED_AFTER: Duration = Duration::from_secs(30);
 pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
 /// How long a dead runner's command is given to end on SIGTERM before SIGKILL.
 pub const COMMAND_GRACE: Duration = Duration::from_secs(3);
+/// The longest pause before a record whose call failed is forwarded again.
+pub const RETRY_AT_MOST: Duration = Duration::from_secs(60);
+/// The first pause before a record whose call failed is forwarded again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 /// How a worker is set up.
 #[derive(Debug, Clone)]
@@ -209,6 +225,8 @@ pub struct Worker {
     max_log_bytes: u64,
     /// Forgotten ids the master offered again (each was warned of once).
     offered_again: HashSet<String>,
+    /// The records whose forwarding failed, and when each is tried again.
+    retries: Retries,
 }
 
 impl Worker {
@@ -254,6 +272,7 @@ impl Worker {
             heartbeat_refused: false,
             max_log_bytes: MAX_LOG_BYTES,
             offered_again: HashSet::new(),
+            retries: Retries::default(),
         })
     }
 
@@ -496,52 +515,58 @@ impl Worker {
         }
     }
 
-    /// Posts the states the master has not acknowledged, puts the log of a
-    /// failure, and forgets what the master has whole. Stops at the first call
-    /// the master does not answer.
+    /// Forwards every record not waiting for a retry, and forgets those the
+    /// master has whole. Stops at the first call that finds the master
+    /// unavailable.
     async fn forward(&mut self, records: Vec<(String, Record)>) {
+        self.retries.keep_only(&records);
         for (id, record) in records {
+            if !self.retries.due(&id) {
+                continue;
+            }
             match self.forward_one(&id, &record).await {
                 Ok(true) => {
+                    self.retries.succeeded(&id);
                     match self.records.forget(&id) {
                         Ok(()) => tracing::info!(%id, "delivered: forgotten"),
                         Err(error) => tracing::warn!(%id, %error, "cannot remove the record"),
                     }
                     self.terminated.remove(&id);
                 }
-                Ok(false) => {}
-                Err(Stop) => return,
+                Ok(false) => self.retries.succeeded(&id),
+                Err(Failure::Record(error)) => {
+                    let after = self.retries.failed(&id);
+                    tracing::warn!(%id, %error, retry_in = %humantime::format_duration(after), "cannot forward the process: trying again later");
+                }
+                Err(Failure::Master) => return,
             }
         }
     }
 
-    /// Forwards one record; whether it is delivered whole. The log of a run
-    /// that ended goes first, so that whoever sees the last state at the master
-    /// finds the log there too.
-    async fn forward_one(&mut self, id: &str, record: &Record) -> Result<bool, Stop> {
-        if record.ended() && !record.log_delivered() {
-            if let Some(log) = record.log() {
-                match log_tail(&log, self.max_log_bytes) {
-                    Ok(Some(tail)) => {
-                        let bytes = tail.len();
-                        let result = self.master.put_log(id, tail).await;
-                        // Refused for good: nothing more to do with it.
-                        if self.outcome(result)?.is_some() {
-                            tracing::info!(%id, bytes, "log delivered");
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(%id, log = %log.display(), %error, "cannot read the log")
-                    }
-                }
-            }
+    /// Forwards one record; whether it is delivered whole. Once the run ended,
+    /// its states go before its log, and its last state after it, so that
+    /// whoever sees at the master that it ended finds the log there too.
+    async fn forward_one(&mut self, id: &str, record: &Record) -> Result<bool, Failure> {
+        let Some(last) = record.last_state_line() else {
+            self.post_states(id, record, record.lines.len()).await?;
+            return Ok(false);
+        };
+        self.post_states(id, record, last).await?;
+        if !record.log_delivered() {
+            self.put_log(id, record).await?;
             if let Err(error) = record.set_log_delivered() {
                 tracing::warn!(%id, %error, "cannot mark the log delivered");
             }
         }
+        self.post_states(id, record, record.lines.len()).await?;
+        Ok(true)
+    }
+
+    /// Posts the lines of `record` the master has not acknowledged, up to line
+    /// `end` (not included).
+    async fn post_states(&mut self, id: &str, record: &Record, end: usize) -> Result<(), Failure> {
         let mut delivered = record.delivered();
-        for line in record.lines.iter().skip(delivered) {
+        for line in record.lines.iter().take(end).skip(delivered) {
             if serde_json::from_str::<api::StateChange>(line).is_err() {
                 tracing::warn!(%id, %line, "not a state (a cut write?): skipped");
             } else {
@@ -554,34 +579,62 @@ impl Worker {
                 tracing::warn!(%id, %error, "cannot count the delivered states");
             }
         }
-        Ok(record.ended())
+        Ok(())
     }
 
-    /// The value of a call; `None` when the master refused it for good; [`Stop`]
-    /// when it is unavailable. Logs an outage of the master once, and its end; a
-    /// call refused for good each time.
-    fn outcome<T>(&mut self, result: Result<T, CallError>) -> Result<Option<T>, Stop> {
+    /// Puts the end of the run's log on the master. Done, too, when there is no
+    /// log, or it cannot be read, or the master refuses it for good.
+    async fn put_log(&mut self, id: &str, record: &Record) -> Result<(), Failure> {
+        let Some(log) = record.log() else {
+            return Ok(());
+        };
+        match log_tail(&log, self.max_log_bytes) {
+            Ok(Some(tail)) => {
+                let bytes = tail.len();
+                let result = match self.master.put_log(id, tail).await {
+                    // Its timeout is its own (a long log on a slow link), not a
+                    // master that hangs: this record waits, the others go on.
+                    Err(CallError::TimedOut(message)) => return Err(Failure::Record(message)),
+                    result => result,
+                };
+                if self.outcome(result)?.is_some() {
+                    tracing::info!(%id, bytes, "log delivered");
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%id, log = %log.display(), %error, "cannot read the log")
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of a call; `None` when the master refused it for good (logged
+    /// each time).
+    fn outcome<T>(&mut self, result: Result<T, CallError>) -> Result<Option<T>, Failure> {
         match result {
             Ok(value) => {
                 self.answered();
                 Ok(Some(value))
             }
-            Err(CallError::Unavailable(error)) => {
-                if !std::mem::replace(&mut self.master_down, true) {
-                    tracing::warn!(master = %self.master.url(), %error, "the master is unavailable: keeping everything, trying again");
-                }
-                Err(Stop)
+            Err(CallError::Failed(error)) => {
+                self.answered();
+                Err(Failure::Record(error))
             }
             Err(error @ CallError::Refused { .. }) => {
                 self.answered();
                 tracing::error!(master = %self.master.url(), %error, "the master refused");
                 Ok(None)
             }
+            Err(error @ (CallError::Unavailable(_) | CallError::TimedOut(_))) => {
+                if !std::mem::replace(&mut self.master_down, true) {
+                    tracing::warn!(master = %self.master.url(), %error, "the master is unavailable: keeping everything, trying again");
+                }
+                Err(Failure::Master)
+            }
         }
     }
-}
 
-impl Worker {
     /// The master answered: the end of an outage is logged.
     fn answered(&mut self) {
         if std::mem::take(&mut self.master_down) {
@@ -590,8 +643,53 @@ impl Worker {
     }
 }
 
-/// Forwarding stopped: the master is unavailable.
-struct Stop;
+/// Why forwarding a record stopped.
+enum Failure {
+    /// The master is unavailable: forwarding stops until the next tick.
+    Master,
+    /// A call about this record failed (said how): the record waits, the
+    /// others go on.
+    Record(String),
+}
+
+/// The records whose forwarding failed, and when each is tried again.
+#[derive(Debug, Default)]
+struct Retries {
+    /// By id: when it is due, and the pause it was given.
+    waiting: HashMap<String, (Instant, Duration)>,
+}
+
+impl Retries {
+    /// Whether `id` may be forwarded now.
+    fn due(&self, id: &str) -> bool {
+        self.waiting
+            .get(id)
+            .is_none_or(|(at, _)| Instant::now() >= *at)
+    }
+
+    /// Notes that forwarding `id` failed: it waits [`RETRY_FIRST`], then twice
+    /// as long each time, up to [`RETRY_AT_MOST`]. Returns the pause.
+    fn failed(&mut self, id: &str) -> Duration {
+        let pause = match self.waiting.get(id) {
+            Some((_, pause)) => (*pause * 2).min(RETRY_AT_MOST),
+            None => RETRY_FIRST,
+        };
+        self.waiting
+            .insert(id.to_owned(), (Instant::now() + pause, pause));
+        pause
+    }
+
+    /// Notes that forwarding `id` went through.
+    fn succeeded(&mut self, id: &str) {
+        self.waiting.remove(id);
+    }
+
+    /// Drops the records that are gone.
+    fn keep_only(&mut self, records: &[(String, Record)]) {
+        let ids: HashSet<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
+        self.waiting.retain(|id, _| ids.contains(id.as_str()));
+    }
+}
 
 /// `future`'s output, unless `stop` is cancelled first.
 async fn until<T>(stop: &CancellationToken, future: impl Future<Output = T>) -> Option<T> {

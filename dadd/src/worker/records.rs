@@ -261,6 +261,15 @@ impl Record {
             .any(|state| matches!(state, State::Success | State::Failed { .. }))
     }
 
+    /// The index in [`lines`](Record::lines) of its last state (`success` or
+    /// `failed`), once it ended.
+    pub(crate) fn last_state_line(&self) -> Option<usize> {
+        self.lines.iter().position(|line| {
+            serde_json::from_str::<StateChange>(line)
+                .is_ok_and(|change| matches!(change.state, State::Success | State::Failed { .. }))
+        })
+    }
+
     /// Its command, once it ran: the pid (also its process group's) and when
     /// its `running` state says it started.
     pub(crate) fn command(&self) -> Option<(u32, jiff::Timestamp)> {
