@@ -35,12 +35,14 @@ struct Books {
     reoffer: bool,
     /// The status and error message heartbeats are refused with, when they are.
     refuse_heartbeats: Option<(u16, String)>,
-    /// Processes whose log puts are answered only after a delay (and not kept).
-    slow_logs: HashMap<String, Duration>,
-    /// What came when: `log ID` (accepted), `log-attempt ID`, `ID STATE`.
-    events: Vec<(Instant, String)>,
     /// The largest log the master says it takes.
     max_log_bytes: Option<u64>,
+    /// Processes whose log puts are answered only after a delay (and not kept).
+    slow_logs: HashMap<String, Duration>,
+    /// When each heartbeat came.
+    heartbeat_times: Vec<Instant>,
+    /// What came when: `log ID` (accepted), `log-attempt ID`, `ID STATE`.
+    events: Vec<(Instant, String)>,
 }
 
 /// A stand-in for the master: `POST /api/hosts/test-host/heartbeat`,
@@ -76,6 +78,7 @@ impl StandIn {
                         .body(json!({"error": message}).to_string());
                 }
                 books.heartbeats.push(heartbeat);
+                books.heartbeat_times.push(Instant::now());
                 let start: Vec<Value> = books
                     .offers
                     .iter()
@@ -332,13 +335,14 @@ fn ended(stand_in: &StandIn, id: &str) -> bool {
 async fn assigned_processes_run_and_their_states_and_a_failures_log_reach_the_master() {
     let bed = Bed::new();
     let master = StandIn::start().await;
+    // Each runs long enough to be in a heartbeat or two.
     master.offer(
         "ok-1",
-        json!({"cmd": ["sh", "-c", "echo ran > \"$OUT/ok\""], "env": {"OUT": bed.out()}}),
+        json!({"cmd": ["sh", "-c", "sleep 0.5; echo ran > \"$OUT/ok\""], "env": {"OUT": bed.out()}}),
     );
     master.offer(
         "fail-1",
-        json!({"cmd": ["sh", "-c", "echo about to fail; exit 3"]}),
+        json!({"cmd": ["sh", "-c", "echo about to fail; sleep 0.5; exit 3"]}),
     );
     let worker = WorkerProcess::start(&bed, &master.url(), &["--max-processes", "3"]);
 
@@ -733,7 +737,7 @@ async fn a_spec_the_runner_refuses_is_reported_failed_with_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_that_times_out_holds_back_only_its_own_last_state() {
+async fn a_log_that_times_out_holds_back_only_its_own_last_state_and_heartbeats_go_on() {
     let bed = Bed::new();
     let master = StandIn::start().await;
     master.offer("a-slow", json!({"cmd": ["sh", "-c", "echo slow log"]}));
@@ -756,7 +760,7 @@ async fn a_log_that_times_out_holds_back_only_its_own_last_state() {
         master.when("a-slow running").is_some_and(|at| at < attempt),
         "the states before the last go before the log"
     );
-    // Another process, offered once a-slow's log went.
+    // While the log hangs, another process is offered, starts, and reports.
     master.offer(
         "b-quick",
         json!({"cmd": ["sh", "-c", "sleep 1; echo quick log"]}),
@@ -765,6 +769,11 @@ async fn a_log_that_times_out_holds_back_only_its_own_last_state() {
         master.when("b-quick running").is_some()
     })
     .await;
+    let running = master.when("b-quick running").unwrap() - attempt;
+    assert!(
+        running < Duration::from_secs(5),
+        "b-quick reported running {running:?} after a-slow's log went"
+    );
     // Its end waits for a-slow's put to time out, not for a-slow's log.
     wait_until(20, "b-quick's end", || {
         ended(&master, "b-quick") && master.log("b-quick").is_some()
@@ -787,6 +796,17 @@ async fn a_log_that_times_out_holds_back_only_its_own_last_state() {
         "the log goes first"
     );
     wait_until(10, "the records to go", || bed.records().is_empty()).await;
+
+    let times = master.books.lock().unwrap().heartbeat_times.clone();
+    let longest = times
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap();
+    assert!(
+        longest < Duration::from_secs(2),
+        "heartbeats every 100 ms, the longest gap {longest:?} (forwarding took over 10 s)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,11 +3,17 @@
 //!
 //! # Flow
 //!
-//! The worker posts a [`Heartbeat`] to the master every
+//! Three loops run side by side, so that none waits for another: the
+//! heartbeat, forwarding the states, and putting the logs of the runs that
+//! ended.
+//!
+//! **Heartbeat.** The worker posts a [`Heartbeat`] to the master every
 //! [`HeartbeatReply::heartbeat_every_ms`] (every second until the master first
 //! answers), listing every process it has recorded, and its instance id (see
 //! below). Each answer names processes to start and processes to kill (see
-//! [`crate::api`] for the protocol).
+//! [`crate::api`] for the protocol). However long forwarding takes (hundreds of
+//! records after an outage of the master, a long log on a slow link), the
+//! heartbeats go out on time, and the master does not take the host for down.
 //!
 //! **Start.** A process is recorded durably first (its spec in
 //! `STATE_DIR/processes/ID/`, synced, renamed into place), then its runner is
@@ -27,12 +33,14 @@
 //! the states before the last one go first, then the end of the run's log (at
 //! most [`MAX_LOG_BYTES`], or less when the master's
 //! [`HeartbeatReply::max_log_bytes`] says so), then the last state: whoever sees
-//! at the master that the run ended finds its log there. A log is given a
-//! second more than other calls for every 256 KiB, so that a long one goes
-//! through a slow link. The runner keeps the log in the record (`--log-copy`)
-//! before its last state, so a success's log outlives its run directory. Once
-//! the last state and the log are acknowledged, the record is removed, and a
-//! tombstone of its id kept.
+//! at the master that the run ended finds its log there. The runs whose log is
+//! to be put are forwarded by a loop of their own, one at a time, so that a
+//! long log on a slow link (given a second more than other calls for every
+//! 256 KiB) holds back the ends of other runs at most, never their other
+//! states. The runner keeps the log in the record (`--log-copy`) before its
+//! last state, so a success's log outlives its run directory. Once the last
+//! state and the log are acknowledged, the record is removed, and a tombstone
+//! of its id kept.
 //!
 //! **Watch.** A runner that is gone without a last state (SIGKILLed, or the
 //! machine restarted) gets a `failed` state from the worker; so does a record
@@ -56,11 +64,12 @@
 //!
 //! A master that cannot be reached (the connection refused or reset, its name
 //! not resolved, a gateway saying it is down) or that hangs ends the tick's
-//! forwarding: every other call would fail the same. A failure that concerns
-//! one record (its log timing out, a 500 for its call, a refusal) holds back
-//! that record alone: it is tried again later (after a pause that doubles up
-//! to [`RETRY_AT_MOST`]; a refusal is for good, and the record goes on without
-//! what was refused), and the other records go on.
+//! forwarding (of the loop that found it): every other call would fail the
+//! same. A failure that concerns one record (its log timing out, a 500 for
+//! its call, a refusal) holds back that record alone: it is tried again later
+//! (after a pause that doubles up to [`RETRY_AT_MOST`]; a refusal is for good,
+//! and the record goes on without what was refused), and the other records go
+//! on.
 //!
 //! A worker keeps a random instance id in its state directory and sends it in
 //! every heartbeat: the master refuses (409) the heartbeats of a second worker
@@ -88,6 +97,8 @@ mod runners;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -215,18 +226,20 @@ pub struct Worker {
     records: Records,
     master: MasterClient,
     /// Processes whose runner was sent SIGTERM by this worker.
-    terminated: HashSet<String>,
+    terminated: Mutex<HashSet<String>>,
     /// Whether the master is known to be unreachable (its outage was logged).
-    master_down: bool,
+    master_down: AtomicBool,
     /// Whether the master refuses the heartbeats (the refusal was logged).
-    heartbeat_refused: bool,
+    heartbeat_refused: AtomicBool,
     /// The most of a log the master takes, as its last heartbeat reply said
     /// (at most [`MAX_LOG_BYTES`]).
-    max_log_bytes: u64,
+    max_log_bytes: AtomicU64,
     /// Forgotten ids the master offered again (each was warned of once).
-    offered_again: HashSet<String>,
+    offered_again: Mutex<HashSet<String>>,
     /// The records whose forwarding failed, and when each is tried again.
-    retries: Retries,
+    retries: Mutex<Retries>,
+    /// The records [`ending`](Worker::ending) forwards now.
+    putting_logs: Mutex<HashSet<String>>,
 }
 
 impl Worker {
@@ -267,12 +280,13 @@ impl Worker {
             config,
             records,
             master,
-            terminated: HashSet::new(),
-            master_down: false,
-            heartbeat_refused: false,
-            max_log_bytes: MAX_LOG_BYTES,
-            offered_again: HashSet::new(),
-            retries: Retries::default(),
+            terminated: Mutex::default(),
+            master_down: AtomicBool::new(false),
+            heartbeat_refused: AtomicBool::new(false),
+            max_log_bytes: AtomicU64::new(MAX_LOG_BYTES),
+            offered_again: Mutex::default(),
+            retries: Mutex::default(),
+            putting_logs: Mutex::default(),
         })
     }
 
@@ -284,7 +298,7 @@ impl Worker {
     /// Runs until `shutdown` completes, then returns, leaving the runners alone.
     /// A process being recorded and started when `shutdown` completes is started
     /// first.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
         tracing::info!(
             name = %self.config.name,
             instance = %self.records.instance(),
@@ -304,40 +318,103 @@ impl Worker {
         result
     }
 
-    /// Ticks until `stop` is cancelled.
-    async fn work(&mut self, stop: &CancellationToken) -> Result<(), WorkerError> {
-        let mut heartbeat_every = FIRST_HEARTBEAT_EVERY;
-        let mut next_heartbeat = Instant::now();
+    /// The heartbeat, forwarding, and the logs, side by side, until `stop` is
+    /// cancelled (or the state directory cannot be read).
+    async fn work(&self, stop: &CancellationToken) -> Result<(), WorkerError> {
+        tokio::try_join!(self.beat(stop), self.forwarding(stop), self.ending(stop)).map(drop)
+    }
+
+    /// Sends a heartbeat every time the master wants one, and starts and kills
+    /// what it answers.
+    async fn beat(&self, stop: &CancellationToken) -> Result<(), WorkerError> {
+        let mut every = FIRST_HEARTBEAT_EVERY;
+        while !stop.is_cancelled() {
+            // From when the heartbeat goes: a slow answer does not delay the next.
+            let sent = Instant::now();
+            let known = self.ids()?;
+            if let Some(Some(reply)) = until(stop, self.heartbeat(known.clone())).await {
+                every = Duration::from_millis(reply.heartbeat_every_ms)
+                    .clamp(Duration::from_millis(50), Duration::from_secs(3600));
+                let max_log_bytes = reply.max_log_bytes.unwrap_or(MAX_LOG_BYTES);
+                self.max_log_bytes
+                    .store(max_log_bytes.min(MAX_LOG_BYTES), Ordering::Relaxed);
+                // Not interrupted by `stop`: a process recorded is started.
+                self.start(reply.start, self.active(&known)).await;
+                self.kill(&reply.kill);
+            }
+            until(stop, tokio::time::sleep_until(sent + every)).await;
+        }
+        Ok(())
+    }
+
+    /// Every tick, watches the records and forwards what the master lacks.
+    /// The runs whose log is to be put are left to [`ending`](Worker::ending).
+    async fn forwarding(&self, stop: &CancellationToken) -> Result<(), WorkerError> {
         while !stop.is_cancelled() {
             let records = self.watch().await?;
-            if Instant::now() >= next_heartbeat {
-                next_heartbeat = Instant::now() + heartbeat_every;
-                if let Some(Some(reply)) = until(stop, self.heartbeat(&records)).await {
-                    heartbeat_every = Duration::from_millis(reply.heartbeat_every_ms)
-                        .clamp(Duration::from_millis(50), Duration::from_secs(3600));
-                    next_heartbeat = Instant::now() + heartbeat_every;
-                    let max_log_bytes = reply.max_log_bytes.unwrap_or(MAX_LOG_BYTES);
-                    self.max_log_bytes = max_log_bytes.min(MAX_LOG_BYTES);
-                    // Not interrupted by `stop`: a process recorded is started.
-                    let active = records.iter().filter(|(_, record)| !record.ended()).count();
-                    self.start(reply.start, active).await;
-                    self.kill(&reply.kill);
+            lock(&self.retries).keep_only(&records);
+            let records = records
+                .into_iter()
+                .filter(|(id, record)| {
+                    !needs_log(record)
+                        && !lock(&self.putting_logs).contains(id)
+                        && lock(&self.retries).due(id)
+                })
+                .collect();
+            until(stop, self.forward(records)).await;
+            until(stop, tokio::time::sleep(TICK)).await;
+        }
+        Ok(())
+    }
+
+    /// Every tick, forwards the runs that ended and whose log is to be put:
+    /// one at a time, beside [`forwarding`](Worker::forwarding), so that a long
+    /// log on a slow link holds back the ends of other runs (for as long as its
+    /// timeout), never their other states.
+    async fn ending(&self, stop: &CancellationToken) -> Result<(), WorkerError> {
+        while !stop.is_cancelled() {
+            let mut records = Vec::new();
+            for id in self.ids()? {
+                if !lock(&self.retries).due(&id) {
+                    continue;
+                }
+                // Marked before it is read: forwarding leaves it alone from then on.
+                lock(&self.putting_logs).insert(id.clone());
+                match Record::read(self.records.dir(&id)) {
+                    Ok(record) if needs_log(&record) => records.push((id, record)),
+                    // Forwarding reads it, and says so when it cannot.
+                    _ => {
+                        lock(&self.putting_logs).remove(&id);
+                    }
                 }
             }
             until(stop, self.forward(records)).await;
-            let pause = TICK.min(next_heartbeat.saturating_duration_since(Instant::now()));
-            until(stop, tokio::time::sleep(pause)).await;
+            lock(&self.putting_logs).clear();
+            until(stop, tokio::time::sleep(TICK)).await;
         }
         Ok(())
+    }
+
+    /// The ids of every record.
+    fn ids(&self) -> Result<Vec<String>, WorkerError> {
+        self.records.ids().map_err(|source| WorkerError::StateDir {
+            path: self.config.state_dir.clone(),
+            source,
+        })
+    }
+
+    /// How many of the records `ids` have not ended (one that cannot be read
+    /// counts: it may be running).
+    fn active(&self, ids: &[String]) -> usize {
+        ids.iter()
+            .filter(|id| Record::read(self.records.dir(id)).is_ok_and(|record| !record.ended()))
+            .count()
     }
 
     /// Reads every record, and gives a `failed` state to those whose runner is
     /// gone without one.
     async fn watch(&self) -> Result<Vec<(String, Record)>, WorkerError> {
-        let ids = self.records.ids().map_err(|source| WorkerError::StateDir {
-            path: self.config.state_dir.clone(),
-            source,
-        })?;
+        let ids = self.ids()?;
         let mut records = Vec::with_capacity(ids.len());
         for id in ids {
             match self.read_and_watch(&id).await {
@@ -397,20 +474,27 @@ impl Worker {
         record.append(failed(reason)).await
     }
 
-    /// Posts a heartbeat listing every record; `None` when the master did not
-    /// answer it, or refused it.
-    async fn heartbeat(&mut self, records: &[(String, Record)]) -> Option<HeartbeatReply> {
+    /// Posts a heartbeat listing the records `known`; `None` when the master
+    /// did not answer it, or refused it.
+    async fn heartbeat(&self, known: Vec<String>) -> Option<HeartbeatReply> {
         let heartbeat = Heartbeat {
             max_processes: self.config.max_processes,
-            known: records.iter().map(|(id, _)| id.clone()).collect(),
+            known,
             instance: Some(self.records.instance().to_owned()),
         };
         match self.master.heartbeat(&self.config.name, &heartbeat).await {
+            Ok(reply) => {
+                self.answered();
+                if self.heartbeat_refused.swap(false, Ordering::Relaxed) {
+                    tracing::info!(master = %self.master.url(), "the master takes the heartbeats again");
+                }
+                Some(reply)
+            }
             Err(CallError::Refused {
                 status, message, ..
             }) => {
                 self.answered();
-                if !std::mem::replace(&mut self.heartbeat_refused, true) {
+                if !self.heartbeat_refused.swap(true, Ordering::Relaxed) {
                     let why = if status == reqwest::StatusCode::CONFLICT {
                         "the master refuses the heartbeats: another worker is up under this name; starting nothing, trying again"
                     } else {
@@ -420,19 +504,16 @@ impl Worker {
                 }
                 None
             }
-            result => {
-                let reply = self.outcome(result).ok().flatten()?;
-                if std::mem::take(&mut self.heartbeat_refused) {
-                    tracing::info!(master = %self.master.url(), "the master takes the heartbeats again");
-                }
-                Some(reply)
+            Err(error) => {
+                self.unavailable(&error);
+                None
             }
         }
     }
 
     /// Records and starts the assignments not recorded yet (nor forgotten),
     /// while fewer than `max_processes` are `active`.
-    async fn start(&mut self, assignments: Vec<Assignment>, mut active: usize) {
+    async fn start(&self, assignments: Vec<Assignment>, mut active: usize) {
         let max = usize::try_from(self.config.max_processes).unwrap_or(usize::MAX);
         for assignment in assignments {
             let id = &assignment.id;
@@ -445,7 +526,7 @@ impl Worker {
                 continue;
             }
             if self.records.is_forgotten(id) {
-                if self.offered_again.insert(id.clone()) {
+                if lock(&self.offered_again).insert(id.clone()) {
                     tracing::warn!(%id, "the master offers a process this worker ran and forgot: not started again");
                 }
                 continue;
@@ -491,13 +572,13 @@ impl Worker {
 
     /// Sends SIGTERM to the runners of the processes in `kill` that are ours and
     /// running.
-    fn kill(&mut self, kill: &[String]) {
+    fn kill(&self, kill: &[String]) {
         for id in kill {
             if !api::valid_process_id(id) || !self.records.is_recorded(id) {
                 continue;
             }
             // Once: the runner stops at the first, and says so in its states.
-            if self.terminated.contains(id) {
+            if lock(&self.terminated).contains(id) {
                 continue;
             }
             let Ok(record) = Record::read(self.records.dir(id)) else {
@@ -510,32 +591,28 @@ impl Worker {
                 && runners::terminate(pid, id)
             {
                 tracing::info!(%id, pid, "killing the process: SIGTERM to its runner");
-                self.terminated.insert(id.clone());
+                lock(&self.terminated).insert(id.clone());
             }
         }
     }
 
-    /// Forwards every record not waiting for a retry, and forgets those the
-    /// master has whole. Stops at the first call that finds the master
-    /// unavailable.
-    async fn forward(&mut self, records: Vec<(String, Record)>) {
-        self.retries.keep_only(&records);
+    /// Forwards `records` in turn, and forgets those the master has whole.
+    /// Stops at the first call that finds the master unavailable.
+    async fn forward(&self, records: Vec<(String, Record)>) {
+        let retries = &self.retries;
         for (id, record) in records {
-            if !self.retries.due(&id) {
-                continue;
-            }
             match self.forward_one(&id, &record).await {
                 Ok(true) => {
-                    self.retries.succeeded(&id);
+                    lock(retries).succeeded(&id);
                     match self.records.forget(&id) {
                         Ok(()) => tracing::info!(%id, "delivered: forgotten"),
                         Err(error) => tracing::warn!(%id, %error, "cannot remove the record"),
                     }
-                    self.terminated.remove(&id);
+                    lock(&self.terminated).remove(&id);
                 }
-                Ok(false) => self.retries.succeeded(&id),
+                Ok(false) => lock(retries).succeeded(&id),
                 Err(Failure::Record(error)) => {
-                    let after = self.retries.failed(&id);
+                    let after = lock(retries).failed(&id);
                     tracing::warn!(%id, %error, retry_in = %humantime::format_duration(after), "cannot forward the process: trying again later");
                 }
                 Err(Failure::Master) => return,
@@ -546,7 +623,7 @@ impl Worker {
     /// Forwards one record; whether it is delivered whole. Once the run ended,
     /// its states go before its log, and its last state after it, so that
     /// whoever sees at the master that it ended finds the log there too.
-    async fn forward_one(&mut self, id: &str, record: &Record) -> Result<bool, Failure> {
+    async fn forward_one(&self, id: &str, record: &Record) -> Result<bool, Failure> {
         let Some(last) = record.last_state_line() else {
             self.post_states(id, record, record.lines.len()).await?;
             return Ok(false);
@@ -564,7 +641,7 @@ impl Worker {
 
     /// Posts the lines of `record` the master has not acknowledged, up to line
     /// `end` (not included).
-    async fn post_states(&mut self, id: &str, record: &Record, end: usize) -> Result<(), Failure> {
+    async fn post_states(&self, id: &str, record: &Record, end: usize) -> Result<(), Failure> {
         let mut delivered = record.delivered();
         for line in record.lines.iter().take(end).skip(delivered) {
             if serde_json::from_str::<api::StateChange>(line).is_err() {
@@ -584,11 +661,12 @@ impl Worker {
 
     /// Puts the end of the run's log on the master. Done, too, when there is no
     /// log, or it cannot be read, or the master refuses it for good.
-    async fn put_log(&mut self, id: &str, record: &Record) -> Result<(), Failure> {
+    async fn put_log(&self, id: &str, record: &Record) -> Result<(), Failure> {
         let Some(log) = record.log() else {
             return Ok(());
         };
-        match log_tail(&log, self.max_log_bytes) {
+        let max = self.max_log_bytes.load(Ordering::Relaxed);
+        match log_tail(&log, max) {
             Ok(Some(tail)) => {
                 let bytes = tail.len();
                 let result = match self.master.put_log(id, tail).await {
@@ -611,7 +689,7 @@ impl Worker {
 
     /// The value of a call; `None` when the master refused it for good (logged
     /// each time).
-    fn outcome<T>(&mut self, result: Result<T, CallError>) -> Result<Option<T>, Failure> {
+    fn outcome<T>(&self, result: Result<T, CallError>) -> Result<Option<T>, Failure> {
         match result {
             Ok(value) => {
                 self.answered();
@@ -627,18 +705,23 @@ impl Worker {
                 Ok(None)
             }
             Err(error @ (CallError::Unavailable(_) | CallError::TimedOut(_))) => {
-                if !std::mem::replace(&mut self.master_down, true) {
-                    tracing::warn!(master = %self.master.url(), %error, "the master is unavailable: keeping everything, trying again");
-                }
+                self.unavailable(&error);
                 Err(Failure::Master)
             }
         }
     }
 
     /// The master answered: the end of an outage is logged.
-    fn answered(&mut self) {
-        if std::mem::take(&mut self.master_down) {
+    fn answered(&self) {
+        if self.master_down.swap(false, Ordering::Relaxed) {
             tracing::info!(master = %self.master.url(), "the master answers again");
+        }
+    }
+
+    /// The master did not answer: an outage is logged once.
+    fn unavailable(&self, error: &CallError) {
+        if !self.master_down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(master = %self.master.url(), %error, "the master is unavailable: keeping everything, trying again");
         }
     }
 }
@@ -689,6 +772,18 @@ impl Retries {
         let ids: HashSet<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
         self.waiting.retain(|id, _| ids.contains(id.as_str()));
     }
+}
+
+/// The value in `mutex`, whether or not another thread panicked with it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether `record`'s run ended and its log is still to be put.
+fn needs_log(record: &Record) -> bool {
+    record.ended() && !record.log_delivered()
 }
 
 /// `future`'s output, unless `stop` is cancelled first.
