@@ -853,6 +853,19 @@ mod tests {
     }
 
     #[test]
+    fn a_record_whose_forwarding_fails_waits_twice_as_long_each_time_up_to_a_minute() {
+        let mut retries = Retries::default();
+        assert!(retries.due("p-1"));
+        let pauses: Vec<u64> = (0..9).map(|_| retries.failed("p-1").as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert!(!retries.due("p-1"));
+        assert!(retries.due("p-2"), "the others go on");
+        retries.succeeded("p-1");
+        assert!(retries.due("p-1"));
+        assert_eq!(retries.failed("p-1"), RETRY_FIRST, "from the start again");
+    }
+
+    #[test]
     fn a_worker_can_be_spawned_on_a_runtime() {
         fn spawnable(_: impl Future<Output = Result<(), WorkerError>> + Send + 'static) {}
         let dir = tempfile::tempdir().unwrap();
