@@ -39,6 +39,8 @@ struct Books {
     max_log_bytes: Option<u64>,
     /// Processes whose log puts are answered only after a delay (and not kept).
     slow_logs: HashMap<String, Duration>,
+    /// Processes whose log puts fail (500, and not kept).
+    failing_logs: HashSet<String>,
     /// When each heartbeat came.
     heartbeat_times: Vec<Instant>,
     /// What came when: `log ID` (accepted), `log-attempt ID`, `ID STATE`.
@@ -146,6 +148,9 @@ impl StandIn {
                     .push((Instant::now(), format!("log-attempt {process}")));
                 if let Some(&delay) = books.slow_logs.get(&process) {
                     return Reply::status(204).delay(delay);
+                }
+                if books.failing_logs.contains(&process) {
+                    return Reply::status(500).body("the disk is full");
                 }
                 books.logs.insert(process.clone(), request.body.to_vec());
                 books
@@ -807,6 +812,47 @@ async fn a_log_that_times_out_holds_back_only_its_own_last_state_and_heartbeats_
         longest < Duration::from_secs(2),
         "heartbeats every 100 ms, the longest gap {longest:?} (forwarding took over 10 s)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_the_master_fails_holds_back_only_its_own_last_state() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer("a-fails", json!({"cmd": ["sh", "-c", "echo kept"]}));
+    master
+        .books
+        .lock()
+        .unwrap()
+        .failing_logs
+        .insert("a-fails".to_owned());
+    let worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "a put of a-fails's log", || {
+        master.when("log-attempt a-fails").is_some()
+    })
+    .await;
+    // Offered after, and after a-fails in id order.
+    master.offer("b-fine", json!({"cmd": ["sh", "-c", "echo fine"]}));
+    wait_until(20, "b-fine's end", || {
+        ended(&master, "b-fine") && master.log("b-fine").is_some()
+    })
+    .await;
+    assert_eq!(master.state_names("a-fails"), ["init", "setup", "running"]);
+    assert!(
+        worker.log().contains("the disk is full"),
+        "{}",
+        worker.log()
+    );
+    assert!(
+        !worker.log().contains("the master is unavailable"),
+        "a failure about one record is not an outage: {}",
+        worker.log()
+    );
+
+    master.books.lock().unwrap().failing_logs.clear();
+    wait_until(20, "a-fails's end", || ended(&master, "a-fails")).await;
+    assert_eq!(master.log("a-fails").unwrap(), b"kept\n");
+    assert!(master.when("a-fails success").unwrap() > master.when("log a-fails").unwrap());
+    wait_until(10, "the records to go", || bed.records().is_empty()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
