@@ -30,6 +30,21 @@ struct Books {
     logs: HashMap<String, Vec<u8>>,
     /// Processes whose last state was accepted.
     ended: HashSet<String>,
+    /// Whether an ended process is offered again too (a master restored from a
+    /// backup).
+    reoffer: bool,
+    /// The status and error message heartbeats are refused with, when they are.
+    refuse_heartbeats: Option<(u16, String)>,
+    /// The largest log the master says it takes.
+    max_log_bytes: Option<u64>,
+    /// Processes whose log puts are answered only after a delay (and not kept).
+    slow_logs: HashMap<String, Duration>,
+    /// Processes whose log puts fail (500, and not kept).
+    failing_logs: HashSet<String>,
+    /// When each heartbeat came.
+    heartbeat_times: Vec<Instant>,
+    /// What came when: `log ID` (accepted), `log-attempt ID`, `ID STATE`.
+    events: Vec<(Instant, String)>,
 }
 
 /// A stand-in for the master: `POST /api/hosts/test-host/heartbeat`,
@@ -59,14 +74,26 @@ impl StandIn {
                 }
                 let heartbeat: Value = serde_json::from_slice(&request.body).unwrap();
                 let mut books = books.lock().unwrap();
+                if let Some((status, message)) = &books.refuse_heartbeats {
+                    return Reply::status(*status)
+                        .header("content-type", "application/json")
+                        .body(json!({"error": message}).to_string());
+                }
                 books.heartbeats.push(heartbeat);
+                books.heartbeat_times.push(Instant::now());
                 let start: Vec<Value> = books
                     .offers
                     .iter()
-                    .filter(|offer| !books.ended.contains(offer["id"].as_str().unwrap()))
+                    .filter(|offer| {
+                        books.reoffer || !books.ended.contains(offer["id"].as_str().unwrap())
+                    })
                     .cloned()
                     .collect();
-                let reply = json!({"start": start, "kill": books.kill, "heartbeat_every_ms": 100});
+                let mut reply =
+                    json!({"start": start, "kill": books.kill, "heartbeat_every_ms": 100});
+                if let Some(max) = books.max_log_bytes {
+                    reply["max_log_bytes"] = json!(max);
+                }
                 Reply::ok(reply.to_string()).header("content-type", "application/json")
             });
         stand_in
@@ -91,9 +118,17 @@ impl StandIn {
                 assert_eq!(request.method.as_str(), "POST");
                 let state: Value = serde_json::from_slice(&request.body).unwrap();
                 let mut books = books.lock().unwrap();
+                let states = books.states.entry(process.clone()).or_default();
+                if states.contains(&state) {
+                    // As the master does: a state sent again (its acknowledgment
+                    // lost to a worker killed) is ignored.
+                    return Reply::status(204);
+                }
                 if matches!(state["state"].as_str(), Some("success" | "failed")) {
                     books.ended.insert(process.clone());
                 }
+                let event = format!("{process} {}", state["state"].as_str().unwrap());
+                books.events.push((Instant::now(), event));
                 books.states.entry(process.clone()).or_default().push(state);
                 Reply::status(204)
             });
@@ -108,7 +143,19 @@ impl StandIn {
                 }
                 assert_eq!(request.method.as_str(), "PUT");
                 let mut books = books.lock().unwrap();
+                books
+                    .events
+                    .push((Instant::now(), format!("log-attempt {process}")));
+                if let Some(&delay) = books.slow_logs.get(&process) {
+                    return Reply::status(204).delay(delay);
+                }
+                if books.failing_logs.contains(&process) {
+                    return Reply::status(500).body("the disk is full");
+                }
                 books.logs.insert(process.clone(), request.body.to_vec());
+                books
+                    .events
+                    .push((Instant::now(), format!("log {process}")));
                 Reply::status(204)
             });
         self.books
@@ -137,6 +184,25 @@ impl StandIn {
 
     fn heartbeats(&self) -> Vec<Value> {
         self.books.lock().unwrap().heartbeats.clone()
+    }
+
+    /// When `event` (see [`Books::events`]) first came.
+    fn when(&self, event: &str) -> Option<Instant> {
+        let books = self.books.lock().unwrap();
+        books
+            .events
+            .iter()
+            .find(|(_, seen)| seen == event)
+            .map(|(at, _)| *at)
+    }
+
+    /// Waits until `count` more heartbeats than now have come.
+    async fn more_heartbeats(&self, count: usize) {
+        let now = self.heartbeats().len();
+        wait_until(10, "more heartbeats", || {
+            self.heartbeats().len() >= now + count
+        })
+        .await;
     }
 }
 
@@ -274,13 +340,14 @@ fn ended(stand_in: &StandIn, id: &str) -> bool {
 async fn assigned_processes_run_and_their_states_and_a_failures_log_reach_the_master() {
     let bed = Bed::new();
     let master = StandIn::start().await;
+    // Each runs long enough to be in a heartbeat or two.
     master.offer(
         "ok-1",
-        json!({"cmd": ["sh", "-c", "echo ran > \"$OUT/ok\""], "env": {"OUT": bed.out()}}),
+        json!({"cmd": ["sh", "-c", "sleep 0.5; echo ran > \"$OUT/ok\""], "env": {"OUT": bed.out()}}),
     );
     master.offer(
         "fail-1",
-        json!({"cmd": ["sh", "-c", "echo about to fail; exit 3"]}),
+        json!({"cmd": ["sh", "-c", "echo about to fail; sleep 0.5; exit 3"]}),
     );
     let worker = WorkerProcess::start(&bed, &master.url(), &["--max-processes", "3"]);
 
@@ -470,6 +537,7 @@ async fn a_runner_gone_without_a_last_state_is_reported_failed() {
         .trim()
         .parse()
         .unwrap();
+    assert!(alive(command));
     signal(runner, "KILL");
     wait_until(20, "the failure to reach the master", || {
         ended(&master, "doomed-1")
@@ -477,14 +545,14 @@ async fn a_runner_gone_without_a_last_state_is_reported_failed() {
     .await;
     let last = master.states("doomed-1").pop().unwrap();
     assert_eq!(last["state"], "failed");
+    let reason = last["reason"].as_str().unwrap();
+    assert!(reason.contains("the runner died"), "{last}");
     assert!(
-        last["reason"].as_str().unwrap().contains("the runner died"),
+        reason.contains(&format!("its command (pid {command}) was terminated")),
         "{last}"
     );
-    // The orphaned command, whose runner cannot end it any more.
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{command}")])
-        .status();
+    // Its runner cannot end it any more: the worker did.
+    assert!(!alive(command), "the orphaned command is gone");
 }
 
 /// Records a process in the worker's state directory as a worker would have,
@@ -671,6 +739,223 @@ async fn a_spec_the_runner_refuses_is_reported_failed_with_why() {
         "{reason}"
     );
     wait_until(10, "the record to go", || bed.records().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_times_out_holds_back_only_its_own_last_state_and_heartbeats_go_on() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer("a-slow", json!({"cmd": ["sh", "-c", "echo slow log"]}));
+    // Answered after the worker's 10 s timeout for a short log, until lifted.
+    let slow = Duration::from_secs(15);
+    master
+        .books
+        .lock()
+        .unwrap()
+        .slow_logs
+        .insert("a-slow".to_owned(), slow);
+    let _worker = WorkerProcess::start(&bed, &master.url(), &["--max-processes", "2"]);
+
+    wait_until(20, "a put of a-slow's log", || {
+        master.when("log-attempt a-slow").is_some()
+    })
+    .await;
+    let attempt = master.when("log-attempt a-slow").unwrap();
+    assert!(
+        master.when("a-slow running").is_some_and(|at| at < attempt),
+        "the states before the last go before the log"
+    );
+    // While the log hangs, another process is offered, starts, and reports.
+    master.offer(
+        "b-quick",
+        json!({"cmd": ["sh", "-c", "sleep 1; echo quick log"]}),
+    );
+    wait_until(20, "b-quick to run", || {
+        master.when("b-quick running").is_some()
+    })
+    .await;
+    let running = master.when("b-quick running").unwrap() - attempt;
+    assert!(
+        running < Duration::from_secs(5),
+        "b-quick reported running {running:?} after a-slow's log went"
+    );
+    // Its end waits for a-slow's put to time out, not for a-slow's log.
+    wait_until(20, "b-quick's end", || {
+        ended(&master, "b-quick") && master.log("b-quick").is_some()
+    })
+    .await;
+    assert_eq!(master.log("b-quick").unwrap(), b"quick log\n");
+    assert_eq!(
+        master.state_names("a-slow"),
+        ["init", "setup", "running"],
+        "the last state waits for the log"
+    );
+    assert_eq!(master.log("a-slow"), None);
+
+    master.books.lock().unwrap().slow_logs.clear();
+    wait_until(30, "a-slow's end", || ended(&master, "a-slow")).await;
+    assert_eq!(master.log("a-slow").unwrap(), b"slow log\n");
+    let log = master.when("log a-slow").unwrap();
+    assert!(
+        master.when("a-slow success").unwrap() > log,
+        "the log goes first"
+    );
+    wait_until(10, "the records to go", || bed.records().is_empty()).await;
+
+    let times = master.books.lock().unwrap().heartbeat_times.clone();
+    let longest = times
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .max()
+        .unwrap();
+    assert!(
+        longest < Duration::from_secs(2),
+        "heartbeats every 100 ms, the longest gap {longest:?} (forwarding took over 10 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_the_master_fails_holds_back_only_its_own_last_state() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer("a-fails", json!({"cmd": ["sh", "-c", "echo kept"]}));
+    master
+        .books
+        .lock()
+        .unwrap()
+        .failing_logs
+        .insert("a-fails".to_owned());
+    let worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "a put of a-fails's log", || {
+        master.when("log-attempt a-fails").is_some()
+    })
+    .await;
+    // Offered after, and after a-fails in id order.
+    master.offer("b-fine", json!({"cmd": ["sh", "-c", "echo fine"]}));
+    wait_until(20, "b-fine's end", || {
+        ended(&master, "b-fine") && master.log("b-fine").is_some()
+    })
+    .await;
+    assert_eq!(master.state_names("a-fails"), ["init", "setup", "running"]);
+    assert!(
+        worker.log().contains("the disk is full"),
+        "{}",
+        worker.log()
+    );
+    assert!(
+        !worker.log().contains("the master is unavailable"),
+        "a failure about one record is not an outage: {}",
+        worker.log()
+    );
+
+    master.books.lock().unwrap().failing_logs.clear();
+    wait_until(20, "a-fails's end", || ended(&master, "a-fails")).await;
+    assert_eq!(master.log("a-fails").unwrap(), b"kept\n");
+    assert!(master.when("a-fails success").unwrap() > master.when("log a-fails").unwrap());
+    wait_until(10, "the records to go", || bed.records().is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_process_offered_again_is_not_started_again() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.offer(
+        "once-1",
+        json!({"cmd": ["sh", "-c", "echo ran >> \"$OUT/once-1\""], "env": {"OUT": bed.out()}}),
+    );
+    // Offered again after it ended, as a master restored from a backup would.
+    master.books.lock().unwrap().reoffer = true;
+    let worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the process to end", || ended(&master, "once-1")).await;
+    wait_until(10, "the record to go", || bed.records().is_empty()).await;
+    master.more_heartbeats(5).await;
+    worker.kill().await;
+    // The tombstone outlives the worker.
+    let worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    master.more_heartbeats(5).await;
+
+    assert_eq!(
+        std::fs::read_to_string(bed.path("out/once-1")).unwrap(),
+        "ran\n",
+        "ran once"
+    );
+    assert!(bed.records().is_empty());
+    assert_eq!(master.heartbeats().last().unwrap()["known"], json!([]));
+    let log = worker.log();
+    assert_eq!(
+        log.matches("ran and forgot").count(),
+        1,
+        "warned once: {log}"
+    );
+    assert!(log.contains("once-1"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_name_the_instance_and_a_refused_one_starts_nothing_until_taken() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    let refusal = "host test-host is up as another instance; stop it, or name this one otherwise";
+    master.books.lock().unwrap().refuse_heartbeats = Some((409, refusal.to_owned()));
+    master.offer("patient-2", json!({"cmd": ["true"]}));
+    let worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    let path = format!("/api/hosts/{HOST}/heartbeat");
+    wait_until(20, "refused heartbeats", || master.origin.hits(&path) >= 4).await;
+    let refused = master.origin.requests(&path);
+    let instance = serde_json::from_slice::<Value>(&refused[0].body).unwrap()["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(instance.len(), 16, "{instance}");
+    assert!(
+        instance.chars().all(|c| c.is_ascii_hexdigit()),
+        "{instance}"
+    );
+    assert!(bed.records().is_empty(), "nothing started");
+    let log = worker.log();
+    assert_eq!(log.matches(refusal).count(), 1, "said once: {log}");
+    assert!(
+        log.contains("another worker is up under this name"),
+        "{log}"
+    );
+
+    master.books.lock().unwrap().refuse_heartbeats = None;
+    wait_until(20, "the process to end", || ended(&master, "patient-2")).await;
+    assert!(
+        worker
+            .log()
+            .contains("the master takes the heartbeats again"),
+        "{}",
+        worker.log()
+    );
+    worker.kill().await;
+    let _worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    master.more_heartbeats(2).await;
+    let heartbeats = master.heartbeats();
+    assert!(
+        heartbeats.iter().all(|beat| beat["instance"] == instance),
+        "the same instance, across restarts: {heartbeats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_cut_to_what_the_master_takes() {
+    let bed = Bed::new();
+    let master = StandIn::start().await;
+    master.books.lock().unwrap().max_log_bytes = Some(64);
+    master.offer(
+        "chatty-1",
+        json!({"cmd": ["sh", "-c", "for n in $(seq 1 50); do echo line $n; done"]}),
+    );
+    let _worker = WorkerProcess::start(&bed, &master.url(), &[]);
+    wait_until(20, "the process and its log", || {
+        ended(&master, "chatty-1") && master.log("chatty-1").is_some()
+    })
+    .await;
+    let whole: String = (1..=50).map(|n| format!("line {n}\n")).collect();
+    let log = String::from_utf8(master.log("chatty-1").unwrap()).unwrap();
+    assert!(log.len() <= 64 && log.len() > 50, "{log:?}");
+    assert!(whole.ends_with(&log), "the end: {log:?}");
+    assert!(log.starts_with("line "), "from a line start: {log:?}");
 }
 
 // With the real master: `dadd master` and `dadd worker`, both real processes.

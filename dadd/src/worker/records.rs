@@ -13,10 +13,26 @@
 //! `STATE_DIR/staging/`, synced, and renamed into place, so that a worker stopped
 //! at any moment either has the whole record or none of it. It is forgotten the
 //! same way backwards: renamed into `STATE_DIR/forgotten/`, then removed.
+//!
+//! Beside the records:
+//!
+//! ```text
+//! STATE_DIR/tombstones   the ids forgotten, `ID TIMESTAMP` a line (appended, synced,
+//!                        before the record goes; lines older than a week are
+//!                        dropped when the worker starts)
+//! STATE_DIR/instance     this worker's random instance id (made once)
+//! ```
+//!
+//! A tombstone is what keeps a forgotten id from starting again when the master
+//! offers it again (its database restored from a backup, a last state it
+//! refused): a record is gone once forgotten, and an id without a record would
+//! otherwise look new.
 
-use std::io::Write;
+use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use crate::api::{self, Assignment, State, StateChange};
 use crate::runner::{FileStateSink, StateSink};
@@ -41,6 +57,14 @@ const FORGOTTEN: &str = "forgotten";
 
 /// Locked while a worker uses the state directory.
 const LOCK_FILE: &str = "lock";
+/// The ids forgotten, and when.
+const TOMBSTONES_FILE: &str = "tombstones";
+/// The worker's instance id.
+const INSTANCE_FILE: &str = "instance";
+
+/// How long a forgotten id is kept from starting again: longer than any master
+/// goes on offering a process it was told about, shorter than forever.
+pub(crate) const TOMBSTONES_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The processes a worker has recorded, in its state directory.
 #[derive(Debug)]
@@ -49,6 +73,10 @@ pub(crate) struct Records {
     /// Held (locked) as long as the records are open: two workers on one state
     /// directory would start each process twice.
     _lock: std::fs::File,
+    /// The ids in [`TOMBSTONES_FILE`].
+    tombstones: Mutex<HashSet<String>>,
+    /// The worker's instance id, from [`INSTANCE_FILE`].
+    instance: String,
 }
 
 /// Why the state directory cannot be used.
@@ -78,9 +106,13 @@ impl Records {
             Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(lock_path)),
             Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
         }
+        let tombstones = prune_tombstones(&root.join(TOMBSTONES_FILE), SystemTime::now())?;
+        let instance = instance_id(root)?;
         let records = Records {
             root: root.to_owned(),
             _lock: lock,
+            tombstones: Mutex::new(tombstones),
+            instance,
         };
         for leftovers in [STAGING, FORGOTTEN] {
             let dir = root.join(leftovers);
@@ -99,6 +131,21 @@ impl Records {
     /// The directory of process `id` (recorded or not).
     pub(crate) fn dir(&self, id: &str) -> PathBuf {
         self.root.join(PROCESSES).join(id)
+    }
+
+    /// The worker's instance id: 16 random hexadecimal digits, made the first
+    /// time the state directory is used, then kept.
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Whether `id` was forgotten (within [`TOMBSTONES_KEPT`]): it is never
+    /// started again.
+    pub(crate) fn is_forgotten(&self, id: &str) -> bool {
+        self.tombstones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(id)
     }
 
     /// Whether `id` is recorded.
@@ -144,8 +191,20 @@ impl Records {
         sync_dir(&self.root.join(STAGING))
     }
 
-    /// Forgets `id`: its record is gone at once, whole (a rename), then removed.
+    /// Forgets `id`: its tombstone is written (and synced) first, so that the
+    /// id never starts again; then its record is gone at once, whole (a
+    /// rename), and removed.
     pub(crate) fn forget(&self, id: &str) -> std::io::Result<()> {
+        let mut tombstones = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(TOMBSTONES_FILE))?;
+        tombstones.write_all(format!("{id} {}\n", jiff::Timestamp::now()).as_bytes())?;
+        tombstones.sync_data()?;
+        self.tombstones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned());
         let gone = self.root.join(FORGOTTEN).join(id);
         if gone.exists() {
             std::fs::remove_dir_all(&gone)?;
@@ -200,6 +259,29 @@ impl Record {
         self.states()
             .iter()
             .any(|state| matches!(state, State::Success | State::Failed { .. }))
+    }
+
+    /// The index in [`lines`](Record::lines) of its last state (`success` or
+    /// `failed`), once it ended.
+    pub(crate) fn last_state_line(&self) -> Option<usize> {
+        self.lines.iter().position(|line| {
+            serde_json::from_str::<StateChange>(line)
+                .is_ok_and(|change| matches!(change.state, State::Success | State::Failed { .. }))
+        })
+    }
+
+    /// Its command, once it ran: the pid (also its process group's) and when
+    /// its `running` state says it started.
+    pub(crate) fn command(&self) -> Option<(u32, jiff::Timestamp)> {
+        self.lines
+            .iter()
+            .rev()
+            .filter_map(|line| serde_json::from_str::<StateChange>(line).ok())
+            .filter_map(|change| match change.state {
+                State::Running { pid } => Some((pid, change.at)),
+                _ => None,
+            })
+            .next()
     }
 
     /// Whether its last state is `failed`.
@@ -293,6 +375,83 @@ impl Record {
     }
 }
 
+/// The ids in the tombstones file at `path` forgotten less than
+/// [`TOMBSTONES_KEPT`] before `now`; the file is rewritten without the others
+/// (and without lines that are not tombstones: a write cut by a crash).
+fn prune_tombstones(path: &Path, now: SystemTime) -> std::io::Result<HashSet<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(error) => return Err(error),
+    };
+    let oldest = now
+        .checked_sub(TOMBSTONES_KEPT)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut kept = String::new();
+    let mut ids = HashSet::new();
+    for line in text.lines() {
+        let tombstone = line.split_once(' ').and_then(|(id, at)| {
+            let at = SystemTime::from(at.parse::<jiff::Timestamp>().ok()?);
+            api::valid_process_id(id).then_some((id, at))
+        });
+        match tombstone {
+            Some((id, at)) if at >= oldest => {
+                kept.push_str(line);
+                kept.push('\n');
+                ids.insert(id.to_owned());
+            }
+            Some(_) => {}
+            None => tracing::warn!(%line, path = %path.display(), "not a tombstone: dropped"),
+        }
+    }
+    if kept != text {
+        write_synced(path, kept.as_bytes())?;
+    }
+    Ok(ids)
+}
+
+/// The instance id kept in `root`, made (16 random hexadecimal digits) when
+/// there is none.
+fn instance_id(root: &Path) -> std::io::Result<String> {
+    let path = root.join(INSTANCE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if valid_instance(text.trim()) => return Ok(text.trim().to_owned()),
+        Ok(text) => tracing::warn!(path = %path.display(), %text, "not an instance id: made anew"),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let mut random = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    let instance: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    write_synced(&path, format!("{instance}\n").as_bytes())?;
+    Ok(instance)
+}
+
+/// Whether `text` is an instance id as [`instance_id`] makes them (or one set
+/// by hand: letters, digits, `-` and `_`, up to 64).
+fn valid_instance(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+}
+
+/// Writes `path` whole: a synced `.partial` file renamed into place.
+fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Syncs a directory, so that the names just made or renamed in it survive a
 /// crash.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -330,6 +489,44 @@ mod tests {
         records.forget("a-1").unwrap();
         assert!(!records.is_recorded("a-1"));
         assert_eq!(records.ids().unwrap(), ["b-2"]);
+    }
+
+    #[test]
+    fn a_forgotten_id_stays_forgotten_for_a_week_across_restarts() {
+        let root = tempfile::tempdir().unwrap();
+        let records = Records::open(root.path()).unwrap();
+        records.record(&assignment("done-1")).unwrap();
+        assert!(!records.is_forgotten("done-1"));
+        records.forget("done-1").unwrap();
+        assert!(records.is_forgotten("done-1"));
+        assert!(!records.is_forgotten("other-1"));
+        drop(records);
+
+        let tombstones = root.path().join(TOMBSTONES_FILE);
+        let eight_days_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(8 * 24);
+        let mut text = std::fs::read_to_string(&tombstones).unwrap();
+        text.push_str(&format!("old-1 {eight_days_ago}\ncut-"));
+        std::fs::write(&tombstones, text).unwrap();
+        let records = Records::open(root.path()).unwrap();
+        assert!(records.is_forgotten("done-1"));
+        assert!(!records.is_forgotten("old-1"), "older than a week: pruned");
+        let text = std::fs::read_to_string(&tombstones).unwrap();
+        assert!(
+            text.starts_with("done-1 ") && text.ends_with('\n'),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+    }
+
+    #[test]
+    fn the_instance_id_is_made_once_and_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let first = Records::open(root.path()).unwrap().instance().to_owned();
+        assert_eq!(first.len(), 16);
+        assert!(first.chars().all(|c| c.is_ascii_hexdigit()), "{first}");
+        assert_eq!(Records::open(root.path()).unwrap().instance(), first);
+        let elsewhere = tempfile::tempdir().unwrap();
+        assert_ne!(Records::open(elsewhere.path()).unwrap().instance(), first);
     }
 
     #[test]

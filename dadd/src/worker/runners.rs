@@ -3,6 +3,8 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use rustix::process::{Pid, Signal};
 
@@ -138,6 +140,88 @@ pub(crate) fn terminate(pid: u32, id: &str) -> bool {
     }
 }
 
+/// How far a command's start time, as the kernel has it, may be from the time
+/// of its `running` state: the boot time is in whole seconds, and the runner
+/// writes the state just after it starts the command.
+const START_TIME_SLACK: Duration = Duration::from_secs(3);
+
+/// Whether `pid` is the command that its runner said was `running` at `at`: a
+/// live process that started then (pids are reused; after a reboot the pid may
+/// be anyone's). Always false without `/proc` (not Linux), where it cannot be
+/// told.
+pub(crate) fn is_command(pid: u32, at: jiff::Timestamp) -> bool {
+    let Some(started) = start_time(pid) else {
+        return false;
+    };
+    let at = at.as_millisecond() as f64 / 1000.0;
+    (started - at).abs() <= START_TIME_SLACK.as_secs_f64()
+}
+
+/// When live process `pid` started, in seconds since the epoch: its start
+/// time in clock ticks since boot (`/proc/PID/stat`, field 22) after the boot
+/// time (`btime` in `/proc/stat`). `None` for a zombie, or one gone.
+fn start_time(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses: field 3 on.
+    let (_, fields) = stat.rsplit_once(')')?;
+    let mut fields = fields.split_whitespace();
+    if fields.next()?.starts_with(['Z', 'X']) {
+        return None;
+    }
+    let ticks: u64 = fields.nth(22 - 4)?.parse().ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(boot as f64 + ticks as f64 / clock_ticks_per_second() as f64)
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`), 100 (what Linux
+/// uses everywhere) when it cannot be asked.
+fn clock_ticks_per_second() -> u64 {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8(output.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .filter(|&ticks| ticks > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// Terminates the process group of command `pid` (its runner's work, when the
+/// runner cannot do it any more): SIGTERM, then SIGKILL to what is left after
+/// `grace`. The caller has checked that `pid` is the command ([`is_command`]).
+pub(crate) async fn terminate_group(pid: u32, grace: Duration) {
+    let Some(group) = pid_of(pid) else {
+        return;
+    };
+    if let Err(error) = rustix::process::kill_process_group(group, Signal::TERM) {
+        tracing::warn!(pid, %error, "cannot signal the command's process group");
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ESRCH: none of the group is left (a zombie not reaped yet still counts).
+        if rustix::process::test_kill_process_group(group).is_err() {
+            return;
+        }
+    }
+    if let Err(error) = rustix::process::kill_process_group(group, Signal::KILL)
+        && error != rustix::io::Errno::SRCH
+    {
+        tracing::warn!(pid, %error, "cannot kill the command's process group");
+    }
+}
+
 fn pid_of(pid: u32) -> Option<Pid> {
     i32::try_from(pid).ok().and_then(Pid::from_raw)
 }
@@ -145,6 +229,25 @@ fn pid_of(pid: u32) -> Option<Pid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_command_is_told_by_its_start_time_and_its_group_terminated() {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        let mut sleep = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = sleep.id();
+        let now = jiff::Timestamp::now();
+        assert!(is_command(pid, now));
+        assert!(!is_command(pid, now - jiff::SignedDuration::from_secs(60)));
+        assert!(!is_command(pid, now + jiff::SignedDuration::from_secs(60)));
+        terminate_group(pid, Duration::from_millis(500)).await;
+        let status = sleep.wait().unwrap();
+        assert_eq!(status.signal(), Some(15), "{status:?}");
+        assert!(!is_command(pid, now), "gone");
+    }
 
     #[test]
     fn a_process_is_a_runner_only_of_the_id_on_its_command_line() {
