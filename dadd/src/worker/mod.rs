@@ -332,7 +332,10 @@ impl Worker {
             // From when the heartbeat goes: a slow answer does not delay the next.
             let sent = Instant::now();
             let known = self.ids()?;
-            if let Some(Some(reply)) = until(stop, self.heartbeat(known.clone())).await {
+            // Not interrupted by `stop` either: the master may have handed out
+            // processes in its answer, which would otherwise wait for this host
+            // to come back (the call has a timeout).
+            if let Some(reply) = self.heartbeat(known.clone()).await {
                 every = Duration::from_millis(reply.heartbeat_every_ms)
                     .clamp(Duration::from_millis(50), Duration::from_secs(3600));
                 let max_log_bytes = reply.max_log_bytes.unwrap_or(MAX_LOG_BYTES);
