@@ -61,3 +61,36 @@ pub mod progress;
 pub mod runner;
 pub mod spec;
 pub mod worker;
+
+/// An error and its causes on one line, outermost first, `: `-separated, each
+/// cause said once: many errors already name their source in their own
+/// message, and some (reqwest's "error sending request") only in their causes.
+pub fn explain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("listening on 127.0.0.1:8440: {0}")]
+        struct Listen(#[source] std::io::Error);
+        let error = anyhow::Error::new(Listen(std::io::Error::other("address in use")))
+            .context("the master");
+        assert_eq!(
+            super::explain(error.as_ref()),
+            "the master: listening on 127.0.0.1:8440: address in use"
+        );
+    }
+}

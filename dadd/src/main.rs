@@ -158,33 +158,30 @@ struct UpArgs {
     /// The master's directory (default: as `dadd master`'s).
     #[arg(long, env = "DADD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// The worker's state directory (default: as `dadd worker`'s).
-    #[arg(long, env = "DADD_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-    /// How many processes run at once (default: the number of CPUs).
-    #[arg(long)]
-    max_processes: Option<u32>,
-    /// The host's config (TOML): [smtp], which the runners mail failures with;
-    /// name, max_processes, state_dir, cache_dir, redis.
-    #[arg(long, env = "DADD_CONFIG")]
-    config: Option<PathBuf>,
     #[command(flatten)]
-    cache: CacheArgs,
+    worker: HostArgs,
 }
 
 /// `dadd worker`'s options; each wins over the same key in the config file.
 #[derive(Debug, Args)]
 struct WorkerArgs {
-    /// The host's config (TOML): master, token, name, max_processes, state_dir,
-    /// cache_dir, redis; [smtp], which the runners mail failures with.
-    #[arg(long, env = "DADD_CONFIG")]
-    config: Option<PathBuf>,
     /// The master.
     #[arg(long, env = "DADD_MASTER")]
     master: Option<Url>,
     /// The master's bearer token (also handed to the runners).
     #[arg(long, env = "DADD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+/// A worker's options, in `dadd worker` and `dadd up`.
+#[derive(Debug, Args)]
+struct HostArgs {
+    /// The host's config (TOML): master, token, name, max_processes, state_dir,
+    /// cache_dir, redis; [smtp], which the runners mail failures with.
+    #[arg(long, env = "DADD_CONFIG")]
+    config: Option<PathBuf>,
     /// This host's name on the master (default: the machine's host name).
     #[arg(long)]
     name: Option<String>,
@@ -327,27 +324,10 @@ fn main() -> ExitCode {
     match result {
         Ok(status) => ExitCode::from(status),
         Err(error) => {
-            eprintln!("dadd: {}", explain(&error));
+            eprintln!("dadd: {}", dadd::explain(error.as_ref()));
             ExitCode::from(failure_status)
         }
     }
-}
-
-/// An error and its causes on one line, outermost first, each cause said once:
-/// many of our errors already say their source in their own message.
-fn explain(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let cause = cause.to_string();
-        if text.contains(&cause) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause);
-    }
-    text
 }
 
 /// The detached runner's own output (its log lines), in the run directory.
@@ -622,35 +602,13 @@ async fn master(args: MasterArgs) -> anyhow::Result<()> {
 
 /// `dadd worker`: works until SIGINT, SIGTERM or SIGHUP.
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let host = match &args.config {
-        Some(path) => HostConfig::from_file(path).context("the config")?,
-        None => HostConfig::default(),
-    };
-    let name = match args.name.or(host.name) {
-        Some(name) => name,
-        None => dadd::worker::default_name()
-            .context("no host name: pass --name, or set name in the config")?,
-    };
+    let host = args.host.read_config()?;
     let master = args
         .master
-        .or(host.master)
+        .or(host.master.clone())
         .context("no master: pass --master, or set master in the config")?;
-    let state_dir = match args.state_dir.or(host.state_dir) {
-        Some(dir) => dir,
-        None => dadd::worker::default_state_dir().context(
-            "no state directory: set XDG_STATE_HOME or HOME, pass --state-dir, or set state_dir in the config",
-        )?,
-    };
-    let mut config = dadd::worker::WorkerConfig::new(name, master, state_dir);
-    config.token = args.token.or(host.token);
-    config.cache_dir = args.cache.cache_dir.or(host.cache_dir);
-    config.redis = args.cache.redis.or(host.redis);
-    config.host_config = args.config;
-    if let Some(max) = args.max_processes.or(host.max_processes) {
-        config.max_processes = max;
-    }
-    config.program = std::env::current_exe().context("finding the dadd binary")?;
-    let worker = dadd::worker::Worker::new(config)?;
+    let token = args.token.or(host.token.clone());
+    let worker = dadd::worker::Worker::new(args.host.worker_config(host, master, token)?)?;
     let stop = stop_signals().context("listening for signals")?;
     worker
         .run(async move {
@@ -661,12 +619,51 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl HostArgs {
+    /// The config file, when one is given.
+    fn read_config(&self) -> anyhow::Result<HostConfig> {
+        match &self.config {
+            Some(path) => HostConfig::from_file(path).context("the config"),
+            None => Ok(HostConfig::default()),
+        }
+    }
+
+    /// A worker's config: the command line, else the config file, else the
+    /// defaults.
+    fn worker_config(
+        self,
+        host: HostConfig,
+        master: Url,
+        token: Option<String>,
+    ) -> anyhow::Result<dadd::worker::WorkerConfig> {
+        let name = match self.name.or(host.name) {
+            Some(name) => name,
+            None => dadd::worker::default_name()
+                .context("no host name: pass --name, or set name in the config")?,
+        };
+        let state_dir = match self.state_dir.or(host.state_dir) {
+            Some(dir) => dir,
+            None => dadd::worker::default_state_dir().context(
+                "no state directory: set XDG_STATE_HOME or HOME, pass --state-dir, or set \
+                 state_dir in the config",
+            )?,
+        };
+        let mut config = dadd::worker::WorkerConfig::new(name, master, state_dir);
+        config.token = token;
+        config.cache_dir = self.cache.cache_dir.or(host.cache_dir);
+        config.redis = self.cache.redis.or(host.redis);
+        config.host_config = self.config;
+        if let Some(max) = self.max_processes.or(host.max_processes) {
+            config.max_processes = max;
+        }
+        config.program = std::env::current_exe().context("finding the dadd binary")?;
+        Ok(config)
+    }
+}
+
 /// `dadd up`: a master and a worker, until SIGINT, SIGTERM or SIGHUP.
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let host = match &args.config {
-        Some(path) => HostConfig::from_file(path).context("the config")?,
-        None => HostConfig::default(),
-    };
+    let host = args.worker.read_config()?;
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()
@@ -686,23 +683,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let url =
         Url::parse(&format!("http://{}", master.local_addr()?)).context("the master's URL")?;
 
-    let name = match host.name {
-        Some(name) => name,
-        None => dadd::worker::default_name().context("no host name: set name in the config")?,
-    };
-    let state_dir = match args.state_dir.or(host.state_dir) {
-        Some(dir) => dir,
-        None => dadd::worker::default_state_dir()
-            .context("no state directory: set XDG_STATE_HOME or HOME, or pass --state-dir")?,
-    };
-    let mut config = dadd::worker::WorkerConfig::new(name, url.clone(), state_dir);
-    config.cache_dir = args.cache.cache_dir.or(host.cache_dir);
-    config.redis = args.cache.redis.or(host.redis);
-    config.host_config = args.config;
-    if let Some(max) = args.max_processes.or(host.max_processes) {
-        config.max_processes = max;
-    }
-    config.program = std::env::current_exe().context("finding the dadd binary")?;
+    // No token: the master is on loopback.
+    let config = args.worker.worker_config(host, url.clone(), None)?;
     let worker = dadd::worker::Worker::new(config)?;
 
     let stop = stop_signals().context("listening for signals")?;
@@ -897,23 +879,5 @@ async fn build_fetcher(cache: &CacheArgs, bars: Option<&FetchBars>) -> anyhow::R
 async fn close(fetcher: &Fetcher) {
     if let Err(error) = fetcher.close().await {
         tracing::warn!(%error, "closing the artifact cache");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_error_says_each_cause_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("listening on 127.0.0.1:8440: {0}")]
-        struct Listen(#[source] std::io::Error);
-        let error = anyhow::Error::new(Listen(std::io::Error::other("address in use")))
-            .context("the master");
-        assert_eq!(
-            explain(&error),
-            "the master: listening on 127.0.0.1:8440: address in use"
-        );
     }
 }

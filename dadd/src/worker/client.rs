@@ -95,7 +95,10 @@ impl MasterClient {
             .call(reqwest::Method::POST, &path, body, "application/json", None)
             .await?;
         let body = response.bytes().await.map_err(|error| {
-            CallError::Unavailable(format!("the heartbeat's answer: {}", chain(&error)))
+            CallError::Unavailable(format!(
+                "the heartbeat's answer: {}",
+                crate::explain(&error)
+            ))
         })?;
         serde_json::from_slice(&body)
             .map_err(|error| CallError::Unavailable(format!("the heartbeat's answer: {error}")))
@@ -154,7 +157,7 @@ impl MasterClient {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.map_err(|error| {
-            let message = format!("{method} {path}: {}", chain(&error));
+            let message = format!("{method} {path}: {}", crate::explain(&error));
             if error.is_timeout() {
                 CallError::TimedOut(message)
             } else {
@@ -189,22 +192,6 @@ impl MasterClient {
             _ => CallError::Failed(message),
         })
     }
-}
-
-/// An error and its sources, `: `-separated (reqwest's own message leaves out
-/// why: refused, reset, timed out).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
