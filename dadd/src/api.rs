@@ -190,6 +190,9 @@ impl StateChange {
 pub struct Submitted {
     /// The process id, for `GET /api/processes/{id}`.
     pub id: String,
+    /// Why it may wait: no worker is up, or the host its spec names is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// A process as `GET /api/processes` lists it.

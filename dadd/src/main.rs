@@ -737,8 +737,11 @@ async fn call_master(command: ClientCommand) -> anyhow::Result<()> {
     match command {
         ClientCommand::Submit { spec, master } => {
             let (text, format) = read_spec_text(&spec)?;
-            let id = master.client()?.submit(&text, format).await?;
-            println!("{id}");
+            let submitted = master.client()?.submit(&text, format).await?;
+            if let Some(warning) = &submitted.warning {
+                eprintln!("dadd: warning: {warning}");
+            }
+            println!("{}", submitted.id);
         }
         ClientCommand::Ps { json, master } => {
             let processes = master.client()?.list().await?;

@@ -220,7 +220,14 @@ async fn submit_ps_show_and_logs_print_what_the_master_has() {
     )
     .unwrap();
 
-    let hello = master.dadd(&["submit", spec.to_str().unwrap()]).await.ok();
+    let submitted = master.dadd(&["submit", spec.to_str().unwrap()]).await;
+    // No worker has sent a heartbeat to this master: it says the process waits.
+    assert_eq!(
+        submitted.stderr(),
+        "dadd: warning: no worker is up: the process waits in the queue until one sends a \
+         heartbeat (dadd worker, or dadd up)\n"
+    );
+    let hello = submitted.ok();
     let hello = hello.trim();
     assert!(!hello.is_empty() && !hello.contains(char::is_whitespace));
     let from_stdin = &master

@@ -620,7 +620,22 @@ async fn a_spec_that_names_a_host_waits_for_that_host() {
     let data = tempfile::tempdir().unwrap();
     let master = Master::start(data.path(), &[]).await;
     heartbeat(&master, "a", 4, &[]).await;
-    let id = submit(&master, &json!({"cmd": ["true"], "host": "gpu-1"})).await;
+    let (status, body) = json_of(
+        client()
+            .post(master.url("/api/processes"))
+            .header("content-type", "application/json")
+            .body(json!({"cmd": ["true"], "host": "gpu-1"}).to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        body["warning"],
+        "no host gpu-1 has registered with this master: the process waits for it"
+    );
+    let id = body["id"].as_str().unwrap().to_owned();
     assert!(offered(&heartbeat(&master, "a", 4, &[]).await).is_empty());
     assert_eq!(show(&master, &id).await["state"], "queued");
     assert_eq!(offered(&heartbeat(&master, "gpu-1", 1, &[]).await), [id]);

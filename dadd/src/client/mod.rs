@@ -224,9 +224,10 @@ impl MasterClient {
     }
 
     /// `POST /api/processes`: submits a spec (its text, as written in `format`)
-    /// and returns the new process's id. The master checks the spec; its
-    /// message says what is wrong with one it refuses.
-    pub async fn submit(&self, spec_text: &str, format: Format) -> Result<String, ClientError> {
+    /// and returns the new process's id, with a warning when it may wait (no
+    /// worker is up, or the host it names is not). The master checks the spec;
+    /// its message says what is wrong with one it refuses.
+    pub async fn submit(&self, spec_text: &str, format: Format) -> Result<Submitted, ClientError> {
         let content_type = match format {
             Format::Json => "application/json",
             Format::Yaml => "application/yaml",
@@ -236,8 +237,7 @@ impl MasterClient {
             .request(Method::POST, &["api", "processes"])
             .header(CONTENT_TYPE, content_type)
             .body(spec_text.to_owned());
-        let submitted: Submitted = self.json("submitting the spec", request).await?;
-        Ok(submitted.id)
+        self.json("submitting the spec", request).await
     }
 
     /// `GET /api/processes`: every process, newest first.

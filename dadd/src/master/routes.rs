@@ -304,7 +304,27 @@ async fn submit(
         .map_err(|error: SpecError| ApiError::new(StatusCode::BAD_REQUEST, error.to_string()))?;
     let id = master.store.submit(&spec).await?;
     tracing::info!(%id, name = spec.name.as_deref(), "process submitted");
-    Ok((StatusCode::CREATED, axum::Json(Submitted { id })))
+    let warning = match master.store.hosts().await {
+        Ok(hosts) => match &spec.host {
+            Some(name) if !hosts.iter().any(|host| &host.name == name) => Some(format!(
+                "no host {name} has registered with this master: the process waits for it"
+            )),
+            Some(name) if !hosts.iter().any(|host| &host.name == name && host.up) => {
+                Some(format!("host {name} is down: the process waits for it"))
+            }
+            None if !hosts.iter().any(|host| host.up) => Some(
+                "no worker is up: the process waits in the queue until one sends a heartbeat \
+                 (dadd worker, or dadd up)"
+                    .to_owned(),
+            ),
+            _ => None,
+        },
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the hosts to warn a submit");
+            None
+        }
+    };
+    Ok((StatusCode::CREATED, axum::Json(Submitted { id, warning })))
 }
 
 /// `GET /api/processes`: every process, newest first.
