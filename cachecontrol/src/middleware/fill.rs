@@ -127,7 +127,7 @@ impl Shared {
                 };
                 let nonce = variants.nonce;
                 let marker = Meta::Variants(Arc::new(variants));
-                self.with_store("put", key, self.store.put(key, marker, Body::empty()))
+                self.with_store("put", key, self.cache().put(key, marker, Body::empty()))
                     .await;
                 nonce
             }
@@ -161,7 +161,7 @@ impl Shared {
         tokio::spawn(async move {
             let _flight = flight;
             match shared
-                .store
+                .cache()
                 .put(&storage_key, meta, Body::Stream(body_stream))
                 .await
             {
