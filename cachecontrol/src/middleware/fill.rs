@@ -169,7 +169,10 @@ impl Shared {
                     // The URL was invalidated while this response was on its way.
                     shared.store_delete(&storage_key).await;
                 }
-                Ok(()) => tracing::trace!(key = %storage_key, "stored"),
+                Ok(()) => {
+                    shared.flights.note_stored();
+                    tracing::trace!(key = %storage_key, "stored");
+                }
                 Err(StoreError::Incomplete { .. }) => {
                     tracing::debug!(key = %storage_key, "body incomplete; not stored")
                 }

@@ -427,7 +427,9 @@ impl Shared {
     ) -> reqwest_middleware::Result<Response> {
         let directives = RequestDirectives::from_headers(request.headers());
         let mut waited = false;
+        let mut looked_again = false;
         loop {
+            let stored_before = self.flights.stored();
             let stored = match self.keys.of_request(&request) {
                 Some(key) if mode != CacheMode::Reload => {
                     self.lookup(&key, request.headers()).await
@@ -482,6 +484,16 @@ impl Shared {
                 && let Some(key) = self.keys.of_request(&request)
             {
                 match self.flights.join(&key) {
+                    // A leader stored its response while this request looked, maybe
+                    // this very entry, just after the lookup missed it: look again
+                    // (once) rather than ask the origin for what is stored.
+                    Join::Leader(guard)
+                        if !looked_again && self.flights.stored() != stored_before =>
+                    {
+                        drop(guard);
+                        looked_again = true;
+                        continue;
+                    }
                     Join::Leader(guard) => {
                         return Box::pin(self.fetch(request, extensions, next, Some(guard), false))
                             .await;
