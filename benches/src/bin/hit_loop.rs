@@ -28,7 +28,7 @@ use testbed::redis::RedisServer;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(
-        !args.is_empty() && args.len() % 2 == 0,
+        !args.is_empty() && args.len().is_multiple_of(2),
         "usage: hit_loop <contender> <iterations> [<contender> <iterations> ...]"
     );
     let runtime = if std::env::var_os("CURRENT_THREAD").is_some() {
