@@ -31,6 +31,8 @@ type FlightMap = HashMap<String, (u64, watch::Receiver<u64>)>;
 pub(crate) struct Flights {
     map: Arc<Mutex<FlightMap>>,
     next_id: AtomicU64,
+    /// How many responses from the origin have been stored.
+    stored: AtomicU64,
 }
 
 /// What a request is for a key: the one that fetches it, or one that waits.
@@ -67,6 +69,20 @@ impl Flights {
             id,
             progress,
         })
+    }
+
+    /// How many responses from the origin have been stored so far, of any key. A
+    /// request that misses and then finds no flight of its key may have missed an
+    /// entry stored in between: it compares this count from before its lookup with
+    /// the count after.
+    pub(crate) fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Acquire)
+    }
+
+    /// A response from the origin has been stored (before its leader's guard, if it
+    /// has one, is dropped).
+    pub(crate) fn note_stored(&self) {
+        self.stored.fetch_add(1, Ordering::Release);
     }
 }
 

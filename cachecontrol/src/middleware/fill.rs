@@ -127,7 +127,7 @@ impl Shared {
                 };
                 let nonce = variants.nonce;
                 let marker = Meta::Variants(Arc::new(variants));
-                self.with_store("put", key, self.store.put(key, marker, Body::empty()))
+                self.with_store("put", key, self.cache().put(key, marker, Body::empty()))
                     .await;
                 nonce
             }
@@ -161,7 +161,7 @@ impl Shared {
         tokio::spawn(async move {
             let _flight = flight;
             match shared
-                .store
+                .cache()
                 .put(&storage_key, meta, Body::Stream(body_stream))
                 .await
             {
@@ -169,7 +169,10 @@ impl Shared {
                     // The URL was invalidated while this response was on its way.
                     shared.store_delete(&storage_key).await;
                 }
-                Ok(()) => tracing::trace!(key = %storage_key, "stored"),
+                Ok(()) => {
+                    shared.flights.note_stored();
+                    tracing::trace!(key = %storage_key, "stored");
+                }
                 Err(StoreError::Incomplete { .. }) => {
                     tracing::debug!(key = %storage_key, "body incomplete; not stored")
                 }

@@ -137,7 +137,7 @@ impl Shared {
         match CachePolicy::new(&exchange, &self.settings.policy) {
             Ok(policy) => {
                 let policy = Arc::new(policy.with_body_of(stored));
-                let update = self.store.update(key, Arc::clone(&policy));
+                let update = self.cache().update(key, Arc::clone(&policy));
                 if self.with_store("update", key, update).await == Some(false) {
                     tracing::debug!(key, "entry replaced meanwhile; not freshened");
                 }

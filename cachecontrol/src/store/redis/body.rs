@@ -9,7 +9,7 @@ use std::io::Write;
 
 use super::connection::{Session, failed, is_wrong_type};
 use super::keys::EntryKeys;
-use super::record::{BodyShape, CHUNK_HEADER_LEN, chunk_header};
+use super::record::{BodyShape, CHUNK_HEADER_LEN, INLINE_MAX, chunk_header};
 use super::{BATCH, PENDING_TTL, Shared};
 use crate::store::{BodyStream, StoreError};
 
@@ -72,22 +72,25 @@ impl<'a> ChunkWriter<'a> {
         Ok(())
     }
 
-    /// Writes what is left; the body is complete.
-    pub(super) async fn finish(&mut self) -> Result<BodyShape, StoreError> {
-        if !self.buffer.is_empty() {
-            let chunk = self.buffer.split().freeze();
-            self.write(chunk).await?;
-        }
-        Ok(self.shape())
-    }
-
-    /// The body written so far.
-    pub(super) fn shape(&self) -> BodyShape {
-        BodyShape {
+    /// The body is complete: the shape of the body and, when it is small and was
+    /// not written (it is shorter than a chunk), its bytes, to go inline in the record;
+    /// otherwise what is left is written as the last chunk, and the bytes returned
+    /// are empty.
+    pub(super) async fn finish(&mut self) -> Result<(BodyShape, Bytes), StoreError> {
+        let rest = self.buffer.split().freeze();
+        let mut shape = BodyShape {
             generation: self.generation,
             len: self.len,
             chunk_size: self.chunk_size as u32,
+        };
+        if self.written == 0 && rest.len() <= INLINE_MAX {
+            shape.chunk_size = 0;
+            return Ok((shape, rest));
         }
+        if !rest.is_empty() {
+            self.write(rest).await?;
+        }
+        Ok((shape, Bytes::new()))
     }
 
     /// Removes the chunks written so far (best effort: they expire anyway).

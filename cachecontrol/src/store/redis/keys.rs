@@ -48,13 +48,15 @@ impl Keys {
 
     /// The keys of the entry stored under `key`.
     pub(super) fn entry(&self, key: &str) -> EntryKeys {
-        use std::fmt::Write;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(key.as_bytes());
         let mut base = String::with_capacity(self.prefix.len() + 34 + META_SUFFIX.len());
         base.push_str(&self.prefix);
         base.push('{');
+        // By hand: on every operation, and `write!` costs more than the digest.
         for byte in &digest[..16] {
-            let _ = write!(base, "{byte:02x}");
+            base.push(char::from(HEX[usize::from(byte >> 4)]));
+            base.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
         base.push('}');
         EntryKeys { base }
@@ -84,13 +86,7 @@ const META_SUFFIX: &str = ":meta";
 impl EntryKeys {
     /// The key of the record.
     pub(super) fn meta(&self) -> String {
-        format!("{}{META_SUFFIX}", self.base)
-    }
-
-    /// What every chunk key of this entry starts with (the `GET_ENTRY` script
-    /// completes it).
-    pub(super) fn chunk_prefix(&self) -> String {
-        format!("{}:body:", self.base)
+        [self.base.as_str(), META_SUFFIX].concat()
     }
 
     /// The key of chunk `index` of the body that write `generation` stored.

@@ -1,9 +1,11 @@
 //! What the store writes: the record under an entry's metadata key (which body it
-//! points to, and the metadata itself), and the header of each body chunk.
+//! points to, or the body itself when it is small, and the metadata), and the header
+//! of each body chunk.
 //!
 //! ```text
 //! "CCr" | version: u8 | generation: u64 | body_id: u64 | body_len: u64 | chunk_size: u32
 //!       | stored_at: u64 | kind: u8 | key_len: u32 | key | format::encode(meta)
+//!       | the body, when it is inline
 //! ```
 //!
 //! Integers are little-endian. The first [`GUARD_LEN`] bytes (magic, version,
@@ -13,12 +15,17 @@
 //! listing describe an entry without decoding its metadata. The metadata carries its
 //! own checksum ([`format`](crate::store::format)); the fields here are checked for
 //! consistency, and a reader checks every chunk's length against them.
+//!
+//! A body of at most [`INLINE_MAX`] bytes, shorter than a chunk, is *inline*: its
+//! bytes end the record (`chunk_size` is then 0, and there are no chunks), so that a
+//! hit on it is one plain `GET`. Version 1 records had no inline bodies; this build
+//! writes version 2 and reads a record of any other version as a miss.
 
 use crate::store::Meta;
 use crate::store::format;
 
 const MAGIC: &[u8; 3] = b"CCr";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const KIND_RESPONSE: u8 = 1;
 const KIND_VARIANTS: u8 = 2;
 /// The bytes that name one write of one entry: magic, version, generation, body id.
@@ -26,6 +33,9 @@ pub(super) const GUARD_LEN: usize = 20;
 const HEADER_LEN: usize = 45;
 /// Redis refuses larger values by default (`proto-max-bulk-len`).
 pub(super) const MAX_CHUNK: u32 = 512 << 20;
+/// The largest body kept inline in its record (when it is also shorter than a chunk):
+/// small enough that listings, which read records by the page, stay small.
+pub(super) const INLINE_MAX: usize = 64 << 10;
 
 /// Why a stored value is not a record of this store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +60,7 @@ pub(super) struct Record<'a> {
     pub(super) body_id: u64,
     /// The body's length in bytes.
     pub(super) body_len: u64,
-    /// The length of every chunk but the last.
+    /// The length of every chunk but the last; 0 when the body is inline.
     pub(super) chunk_size: u32,
     /// When the response was received (0 for a variants marker).
     pub(super) stored_at: u64,
@@ -71,18 +81,23 @@ pub(super) struct BodyShape {
     pub(super) generation: u64,
     /// Its length.
     pub(super) len: u64,
-    /// The length of every chunk but the last.
+    /// The length of every chunk but the last; 0 when the body is inline.
     pub(super) chunk_size: u32,
 }
 
 impl BodyShape {
-    /// How many chunks hold the body.
+    /// How many chunks hold the body (none when it is empty or inline).
     pub(super) fn chunk_count(&self) -> u64 {
-        if self.len == 0 {
+        if self.len == 0 || self.chunk_size == 0 {
             0
         } else {
             self.len.div_ceil(u64::from(self.chunk_size))
         }
+    }
+
+    /// Whether the body is in the record.
+    pub(super) fn is_inline(&self) -> bool {
+        self.len > 0 && self.chunk_size == 0
     }
 
     /// The length chunk `index` must have.
@@ -98,6 +113,23 @@ impl<'a> Record<'a> {
     /// The bytes that name this write of this entry (see [`GUARD_LEN`]).
     pub(super) fn guard(&self) -> &'a [u8] {
         &self.bytes[..GUARD_LEN]
+    }
+
+    /// Where the inline body is in [`bytes`](Record::bytes) (empty when it is not
+    /// inline).
+    pub(super) fn inline_body(&self) -> std::ops::Range<usize> {
+        let len = if self.body().is_inline() {
+            self.body_len as usize
+        } else {
+            0
+        };
+        self.bytes.len() - len..self.bytes.len()
+    }
+
+    /// The record without its inline body: what identifies its version for
+    /// [`DecodedCache`](crate::store::format::DecodedCache), whatever the body's size.
+    pub(super) fn without_body(&self) -> &'a [u8] {
+        &self.bytes[..self.inline_body().start]
     }
 
     /// The body it points to.
@@ -123,14 +155,19 @@ impl<'a> Record<'a> {
 }
 
 /// The record of `meta` for `key`, whose body of `body` was written by the given
-/// generation.
-pub(super) fn encode(key: &str, meta: &Meta, body: BodyShape) -> Vec<u8> {
+/// generation; `inline` is the body when it is inline (`body.chunk_size` is 0), and
+/// empty otherwise.
+pub(super) fn encode(key: &str, meta: &Meta, body: BodyShape, inline: &[u8]) -> Vec<u8> {
+    debug_assert_eq!(
+        inline.len() as u64,
+        if body.is_inline() { body.len } else { 0 }
+    );
     let encoded = format::encode(meta);
     let (kind, body_id, stored_at) = match meta {
         Meta::Response(policy) => (KIND_RESPONSE, policy.body_id(), policy.response_time()),
         Meta::Variants(_) => (KIND_VARIANTS, 0, 0),
     };
-    let mut bytes = Vec::with_capacity(HEADER_LEN + key.len() + encoded.len());
+    let mut bytes = Vec::with_capacity(HEADER_LEN + key.len() + encoded.len() + inline.len());
     bytes.extend_from_slice(MAGIC);
     bytes.push(VERSION);
     bytes.extend_from_slice(&body.generation.to_le_bytes());
@@ -142,6 +179,7 @@ pub(super) fn encode(key: &str, meta: &Meta, body: BodyShape) -> Vec<u8> {
     bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
     bytes.extend_from_slice(key.as_bytes());
     bytes.extend_from_slice(&encoded);
+    bytes.extend_from_slice(inline);
     bytes
 }
 
@@ -175,14 +213,19 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Record<'_>, NotARecord> {
         _ => return Err(NotARecord("unknown kind")),
     };
     let key_len = u32_at(41) as usize;
-    if body_len > 0 && (chunk_size == 0 || chunk_size > MAX_CHUNK) {
+    if chunk_size > MAX_CHUNK {
         return Err(NotARecord("impossible chunk size"));
     }
+    let inline_len = match (body_len, chunk_size) {
+        (1.., 0) if body_len <= INLINE_MAX as u64 => body_len as usize,
+        (1.., 0) => return Err(NotARecord("an inline body too large")),
+        _ => 0,
+    };
     let rest = &bytes[HEADER_LEN..];
-    if key_len > rest.len() {
-        return Err(NotARecord("the key runs past the end"));
+    if key_len.saturating_add(inline_len) > rest.len() {
+        return Err(NotARecord("the key or the body runs past the end"));
     }
-    let (key, meta) = rest.split_at(key_len);
+    let (key, meta) = rest[..rest.len() - inline_len].split_at(key_len);
     let key = std::str::from_utf8(key).map_err(|_| NotARecord("the key is not UTF-8"))?;
     if meta.is_empty() {
         return Err(NotARecord("no metadata"));
@@ -201,6 +244,8 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Record<'_>, NotARecord> {
 }
 
 const CHUNK_MAGIC: &[u8; 3] = b"CCc";
+/// The version of the chunk header, which did not change with the record's.
+const CHUNK_VERSION: u8 = 1;
 /// The length of the header that starts every chunk.
 pub(super) const CHUNK_HEADER_LEN: usize = 20;
 
@@ -211,7 +256,7 @@ pub(super) const CHUNK_HEADER_LEN: usize = 20;
 pub(super) fn chunk_header(generation: u64, index: u64) -> [u8; CHUNK_HEADER_LEN] {
     let mut header = [0u8; CHUNK_HEADER_LEN];
     header[..3].copy_from_slice(CHUNK_MAGIC);
-    header[3] = VERSION;
+    header[3] = CHUNK_VERSION;
     header[4..12].copy_from_slice(&generation.to_le_bytes());
     header[12..].copy_from_slice(&index.to_le_bytes());
     header
@@ -237,7 +282,7 @@ mod tests {
     #[test]
     fn a_record_reads_back_as_it_was_written() {
         let meta = response();
-        let bytes = encode("http://a/x", &meta, SHAPE);
+        let bytes = encode("http://a/x", &meta, SHAPE, &[]);
         let record = parse(&bytes).unwrap();
         assert_eq!(record.key, "http://a/x");
         assert_eq!(record.body(), SHAPE);
@@ -246,6 +291,43 @@ mod tests {
         assert!(record.agrees_with(&format::decode(record.meta).unwrap()));
         assert!(record.agrees_with(&meta));
         assert_eq!(record.guard(), &bytes[..GUARD_LEN]);
+        assert!(record.inline_body().is_empty());
+        assert_eq!(record.without_body(), &bytes[..]);
+    }
+
+    #[test]
+    fn a_small_body_ends_its_record() {
+        let meta = response();
+        let shape = BodyShape {
+            len: 5,
+            chunk_size: 0,
+            ..SHAPE
+        };
+        let bytes = encode("http://a/x", &meta, shape, b"hello");
+        let record = parse(&bytes).unwrap();
+        assert_eq!(record.body(), shape);
+        assert!(shape.is_inline());
+        assert_eq!(shape.chunk_count(), 0, "no chunk keys");
+        assert_eq!(&bytes[record.inline_body()], b"hello");
+        assert_eq!(record.without_body(), &bytes[..bytes.len() - 5]);
+        assert!(record.agrees_with(&format::decode(record.meta).unwrap()));
+
+        // A body longer than what follows the key, or than an inline body may be.
+        let mut too_long = bytes.clone();
+        too_long[20..28].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        assert!(parse(&too_long).is_err());
+        let mut too_large = bytes;
+        too_large[20..28].copy_from_slice(&(INLINE_MAX as u64 + 1).to_le_bytes());
+        assert!(parse(&too_large).is_err());
+    }
+
+    #[test]
+    fn a_record_of_version_1_is_not_read() {
+        // Version 1 had no inline bodies: whatever follows its metadata is not read
+        // as one.
+        let mut bytes = encode("k", &response(), SHAPE, &[]);
+        bytes[3] = 1;
+        assert_eq!(parse(&bytes).unwrap_err(), NotARecord("another version"));
     }
 
     #[test]
@@ -254,7 +336,7 @@ mod tests {
             names: vec![],
             nonce: 3,
         }));
-        let bytes = encode("k", &marker, BodyShape { len: 0, ..SHAPE });
+        let bytes = encode("k", &marker, BodyShape { len: 0, ..SHAPE }, &[]);
         let record = parse(&bytes).unwrap();
         assert_eq!(record.kind, Kind::Variants);
         assert!(record.agrees_with(&marker));
@@ -286,11 +368,11 @@ mod tests {
 
     #[test]
     fn garbage_is_not_a_record() {
-        let bytes = encode("k", &response(), SHAPE);
+        let bytes = encode("k", &response(), SHAPE, &[]);
         assert!(parse(b"hello").is_err());
         assert!(parse(&bytes[..HEADER_LEN]).is_err(), "no metadata");
         let mut other_version = bytes.clone();
-        other_version[3] = 2;
+        other_version[3] = VERSION + 1;
         assert!(parse(&other_version).is_err());
         let mut zero_chunks = bytes.clone();
         zero_chunks[28..32].copy_from_slice(&0u32.to_le_bytes());
@@ -308,7 +390,8 @@ mod tests {
 
         #[test]
         fn no_header_makes_parsing_or_chunking_panic(header in proptest::collection::vec(any::<u8>(), 42..=42), tail in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let mut bytes = b"CCr\x01".to_vec();
+            let mut bytes = b"CCr".to_vec();
+            bytes.push(VERSION);
             bytes.extend_from_slice(&header[..36]);
             bytes.push(1 + header[36] % 2);
             bytes.extend_from_slice(&[header[37] % 8, 0, 0, 0]);
