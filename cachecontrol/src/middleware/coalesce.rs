@@ -27,12 +27,16 @@ pub(crate) const STALL: Duration = Duration::from_secs(3);
 type FlightMap = HashMap<String, (u64, watch::Receiver<u64>)>;
 
 /// The keys being fetched right now.
+/// How many counters the stored responses are counted in.
+const STORED_STRIPES: usize = 32;
+
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
     map: Arc<Mutex<FlightMap>>,
     next_id: AtomicU64,
-    /// How many responses from the origin have been stored.
-    stored: AtomicU64,
+    /// How many responses from the origin have been stored, counted by stripe
+    /// of their key (so that stores of other keys rarely move a key's count).
+    stored: [AtomicU64; STORED_STRIPES],
 }
 
 /// What a request is for a key: the one that fetches it, or one that waits.
@@ -71,19 +75,28 @@ impl Flights {
         })
     }
 
-    /// How many responses from the origin have been stored so far, of any key. A
-    /// request that misses and then finds no flight of its key may have missed an
-    /// entry stored in between: it compares this count from before its lookup with
-    /// the count after.
-    pub(crate) fn stored(&self) -> u64 {
-        self.stored.load(Ordering::Acquire)
+    /// How many responses from the origin have been stored so far under keys of
+    /// `key`'s stripe. A request that misses and then finds no flight of its key
+    /// may have missed an entry stored in between: it compares this count from
+    /// before its lookup with the count after.
+    pub(crate) fn stored(&self, key: &str) -> u64 {
+        self.stored[stripe(key)].load(Ordering::Acquire)
     }
 
-    /// A response from the origin has been stored (before its leader's guard, if it
-    /// has one, is dropped).
-    pub(crate) fn note_stored(&self) {
-        self.stored.fetch_add(1, Ordering::Release);
+    /// A response from the origin has been stored under `key` (before its
+    /// leader's guard, if it has one, is dropped).
+    pub(crate) fn note_stored(&self, key: &str) {
+        self.stored[stripe(key)].fetch_add(1, Ordering::Release);
     }
+}
+
+/// The counter of [`Flights::stored`] that `key` is counted in.
+fn stripe(key: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let hash =
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key);
+    // The remainder is below STORED_STRIPES: it fits.
+    (hash % STORED_STRIPES as u64) as usize
 }
 
 impl FlightGuard {

@@ -170,7 +170,7 @@ impl Shared {
                     shared.store_delete(&storage_key).await;
                 }
                 Ok(()) => {
-                    shared.flights.note_stored();
+                    shared.flights.note_stored(&key);
                     tracing::trace!(key = %storage_key, "stored");
                 }
                 Err(StoreError::Incomplete { .. }) => {

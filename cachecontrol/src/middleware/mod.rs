@@ -429,11 +429,10 @@ impl Shared {
         let mut waited = false;
         let mut looked_again = false;
         loop {
-            let stored_before = self.flights.stored();
-            let stored = match self.keys.of_request(&request) {
-                Some(key) if mode != CacheMode::Reload => {
-                    self.lookup(&key, request.headers()).await
-                }
+            let key = self.keys.of_request(&request);
+            let stored_before = key.as_deref().map(|key| self.flights.stored(key));
+            let stored = match &key {
+                Some(key) if mode != CacheMode::Reload => self.lookup(key, request.headers()).await,
                 _ => None,
             };
             let now = self.now();
@@ -488,7 +487,7 @@ impl Shared {
                     // this very entry, just after the lookup missed it: look again
                     // (once) rather than ask the origin for what is stored.
                     Join::Leader(guard)
-                        if !looked_again && self.flights.stored() != stored_before =>
+                        if !looked_again && Some(self.flights.stored(&key)) != stored_before =>
                     {
                         drop(guard);
                         looked_again = true;

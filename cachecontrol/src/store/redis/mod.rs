@@ -323,7 +323,9 @@ impl RedisCacheBuilder {
     }
 
     /// The size of a body chunk, in bytes (1 MiB by default, at most 512 MiB): what a
-    /// write holds in memory, and the largest value the store puts in Redis.
+    /// write holds in memory, and the largest value the store puts in Redis. A body
+    /// is at most 16 Mi chunks (16 TiB with the default); a longer one reads back as
+    /// a miss.
     pub fn chunk_size(mut self, bytes: usize) -> Self {
         self.chunk_size = bytes;
         self

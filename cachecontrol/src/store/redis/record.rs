@@ -33,6 +33,10 @@ pub(super) const GUARD_LEN: usize = 20;
 const HEADER_LEN: usize = 45;
 /// Redis refuses larger values by default (`proto-max-bulk-len`).
 pub(super) const MAX_CHUNK: u32 = 512 << 20;
+/// The most chunks a record may name: 16 Mi (16 TiB in 1 MiB chunks). A garbage
+/// value that names more is not a record, rather than a list of keys that fills
+/// memory when its chunks are deleted.
+pub(super) const MAX_CHUNKS: u64 = 1 << 24;
 /// The largest body kept inline in its record (when it is also shorter than a chunk):
 /// small enough that listings, which read records by the page, stay small.
 pub(super) const INLINE_MAX: usize = 64 << 10;
@@ -216,6 +220,9 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Record<'_>, NotARecord> {
     if chunk_size > MAX_CHUNK {
         return Err(NotARecord("impossible chunk size"));
     }
+    if chunk_size > 0 && body_len.div_ceil(u64::from(chunk_size)) > MAX_CHUNKS {
+        return Err(NotARecord("impossible chunk count"));
+    }
     let inline_len = match (body_len, chunk_size) {
         (1.., 0) if body_len <= INLINE_MAX as u64 => body_len as usize,
         (1.., 0) => return Err(NotARecord("an inline body too large")),
@@ -377,6 +384,13 @@ mod tests {
         let mut zero_chunks = bytes.clone();
         zero_chunks[28..32].copy_from_slice(&0u32.to_le_bytes());
         assert!(parse(&zero_chunks).is_err());
+        let mut too_many_chunks = bytes.clone();
+        too_many_chunks[20..28].copy_from_slice(&u64::MAX.to_le_bytes());
+        too_many_chunks[28..32].copy_from_slice(&1u32.to_le_bytes());
+        assert!(matches!(
+            parse(&too_many_chunks),
+            Err(NotARecord("impossible chunk count"))
+        ));
         let mut long_key = bytes;
         long_key[41..45].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse(&long_key).is_err());
