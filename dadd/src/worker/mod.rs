@@ -234,8 +234,11 @@ pub struct Worker {
     /// The most of a log the master takes, as its last heartbeat reply said
     /// (at most [`MAX_LOG_BYTES`]).
     max_log_bytes: AtomicU64,
+    /// Whether a heartbeat has been answered, and with it the master's limits
+    /// ([`max_log_bytes`](Self::max_log_bytes)) are known.
+    limits_known: AtomicBool,
     /// Forgotten ids the master offered again (each was warned of once).
-    offered_again: Mutex<HashSet<String>>,
+    offered_again: Mutex<HashMap<String, Instant>>,
     /// The records whose forwarding failed, and when each is tried again.
     retries: Mutex<Retries>,
     /// The records [`ending`](Worker::ending) forwards now.
@@ -284,6 +287,7 @@ impl Worker {
             master_down: AtomicBool::new(false),
             heartbeat_refused: AtomicBool::new(false),
             max_log_bytes: AtomicU64::new(MAX_LOG_BYTES),
+            limits_known: AtomicBool::new(false),
             offered_again: Mutex::default(),
             retries: Mutex::default(),
             putting_logs: Mutex::default(),
@@ -341,6 +345,7 @@ impl Worker {
                 let max_log_bytes = reply.max_log_bytes.unwrap_or(MAX_LOG_BYTES);
                 self.max_log_bytes
                     .store(max_log_bytes.min(MAX_LOG_BYTES), Ordering::Relaxed);
+                self.limits_known.store(true, Ordering::Release);
                 // Not interrupted by `stop`: a process recorded is started.
                 self.start(reply.start, self.active(&known)).await;
                 self.kill(&reply.kill);
@@ -376,6 +381,12 @@ impl Worker {
     /// timeout), never their other states.
     async fn ending(&self, stop: &CancellationToken) -> Result<(), WorkerError> {
         while !stop.is_cancelled() {
+            // Not before the master said how large a log it takes: a longer one
+            // would be refused, for good.
+            if !self.limits_known.load(Ordering::Acquire) {
+                until(stop, tokio::time::sleep(TICK)).await;
+                continue;
+            }
             let mut records = Vec::new();
             for id in self.ids()? {
                 if !lock(&self.retries).due(&id) {
@@ -529,8 +540,21 @@ impl Worker {
                 continue;
             }
             if self.records.is_forgotten(id) {
-                if lock(&self.offered_again).insert(id.clone()) {
+                let refreshed = lock(&self.offered_again).get(id).copied();
+                if refreshed.is_none() {
                     tracing::warn!(%id, "the master offers a process this worker ran and forgot: not started again");
+                }
+                // Dated again (once a day at most) while it is offered: its
+                // tombstone must outlive the offers, not a week after the run.
+                if refreshed.is_none_or(|at| at.elapsed() >= Duration::from_secs(24 * 3600)) {
+                    match self.records.refresh_tombstone(id) {
+                        Ok(()) => {
+                            lock(&self.offered_again).insert(id.clone(), Instant::now());
+                        }
+                        Err(error) => {
+                            tracing::warn!(%id, %error, "cannot date the tombstone again")
+                        }
+                    }
                 }
                 continue;
             }

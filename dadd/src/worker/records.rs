@@ -191,6 +191,18 @@ impl Records {
         sync_dir(&self.root.join(STAGING))
     }
 
+    /// Writes `id`'s tombstone again, dated now: a forgotten id that the master
+    /// still offers stays forgotten for as long as it is offered (and
+    /// [`TOMBSTONES_KEPT`] after).
+    pub(crate) fn refresh_tombstone(&self, id: &str) -> std::io::Result<()> {
+        let mut tombstones = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(TOMBSTONES_FILE))?;
+        tombstones.write_all(format!("{id} {}\n", jiff::Timestamp::now()).as_bytes())?;
+        tombstones.sync_data()
+    }
+
     /// Forgets `id`: its tombstone is written (and synced) first, so that the
     /// id never starts again; then its record is gone at once, whole (a
     /// rename), and removed.
@@ -516,6 +528,19 @@ mod tests {
             "{text:?}"
         );
         assert_eq!(text.lines().count(), 1, "{text:?}");
+    }
+
+    #[test]
+    fn a_tombstone_dated_again_outlives_the_week_after_its_run() {
+        let root = tempfile::tempdir().unwrap();
+        let records = Records::open(root.path()).unwrap();
+        let tombstones = root.path().join(TOMBSTONES_FILE);
+        let eight_days_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(8 * 24);
+        std::fs::write(&tombstones, format!("ran-1 {eight_days_ago}\n")).unwrap();
+        // Offered again by the master: dated again.
+        records.refresh_tombstone("ran-1").unwrap();
+        drop(records);
+        assert!(Records::open(root.path()).unwrap().is_forgotten("ran-1"));
     }
 
     #[test]

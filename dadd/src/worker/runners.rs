@@ -88,6 +88,9 @@ pub(crate) enum Liveness {
     Unsure,
 }
 
+/// The flag of a kernel thread in `/proc/PID/stat` (`PF_KTHREAD`).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
 /// Whether `pid` is the live runner of process `id`.
 pub(crate) fn liveness(pid: u32, id: &str) -> Liveness {
     let cmdline = match std::fs::read(format!("/proc/{pid}/cmdline")) {
@@ -111,16 +114,29 @@ pub(crate) fn liveness(pid: u32, id: &str) -> Liveness {
     if !cmdline.is_empty() {
         return Liveness::Gone;
     }
-    // No command line: a zombie (gone) or an exec under way (unsure).
+    // No command line: a zombie (gone), a kernel thread that took the pid
+    // after a reboot (gone), or an exec under way (unsure).
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat)
-            if !stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])) =>
-        {
-            Liveness::Unsure
-        }
-        _ => Liveness::Gone,
+        Ok(stat) => match stat.rsplit_once(')') {
+            Some((_, rest)) => {
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let zombie = fields
+                    .first()
+                    .is_some_and(|state| matches!(*state, "Z" | "X"));
+                // Field 9 of the whole line, `flags`: PF_KTHREAD.
+                let kernel_thread = fields
+                    .get(6)
+                    .and_then(|flags| flags.parse::<u64>().ok())
+                    .is_some_and(|flags| flags & PF_KTHREAD != 0);
+                if zombie || kernel_thread {
+                    Liveness::Gone
+                } else {
+                    Liveness::Unsure
+                }
+            }
+            None => Liveness::Gone,
+        },
+        Err(_) => Liveness::Gone,
     }
 }
 
@@ -275,5 +291,25 @@ mod tests {
         assert_eq!(liveness(pid, "job-1"), Liveness::Gone, "a zombie is gone");
         sh.wait().unwrap();
         assert_eq!(liveness(pid, "job-1"), Liveness::Gone);
+    }
+
+    #[test]
+    fn a_kernel_thread_that_took_a_runners_pid_is_not_the_runner() {
+        // kthreadd and the kworkers: no command line, never a zombie.
+        let kernel_thread = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')').is_some_and(|(_, rest)| {
+                        rest.split_whitespace()
+                            .nth(6)
+                            .and_then(|flags| flags.parse::<u64>().ok())
+                            .is_some_and(|flags| flags & PF_KTHREAD != 0)
+                    })
+                })
+            })
+            .expect("a kernel thread in /proc (this test needs Linux, outside a pid namespace)");
+        assert_eq!(liveness(kernel_thread, "job-1"), Liveness::Gone);
     }
 }
