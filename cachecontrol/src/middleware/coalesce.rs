@@ -26,10 +26,10 @@ pub(crate) const STALL: Duration = Duration::from_secs(3);
 
 type FlightMap = HashMap<String, (u64, watch::Receiver<u64>)>;
 
-/// The keys being fetched right now.
 /// How many counters the stored responses are counted in.
 const STORED_STRIPES: usize = 32;
 
+/// The keys being fetched right now, and how many responses have been stored.
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
     map: Arc<Mutex<FlightMap>>,
@@ -39,10 +39,21 @@ pub(crate) struct Flights {
     stored: [AtomicU64; STORED_STRIPES],
 }
 
-/// What a request is for a key: the one that fetches it, or one that waits.
+/// What a request is for a key: the one that fetches it, or one that waits; or
+/// one that is to look in the store again first, since a response of its key's
+/// stripe was stored after it looked.
 pub(crate) enum Join {
     Leader(FlightGuard),
     Follower(Waiter),
+    LookAgain,
+}
+
+/// How many responses had been stored under a key's stripe when a request looked
+/// for it in the store ([`Flights::stamp`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamp {
+    stripe: usize,
+    stored: u64,
 }
 
 /// Held by the leader until its response is stored or given up on.
@@ -59,10 +70,20 @@ pub(crate) struct FlightGuard {
 pub(crate) struct Waiter(watch::Receiver<u64>);
 
 impl Flights {
-    pub(crate) fn join(&self, key: &str) -> Join {
+    /// Joins the flight of `key`, or leads a new one. With the [`Stamp`] taken
+    /// before the request looked in the store: a request that finds no flight
+    /// while a response of its key's stripe was stored since then may have missed
+    /// this very entry (stored, its flight ended, between its lookup and now), and
+    /// is told to look again rather than lead.
+    pub(crate) fn join(&self, key: &str, looked: Option<Stamp>) -> Join {
         let mut map = self.map.lock();
         if let Some((_, receiver)) = map.get(key) {
             return Join::Follower(Waiter(receiver.clone()));
+        }
+        if looked
+            .is_some_and(|stamp| self.stored[stamp.stripe].load(Ordering::Acquire) != stamp.stored)
+        {
+            return Join::LookAgain;
         }
         let (progress, receiver) = watch::channel(0);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -75,12 +96,14 @@ impl Flights {
         })
     }
 
-    /// How many responses from the origin have been stored so far under keys of
-    /// `key`'s stripe. A request that misses and then finds no flight of its key
-    /// may have missed an entry stored in between: it compares this count from
-    /// before its lookup with the count after.
-    pub(crate) fn stored(&self, key: &str) -> u64 {
-        self.stored[stripe(key)].load(Ordering::Acquire)
+    /// How many responses have been stored so far under keys of `key`'s stripe:
+    /// taken before a lookup, for [`join`](Flights::join).
+    pub(crate) fn stamp(&self, key: &str) -> Stamp {
+        let stripe = stripe(key);
+        Stamp {
+            stripe,
+            stored: self.stored[stripe].load(Ordering::Acquire),
+        }
     }
 
     /// A response from the origin has been stored under `key` (before its
@@ -141,13 +164,24 @@ impl Drop for FlightGuard {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_request_that_looked_before_a_store_of_its_stripe_looks_again() {
+        let flights = Flights::default();
+        let looked = flights.stamp("k");
+        assert!(matches!(flights.join("k", Some(looked)), Join::Leader(_)));
+        let looked = flights.stamp("k");
+        flights.note_stored("k");
+        assert!(matches!(flights.join("k", Some(looked)), Join::LookAgain));
+        assert!(matches!(flights.join("k", None), Join::Leader(_)));
+    }
+
     #[tokio::test]
     async fn followers_wake_when_the_leader_is_done() {
         let flights = Flights::default();
-        let Join::Leader(guard) = flights.join("k") else {
+        let Join::Leader(guard) = flights.join("k", None) else {
             panic!("the first request must lead");
         };
-        let Join::Follower(waiter) = flights.join("k") else {
+        let Join::Follower(waiter) = flights.join("k", None) else {
             panic!("the second request must follow");
         };
         let waiting = tokio::spawn(waiter.wait(Duration::from_secs(30)));
@@ -157,7 +191,7 @@ mod tests {
             .expect("the follower woke up")
             .unwrap();
         assert!(
-            matches!(flights.join("k"), Join::Leader(_)),
+            matches!(flights.join("k", None), Join::Leader(_)),
             "the key is free again"
         );
     }
@@ -165,8 +199,8 @@ mod tests {
     #[tokio::test]
     async fn followers_stop_waiting_after_the_limit() {
         let flights = Flights::default();
-        let _guard = flights.join("k");
-        let Join::Follower(waiter) = flights.join("k") else {
+        let _guard = flights.join("k", None);
+        let Join::Follower(waiter) = flights.join("k", None) else {
             panic!("the second request must follow");
         };
         tokio::time::timeout(
@@ -180,10 +214,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn followers_stop_waiting_when_a_started_response_stalls() {
         let flights = Flights::default();
-        let Join::Leader(guard) = flights.join("k") else {
+        let Join::Leader(guard) = flights.join("k", None) else {
             panic!("the first request must lead");
         };
-        let Join::Follower(waiter) = flights.join("k") else {
+        let Join::Follower(waiter) = flights.join("k", None) else {
             panic!("the second request must follow");
         };
         guard.progress();

@@ -430,7 +430,15 @@ impl Shared {
         let mut looked_again = false;
         loop {
             let key = self.keys.of_request(&request);
-            let stored_before = key.as_deref().map(|key| self.flights.stored(key));
+            let coalesce = !waited
+                && mode != CacheMode::Reload
+                && self.settings.coalesce_wait > Duration::ZERO
+                && coalescable(&request);
+            // Before the lookup: see `Flights::join`.
+            let looked = match &key {
+                Some(key) if coalesce && !looked_again => Some(self.flights.stamp(key)),
+                _ => None,
+            };
             let stored = match &key {
                 Some(key) if mode != CacheMode::Reload => self.lookup(key, request.headers()).await,
                 _ => None,
@@ -476,20 +484,12 @@ impl Shared {
             if mode == CacheMode::OnlyIfCached || directives.only_if_cached {
                 return Ok(self.gateway_timeout(&request));
             }
-            if !waited
-                && mode != CacheMode::Reload
-                && self.settings.coalesce_wait > Duration::ZERO
-                && coalescable(&request)
-                && let Some(key) = self.keys.of_request(&request)
-            {
-                match self.flights.join(&key) {
+            if coalesce && let Some(key) = &key {
+                match self.flights.join(key, looked) {
                     // A leader stored its response while this request looked, maybe
                     // this very entry, just after the lookup missed it: look again
                     // (once) rather than ask the origin for what is stored.
-                    Join::Leader(guard)
-                        if !looked_again && Some(self.flights.stored(&key)) != stored_before =>
-                    {
-                        drop(guard);
+                    Join::LookAgain => {
                         looked_again = true;
                         continue;
                     }
