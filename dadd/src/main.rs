@@ -589,14 +589,9 @@ async fn master(args: MasterArgs) -> anyhow::Result<()> {
     config.heartbeat_every = args.heartbeat_every;
     config.host_timeout = args.host_timeout;
     let master = dadd::master::Master::bind(config).await?;
-    let stop = stop_signals().context("listening for signals")?;
+    let stop = stopping_on_signal()?;
     println!("http://{}", master.local_addr()?);
-    master
-        .serve(async move {
-            let signal = stop.await;
-            tracing::info!(signal, "stopping");
-        })
-        .await?;
+    master.serve(stop).await?;
     Ok(())
 }
 
@@ -609,13 +604,8 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         .context("no master: pass --master, or set master in the config")?;
     let token = args.token.or(host.token.clone());
     let worker = dadd::worker::Worker::new(args.host.worker_config(host, master, token)?)?;
-    let stop = stop_signals().context("listening for signals")?;
-    worker
-        .run(async move {
-            let signal = stop.await;
-            tracing::info!(signal, "stopping");
-        })
-        .await?;
+    let stop = stopping_on_signal()?;
+    worker.run(stop).await?;
     Ok(())
 }
 
@@ -687,13 +677,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let config = args.worker.worker_config(host, url.clone(), None)?;
     let worker = dadd::worker::Worker::new(config)?;
 
-    let stop = stop_signals().context("listening for signals")?;
+    let stop = stopping_on_signal()?;
     let stopping = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let stopping = stopping.clone();
         async move {
-            let signal = stop.await;
-            tracing::info!(signal, "stopping");
+            stop.await;
             stopping.cancel();
         }
     });
@@ -827,6 +816,16 @@ fn default_data_dir() -> Option<PathBuf> {
 /// Completes with the number of the first SIGINT, SIGTERM or SIGHUP dadd receives.
 /// The command runs in its own process group, so a terminal's Ctrl-C reaches dadd
 /// only; the runner passes it on to the whole group as SIGTERM.
+/// Completes on SIGINT, SIGTERM or SIGHUP, saying which: when a master or a
+/// worker is to stop.
+fn stopping_on_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let stop = stop_signals().context("listening for signals")?;
+    Ok(async move {
+        let signal = stop.await;
+        tracing::info!(signal, "stopping");
+    })
+}
+
 fn stop_signals() -> std::io::Result<impl Future<Output = i32>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -116,27 +116,9 @@ pub(crate) fn liveness(pid: u32, id: &str) -> Liveness {
     }
     // No command line: a zombie (gone), a kernel thread that took the pid
     // after a reboot (gone), or an exec under way (unsure).
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => match stat.rsplit_once(')') {
-            Some((_, rest)) => {
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                let zombie = fields
-                    .first()
-                    .is_some_and(|state| matches!(*state, "Z" | "X"));
-                // Field 9 of the whole line, `flags`: PF_KTHREAD.
-                let kernel_thread = fields
-                    .get(6)
-                    .and_then(|flags| flags.parse::<u64>().ok())
-                    .is_some_and(|flags| flags & PF_KTHREAD != 0);
-                if zombie || kernel_thread {
-                    Liveness::Gone
-                } else {
-                    Liveness::Unsure
-                }
-            }
-            None => Liveness::Gone,
-        },
-        Err(_) => Liveness::Gone,
+    match ProcStat::of(pid) {
+        Some(stat) if !stat.zombie && !stat.kernel_thread => Liveness::Unsure,
+        _ => Liveness::Gone,
     }
 }
 
@@ -173,18 +155,40 @@ pub(crate) fn is_command(pid: u32, at: jiff::Timestamp) -> bool {
     (started - at).abs() <= START_TIME_SLACK.as_secs_f64()
 }
 
+/// What `/proc/PID/stat` says of a process that tells a runner (or its
+/// command) from what took its pid.
+struct ProcStat {
+    /// A zombie, or dead: gone.
+    zombie: bool,
+    /// A kernel thread (`PF_KTHREAD` in its flags).
+    kernel_thread: bool,
+    /// When it started, in clock ticks since boot.
+    start_ticks: u64,
+}
+
+impl ProcStat {
+    /// The process `pid`'s, `None` when it is gone.
+    fn of(pid: u32) -> Option<ProcStat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name, which may hold spaces and parentheses: field 3
+        // (the state) on.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |number: usize| fields.get(number - 3).copied();
+        Some(ProcStat {
+            zombie: field(3)?.starts_with(['Z', 'X']),
+            kernel_thread: field(9)?.parse::<u64>().ok()? & PF_KTHREAD != 0,
+            start_ticks: field(22)?.parse().ok()?,
+        })
+    }
+}
+
 /// When live process `pid` started, in seconds since the epoch: its start
 /// time in clock ticks since boot (`/proc/PID/stat`, field 22) after the boot
 /// time (`btime` in `/proc/stat`). `None` for a zombie, or one gone.
 fn start_time(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name, which may hold spaces and parentheses: field 3 on.
-    let (_, fields) = stat.rsplit_once(')')?;
-    let mut fields = fields.split_whitespace();
-    if fields.next()?.starts_with(['Z', 'X']) {
-        return None;
-    }
-    let ticks: u64 = fields.nth(22 - 4)?.parse().ok()?;
+    let stat = ProcStat::of(pid).filter(|stat| !stat.zombie)?;
+    let ticks = stat.start_ticks;
     let boot: u64 = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()
@@ -299,16 +303,7 @@ mod tests {
         let kernel_thread = std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .find(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                    stat.rsplit_once(')').is_some_and(|(_, rest)| {
-                        rest.split_whitespace()
-                            .nth(6)
-                            .and_then(|flags| flags.parse::<u64>().ok())
-                            .is_some_and(|flags| flags & PF_KTHREAD != 0)
-                    })
-                })
-            })
+            .find(|pid| ProcStat::of(*pid).is_some_and(|stat| stat.kernel_thread))
             .expect("a kernel thread in /proc (this test needs Linux, outside a pid namespace)");
         assert_eq!(liveness(kernel_thread, "job-1"), Liveness::Gone);
     }
