@@ -123,7 +123,7 @@ pub mod store;
 
 pub use error::Error;
 pub use middleware::{CacheControl, CacheControlBuilder, X_CACHE};
-pub use mode::{CacheMode, CacheStatus, FromCache, StoredFile};
+pub use mode::{CacheMode, CacheStatus, FromCache, Recording, StoreInBackground, StoredFile};
 pub use store::{Cache, MemoryCache, RedisCache, RedisCacheBuilder, StoreError};
 #[cfg(unix)]
 pub use store::{FileCache, FileCacheBuilder};

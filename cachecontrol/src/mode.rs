@@ -2,7 +2,10 @@
 
 use std::fmt;
 
+use futures_util::FutureExt;
+use futures_util::future::Shared;
 use http::HeaderValue;
+use tokio::sync::oneshot;
 
 /// How the cache treats one request, as in the Fetch standard's `cache` option.
 ///
@@ -158,5 +161,66 @@ impl StoredFile {
     /// Whether the body is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// A request extension: reading the response's body to its end does not wait for
+/// the store to commit the entry recorded from it.
+///
+/// By default a caller that reads a response being stored gets the body's end only
+/// once the entry is committed (or the [store
+/// timeout](crate::CacheControlBuilder::store_timeout) has passed), so that a request
+/// made right after finds it in the cache. For a large body on a
+/// [`FileCache`](crate::FileCache), committing includes syncing the body to disk:
+/// a caller that has its own copy of the body and does not need the entry at once
+/// (the fetcher, which writes the body where it is used) can skip that wait, and
+/// learn when the entry is stored from the response's [`Recording`]:
+///
+/// ```no_run
+/// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), Box<dyn std::error::Error>> {
+/// use cachecontrol::{Recording, StoreInBackground};
+/// let response = client
+///     .get("https://example.com/big.tar")
+///     .with_extension(StoreInBackground)
+///     .send()
+///     .await?;
+/// let recording = response.extensions().get::<Recording>().cloned();
+/// let body = response.bytes().await?; // does not wait for the store
+/// if let Some(recording) = recording {
+///     let stored = recording.stored().await; // the store is done with the entry
+///     # let _ = (body, stored);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct StoreInBackground;
+
+/// A response extension on a response whose body is being recorded into the store
+/// (a [`CacheStatus::Miss`], or a new response to a revalidation, that may be
+/// stored): tells when the store is done with it.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    done: Shared<oneshot::Receiver<bool>>,
+}
+
+impl Recording {
+    pub(crate) fn new(done: oneshot::Receiver<bool>) -> Recording {
+        Recording {
+            done: done.shared(),
+        }
+    }
+
+    /// Waits until the store is done with the entry: `true` when it was committed,
+    /// `false` when it was not (the body was not read to its end or was not as long
+    /// as announced, the store failed or was too slow, the URL was invalidated
+    /// meanwhile). The body must be read for this to resolve: dropping the response
+    /// unread ends the recording (`false`).
+    pub async fn stored(&self) -> bool {
+        self.done.clone().await.unwrap_or(false)
+    }
+
+    /// The same signal, for the recording body to wait on.
+    pub(crate) fn signal(&self) -> Shared<oneshot::Receiver<bool>> {
+        self.done.clone()
     }
 }

@@ -6,9 +6,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cachecontrol::CacheStatus;
+use cachecontrol::policy::CachePolicy;
+use cachecontrol::store::{Body, Entry, EntryStream, Meta};
+use cachecontrol::{
+    Cache, CacheControl, CacheStatus, MemoryCache, Recording, StoreError, StoreInBackground,
+};
 use common::Fixture;
-use testbed::origin::Reply;
+use futures_util::StreamExt;
+use testbed::origin::{Origin, Reply};
 
 fn body_of(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
@@ -170,4 +175,155 @@ async fn concurrent_misses_of_an_unstorable_response_each_get_their_own() {
     bodies.sort();
     bodies.dedup();
     assert_eq!(bodies.len(), 4, "nobody got another's response");
+}
+
+/// A MemoryCache whose `put` takes the whole body, then waits for a permit of
+/// `gate` before committing: the commit happens when the test says.
+#[derive(Debug)]
+struct GatedCommit {
+    inner: MemoryCache,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl Cache for GatedCommit {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {
+        let mut stream = body.into_stream();
+        let mut whole = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            whole.extend_from_slice(&chunk?);
+        }
+        let _permit = self.gate.acquire().await.map_err(|_| StoreError::Closed)?;
+        self.inner
+            .put(key, meta, Body::Bytes(bytes::Bytes::from(whole)))
+            .await
+    }
+    async fn update(&self, key: &str, policy: Arc<CachePolicy>) -> Result<bool, StoreError> {
+        self.inner.update(key, policy).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    fn entries(&self) -> EntryStream<'_> {
+        self.inner.entries()
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.inner.clear().await
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        self.inner.close().await
+    }
+}
+
+/// An origin serving `/big` (fresh for a minute), and a client whose store commits
+/// only when the returned gate gets a permit (store timeout: a minute).
+async fn gated_commit() -> (
+    Origin,
+    reqwest_middleware::ClientWithMiddleware,
+    Arc<tokio::sync::Semaphore>,
+) {
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/big",
+        Reply::ok(body_of(300_000)).header("cache-control", "max-age=60"),
+    );
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let store = GatedCommit {
+        inner: MemoryCache::new(1 << 20),
+        gate: Arc::clone(&gate),
+    };
+    let cache = CacheControl::builder(store)
+        .store_timeout(Duration::from_secs(60))
+        .build();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(cache)
+        .build();
+    (origin, client, gate)
+}
+
+#[tokio::test]
+async fn with_store_in_background_the_body_ends_before_the_commit_and_recording_tells_when_stored()
+{
+    let (origin, client, gate) = gated_commit().await;
+    let response = client
+        .get(origin.url("/big"))
+        .with_extension(StoreInBackground)
+        .send()
+        .await
+        .unwrap();
+    let recording = response
+        .extensions()
+        .get::<Recording>()
+        .cloned()
+        .expect("a response being stored says so");
+    let body = tokio::time::timeout(Duration::from_secs(10), response.bytes())
+        .await
+        .expect("the body ends without waiting for the store's commit")
+        .unwrap();
+    assert_eq!(body.len(), 300_000);
+    let mut stored = std::pin::pin!(recording.stored());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut stored)
+            .await
+            .is_err(),
+        "not stored before the store commits"
+    );
+    gate.add_permits(1);
+    assert!(stored.await, "stored once the store commits");
+    let again = client.get(origin.url("/big")).send().await.unwrap();
+    assert_eq!(
+        again.extensions().get::<CacheStatus>(),
+        Some(&CacheStatus::Hit)
+    );
+    assert_eq!(origin.hits("/big"), 1);
+}
+
+#[tokio::test]
+async fn without_store_in_background_the_body_ends_only_once_stored() {
+    let (origin, client, gate) = gated_commit().await;
+    let response = client.get(origin.url("/big")).send().await.unwrap();
+    let mut reading = tokio::spawn(response.bytes());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut reading)
+            .await
+            .is_err(),
+        "the body's end waits for the commit"
+    );
+    gate.add_permits(1);
+    let body = reading.await.unwrap().unwrap();
+    assert_eq!(body.len(), 300_000);
+    let again = client.get(origin.url("/big")).send().await.unwrap();
+    assert_eq!(
+        again.extensions().get::<CacheStatus>(),
+        Some(&CacheStatus::Hit)
+    );
+}
+
+#[tokio::test]
+async fn a_recording_whose_body_is_dropped_unread_is_not_stored() {
+    let (origin, client, gate) = gated_commit().await;
+    gate.add_permits(1);
+    let response = client
+        .get(origin.url("/big"))
+        .with_extension(StoreInBackground)
+        .send()
+        .await
+        .unwrap();
+    let recording = response.extensions().get::<Recording>().cloned().unwrap();
+    drop(response);
+    let stored = tokio::time::timeout(Duration::from_secs(10), recording.stored())
+        .await
+        .expect("the recording ends when the body is dropped");
+    assert!(!stored);
+    let again = client.get(origin.url("/big")).send().await.unwrap();
+    assert_eq!(
+        again.extensions().get::<CacheStatus>(),
+        Some(&CacheStatus::Miss)
+    );
 }

@@ -12,7 +12,7 @@ use super::coalesce::FlightGuard;
 use super::keys::variant_key;
 use super::record::{CHANNEL_CAPACITY, RecordingBody, receiver_stream};
 use super::{Sent, Shared, owned_key, same_origin, same_resource, with_url};
-use crate::mode::CacheStatus;
+use crate::mode::{CacheStatus, Recording};
 use crate::policy::{CachePolicy, Exchange, VaryKey, random_u64};
 use crate::store::{Body, Entry, Meta, StoreError, Variants};
 
@@ -29,7 +29,7 @@ impl Shared {
         replaces: bool,
     ) -> reqwest_middleware::Result<Response> {
         let key = owned_key(&self.keys, &request);
-        let sent = self.sent(&request);
+        let sent = self.sent(&request, extensions);
         let response = next.run(request, extensions).await?;
         let now = self.now();
         Ok(match key {
@@ -104,7 +104,7 @@ impl Shared {
             Some(vary) => self.variant_storage_key(&key, vary).await,
             None => key.clone(),
         };
-        let response = self.record(response, key, storage_key, policy, guard, sent.epoch);
+        let response = self.record(response, key, storage_key, policy, guard, sent);
         self.mark(response, CacheStatus::Miss)
     }
 
@@ -143,12 +143,14 @@ impl Shared {
         storage_key: String,
         policy: CachePolicy,
         guard: Option<FlightGuard>,
-        epoch: u64,
+        sent: &Sent,
     ) -> Response {
+        let epoch = sent.epoch;
         let expected_len = content_length(policy.headers());
         let url = response.url().clone();
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let (stored, stored_signal) = oneshot::channel();
+        let recording = Recording::new(stored_signal);
         let flight = guard.map(Arc::new);
         if let Some(flight) = &flight {
             // The head has arrived: followers now wait only while the body moves.
@@ -160,7 +162,7 @@ impl Shared {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
             let _flight = flight;
-            match shared
+            let committed = match shared
                 .cache()
                 .put(&storage_key, meta, Body::Stream(body_stream))
                 .await
@@ -168,24 +170,32 @@ impl Shared {
                 Ok(()) if shared.invalidations.since(&key, epoch) => {
                     // The URL was invalidated while this response was on its way.
                     shared.store_delete(&storage_key).await;
+                    false
                 }
                 Ok(()) => {
                     shared.flights.note_stored(&key);
                     tracing::trace!(key = %storage_key, "stored");
+                    true
                 }
                 Err(StoreError::Incomplete { .. }) => {
-                    tracing::debug!(key = %storage_key, "body incomplete; not stored")
+                    tracing::debug!(key = %storage_key, "body incomplete; not stored");
+                    false
                 }
-                Err(error) => super::log_store_error("put", &storage_key, &error),
-            }
-            let _ = stored.send(());
+                Err(error) => {
+                    super::log_store_error("put", &storage_key, &error);
+                    false
+                }
+            };
+            let _ = stored.send(committed);
         });
         let response: http::Response<reqwest::Body> = response.into();
         let (parts, body) = response.into_parts();
+        // Without waiting for the store, the body's end is not held back.
+        let wait = (!sent.store_in_background).then(|| recording.signal());
         let body = RecordingBody::new(
             body,
             sender,
-            stored_signal,
+            wait,
             expected_len,
             self.settings.store_timeout,
         );
@@ -194,6 +204,7 @@ impl Shared {
         *rebuilt.version_mut() = parts.version;
         *rebuilt.headers_mut() = parts.headers;
         rebuilt.extensions_mut().extend(parts.extensions);
+        rebuilt.extensions_mut().insert(recording);
         Response::from(rebuilt)
     }
 

@@ -33,7 +33,7 @@ use url::Url;
 
 use crate::clock::{Clock, SystemClock, unix_seconds};
 use crate::heuristics::Heuristic;
-use crate::mode::{CacheMode, CacheStatus, FromCache, StoredFile};
+use crate::mode::{CacheMode, CacheStatus, FromCache, StoreInBackground, StoredFile};
 use crate::policy::{CachePolicy, PolicyOptions, Precondition, RequestDirectives, Reuse, VaryKey};
 use crate::store::{Body, Cache, Entry, Meta, StoreError};
 use coalesce::{Flights, Join};
@@ -323,6 +323,8 @@ struct Sent {
     time: u64,
     /// The invalidation count when it was sent (see `invalidate.rs`).
     epoch: u64,
+    /// The request asked not to wait for the store ([`StoreInBackground`]).
+    store_in_background: bool,
 }
 
 /// The parts of a request that serving a stored response looks at.
@@ -364,8 +366,9 @@ impl Shared {
         unix_seconds(self.settings.clock.now())
     }
 
-    fn sent(&self, request: &Request) -> Sent {
+    fn sent(&self, request: &Request, extensions: &Extensions) -> Sent {
         Sent {
+            store_in_background: extensions.get::<StoreInBackground>().is_some(),
             method: request.method().clone(),
             url: request.url().clone(),
             headers: request.headers().clone(),

@@ -24,6 +24,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Shared;
 use futures_util::stream;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{mpsc, oneshot};
@@ -54,8 +55,9 @@ pub(crate) struct RecordingBody {
     ended: bool,
     /// The origin's body has returned its end.
     finished: bool,
-    /// Resolves when the store task is done with the entry.
-    stored: Option<oneshot::Receiver<()>>,
+    /// Resolves when the store task is done with the entry; `None` when the caller
+    /// does not wait for it ([`StoreInBackground`](crate::StoreInBackground)).
+    stored: Option<Shared<oneshot::Receiver<bool>>>,
     /// The store timeout: the longest wait for room in the channel or for the commit.
     patience: Duration,
     /// Armed while waiting for the store.
@@ -66,7 +68,7 @@ impl RecordingBody {
     pub(crate) fn new(
         inner: reqwest::Body,
         sender: mpsc::Sender<Chunk>,
-        stored: oneshot::Receiver<()>,
+        stored: Option<Shared<oneshot::Receiver<bool>>>,
         expected_len: Option<u64>,
         patience: Duration,
     ) -> Self {
@@ -77,7 +79,7 @@ impl RecordingBody {
             received: 0,
             ended: false,
             finished: false,
-            stored: Some(stored),
+            stored,
             patience,
             deadline: None,
         };

@@ -44,7 +44,7 @@ impl Shared {
     ) -> reqwest_middleware::Result<Response> {
         let conditional = self.settings.policy.cache_etags && stored.policy.has_validator();
         let replay = request.try_clone();
-        let sent = self.sent(&request);
+        let sent = self.sent(&request, extensions);
         let key = owned_key(&self.keys, &request);
         let mut upstream = request;
         if conditional {
@@ -178,6 +178,7 @@ impl Shared {
             headers: request_headers.clone(),
             time: request_time,
             epoch: self.invalidations.epoch(),
+            store_in_background: false,
         };
         let _ = self
             .freshen(&stored.key, &stored.policy, &sent, response.headers(), now)
@@ -228,7 +229,7 @@ impl Shared {
                 .ok()
         });
         let Some(client) = client else { return };
-        let sent = self.sent(&request);
+        let sent = self.sent(&request, &Extensions::new());
         let response = match client.execute(request).await {
             Ok(response) => response,
             Err(error) => {

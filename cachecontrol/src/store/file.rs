@@ -121,10 +121,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::format::{self, DecodedCache, FormatError};
 use super::{
@@ -145,8 +145,10 @@ const MAX_META_FILE: u64 = 64 << 20;
 const DECODED_CAPACITY: usize = 4096;
 /// Without a size bound, the index only remembers where recently read bodies are.
 const UNBOUNDED_INDEX_CAPACITY: usize = 4096;
-/// Streamed bodies reach the disk in writes of this size.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Streamed bodies reach the disk in vectored writes of at least this many bytes...
+const WRITE_BATCH: usize = 1 << 20;
+/// ...and of up to this many while the previous write is still in progress.
+const MAX_WRITE_BATCH: usize = 8 << 20;
 /// Lock-free looks before a lookup settles the entry under the directory's lock.
 const LOOKUP_ATTEMPTS: usize = 2;
 /// A temp file untouched for this long belongs to a writer that is gone.
@@ -195,6 +197,7 @@ struct Options {
     dir_mode: u32,
     max_bytes: Option<u64>,
     rescan_interval: Duration,
+    sync_while_writing: bool,
 }
 
 impl FileCacheBuilder {
@@ -236,6 +239,19 @@ impl FileCacheBuilder {
     /// Ten minutes by default.
     pub fn rescan_interval(mut self, interval: Duration) -> Self {
         self.options.rescan_interval = interval;
+        self
+    }
+
+    /// Whether a streamed body is synced to disk while it arrives (every 32 MiB, in
+    /// the background), so that the sync before its entry is published has only the
+    /// tail left. On by default: a reader of a response being stored gets the body's
+    /// end once the entry is committed, and for a body of many MiB that wait is
+    /// then short. The price is the disk writing while the body arrives, which slows
+    /// the download down: switch it off when the reader does not wait for the commit
+    /// (a request with [`StoreInBackground`](crate::StoreInBackground), as the
+    /// fetcher's). The sync before publishing happens either way.
+    pub fn sync_while_writing(mut self, sync: bool) -> Self {
+        self.options.sync_while_writing = sync;
         self
     }
 
@@ -284,6 +300,7 @@ impl FileCache {
                 dir_mode: 0o700,
                 max_bytes: None,
                 rescan_interval: DEFAULT_RESCAN_INTERVAL,
+                sync_while_writing: true,
             },
         }
     }
@@ -339,36 +356,61 @@ impl FileCache {
                 .await
             }
             Body::Stream(mut stream) => {
-                // What is written is synced as the body arrives, in the background,
-                // so that the sync before publishing has only the tail left to do
-                // rather than the whole body (seconds for a GiB, after the body has
-                // arrived).
-                let mut syncer = EarlySync::new(file.try_clone().ok());
-                let mut writer =
-                    BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
+                // Chunks are gathered (shared, not copied) into batches, and each
+                // batch is written with one vectored write on the blocking pool
+                // while the next one gathers: the stream is never held up by a
+                // write in progress unless a whole batch is waiting behind it.
+                // What is written is synced as the body arrives, in the
+                // background, so that the sync before publishing has only the tail
+                // left to do rather than the whole body (seconds for a GiB, after
+                // the body has arrived).
+                let file = Arc::new(file);
+                let mut syncer = EarlySync::new(
+                    Some(Arc::clone(&file)).filter(|_| self.inner.options.sync_while_writing),
+                );
+                let mut batch = Batch::default();
+                let mut writing: Option<tokio::task::JoinHandle<io::Result<()>>> = None;
                 let mut len = 0u64;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk?;
-                    self.inner.check_open()?;
-                    len += chunk.len() as u64;
-                    if len > max {
-                        return Ok(None);
+                let mut ended = false;
+                while !ended {
+                    match stream.next().await {
+                        Some(chunk) => {
+                            let chunk = chunk?;
+                            self.inner.check_open()?;
+                            len += chunk.len() as u64;
+                            if len > max {
+                                return Ok(None);
+                            }
+                            syncer.written(chunk.len() as u64);
+                            batch.push(chunk);
+                            let previous_done = writing.as_ref().is_none_or(|w| w.is_finished());
+                            if batch.len < WRITE_BATCH
+                                || (!previous_done && batch.len < MAX_WRITE_BATCH)
+                            {
+                                continue;
+                            }
+                        }
+                        None => ended = true,
                     }
-                    writer
-                        .write_all(&chunk)
-                        .await
-                        .map_err(|source| io_error("writing the body file", &path, source))?;
-                    syncer.written(chunk.len() as u64);
+                    if let Some(previous) = writing.take() {
+                        finish_write(previous, &path).await?;
+                    }
+                    if batch.len > 0 {
+                        let chunks = std::mem::take(&mut batch).chunks;
+                        let file = Arc::clone(&file);
+                        writing = Some(tokio::task::spawn_blocking(move || {
+                            write_chunks(&file, &chunks)
+                        }));
+                    }
                 }
-                writer
-                    .flush()
-                    .await
-                    .map_err(|source| io_error("writing the body file", &path, source))?;
-                writer
-                    .into_inner()
-                    .sync_all()
-                    .await
-                    .map_err(|source| io_error("syncing the body file", &path, source))?;
+                if let Some(last) = writing.take() {
+                    finish_write(last, &path).await?;
+                }
+                blocking(&self.inner, move |_| {
+                    file.sync_all()
+                        .map_err(|source| io_error("syncing the body file", &path, source))
+                })
+                .await?;
                 Ok(Some(len))
             }
         }
@@ -737,7 +779,7 @@ impl Inner {
             .map_err(|source| io_error("reading the body file", &path, source))?;
         Ok(Ok(Body::File(FileBody::with_contents(
             file,
-            bytes::Bytes::from(contents),
+            Bytes::from(contents),
         ))))
     }
 
@@ -1421,9 +1463,56 @@ fn copy_file_body(source: &FileBody, mut file: File, path: &Path) -> Result<u64,
     Ok(copied)
 }
 
+/// Chunks of a body waiting to be written together.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+}
+
+/// Waits for a batch's write.
+async fn finish_write(
+    write: tokio::task::JoinHandle<io::Result<()>>,
+    path: &Path,
+) -> Result<(), StoreError> {
+    write
+        .await
+        .map_err(io::Error::other)
+        .and_then(|written| written)
+        .map_err(|source| io_error("writing the body file", path, source))
+}
+
+/// Writes all of `chunks`, in order, with as few (vectored) writes as the kernel
+/// allows.
+fn write_chunks(mut file: &File, chunks: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = chunks
+        .iter()
+        .filter(|chunk| !chunk.is_empty())
+        .map(|chunk| io::IoSlice::new(chunk))
+        .collect();
+    let mut remaining = &mut slices[..];
+    while !remaining.is_empty() {
+        match file.write_vectored(remaining) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(written) => io::IoSlice::advance_slices(&mut remaining, written),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 /// Syncs a body file being written, in the background, every [`EARLY_SYNC`] bytes
 /// (one sync at a time): the disk writes the body while the rest arrives.
 struct EarlySync {
+    /// None when the store does not sync while writing.
     file: Option<Arc<File>>,
     unsynced: u64,
     running: Option<tokio::task::JoinHandle<()>>,
@@ -1433,9 +1522,9 @@ struct EarlySync {
 const EARLY_SYNC: u64 = 32 << 20;
 
 impl EarlySync {
-    fn new(file: Option<File>) -> EarlySync {
+    fn new(file: Option<Arc<File>>) -> EarlySync {
         EarlySync {
-            file: file.map(Arc::new),
+            file,
             unsynced: 0,
             running: None,
         }
