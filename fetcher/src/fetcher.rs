@@ -1,7 +1,6 @@
 //! [`Fetcher`]: fetches artifacts into a run directory through the cache.
 
 use std::fs::Permissions;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,11 +9,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cachecontrol::store::Tiered;
-use cachecontrol::{Cache, CacheControl, CacheMode, CacheStatus, FileCache, FromCache};
+use cachecontrol::{
+    Cache, CacheControl, CacheMode, CacheStatus, FileCache, FromCache, Recording, StoreInBackground,
+};
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use reqwest_middleware::ClientWithMiddleware;
 use sha2::Digest;
+use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::artifact::{Artifact, Sha256, check_names};
@@ -25,6 +27,9 @@ use crate::report::{ArtifactReport, FetchReport, Progress, ProgressEvent, Served
 use crate::retry::Retry;
 use crate::unpack::{self, Limits};
 use crate::verified::{Identity, Verified};
+
+/// The most a downloaded body's writer writes at once.
+const MAX_WRITE: usize = 8 << 20;
 
 /// A progress callback.
 type ProgressFn = Arc<dyn Fn(&Progress<'_>) + Send + Sync>;
@@ -46,6 +51,8 @@ struct Inner {
     retry: Retry,
     limits: Limits,
     progress: Option<ProgressFn>,
+    /// Downloads whose bodies are still being stored (each holding its URL's lock).
+    storing: TaskTracker,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -123,9 +130,21 @@ impl Fetcher {
         &self.inner.cache
     }
 
-    /// Closes the cache's store (flushing what is pending, releasing connections).
+    /// Waits for the downloads still being stored in the cache (see
+    /// [`fetch`](Self::fetch)), then closes the cache's store (flushing what is
+    /// pending, releasing connections).
     pub async fn close(&self) -> Result<(), cachecontrol::StoreError> {
+        self.stored().await;
         self.inner.cache.close().await
+    }
+
+    /// Waits until every download this fetcher made so far is stored in the cache
+    /// (or has failed to be: a cache that fails is logged, never an error).
+    pub async fn stored(&self) {
+        let storing = &self.inner.storing;
+        storing.close();
+        storing.wait().await;
+        storing.reopen();
     }
 
     /// Fetches `artifacts` into `dir` (created if missing), at most
@@ -134,6 +153,13 @@ impl Fetcher {
     /// Every name is checked before anything is fetched. The first failure stops
     /// the fetch and is returned; files of other artifacts already in place stay,
     /// and nothing half-written is left.
+    ///
+    /// A downloaded body is written to the run directory and to the cache as it
+    /// arrives. The fetch returns once the run directory has its files; the cache's
+    /// copy is made durable (synced to disk) and published afterwards, in the
+    /// background, so that the job need not wait for the disk. Until then another
+    /// fetch of the same URL on this host waits for it rather than downloading it
+    /// again; [`stored`](Self::stored) and [`close`](Self::close) wait for it too.
     pub async fn fetch(
         &self,
         artifacts: &[Artifact],
@@ -221,6 +247,11 @@ impl Fetcher {
             }
             attempts += 1;
             match self.attempt(artifact, &dest, mode, attempts).await {
+                // Stored meanwhile (by the fetch that held the lock): no request.
+                Ok(done) if matches!(done.done.served, Served::Cached | Served::SharedTier) => {
+                    attempts -= 1;
+                    break done;
+                }
                 Ok(done) => break done,
                 Err(Failure::StoredCopyIsWrong { actual, urls }) => {
                     self.forget(artifact, &actual, &urls).await;
@@ -256,9 +287,21 @@ impl Fetcher {
                 }
             }
         };
-        // The body is in the cache (when it could be stored): others may go on.
-        drop(lock);
-        let Taken { done, scratch } = taken;
+        let Taken {
+            done,
+            scratch,
+            recording,
+        } = taken;
+        // Others may go on once the body is in the cache (when it can be stored).
+        match (lock, recording) {
+            (Some(lock), Some(recording)) => {
+                self.inner.storing.spawn(async move {
+                    recording.stored().await;
+                    drop(lock);
+                });
+            }
+            (lock, _) => drop(lock),
+        }
         let materialized = self
             .put_in_place(artifact, scratch, &dest, done.materialized)
             .await?;
@@ -330,10 +373,12 @@ impl Fetcher {
             .client
             .get(artifact.url.clone())
             .with_extension(mode)
+            .with_extension(StoreInBackground)
             .send()
             .await
             .map_err(classify)?;
         let status = response.status();
+        let recording = response.extensions().get::<Recording>().cloned();
         let cache_status = response.extensions().get::<CacheStatus>().copied();
         let from_cache = response.extensions().get::<FromCache>().cloned();
         if !status.is_success() {
@@ -385,7 +430,7 @@ impl Fetcher {
             }
             _ => {
                 let size = self
-                    .stream_to_file(artifact, response, &scratch, served, &urls)
+                    .stream_to_file(artifact, response, &scratch, served, &urls, &recording)
                     .await?;
                 (Materialized::Streamed, size)
             }
@@ -403,6 +448,7 @@ impl Fetcher {
                 network_bytes,
             },
             scratch,
+            recording,
         })
     }
 
@@ -472,6 +518,7 @@ impl Fetcher {
         scratch: &Scratch,
         served: Served,
         urls: &[Url],
+        recording: &Option<Recording>,
     ) -> Result<u64, Failure> {
         let total = response.content_length();
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(32);
@@ -490,15 +537,25 @@ impl Fetcher {
                 .create_new(true)
                 .mode(mode | 0o200)
                 .open(path)?;
-            let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
             let mut hasher = hash.then(sha2::Sha256::new);
+            // What has arrived meanwhile is written with the next chunk, in one
+            // vectored write (shared, not copied into a buffer).
+            let mut chunks = Vec::new();
             while let Some(chunk) = receiver.blocking_recv() {
-                if let Some(hasher) = hasher.as_mut() {
-                    hasher.update(&chunk);
+                let mut len = chunk.len();
+                chunks.push(chunk);
+                while len < MAX_WRITE
+                    && let Ok(chunk) = receiver.try_recv()
+                {
+                    len += chunk.len();
+                    chunks.push(chunk);
                 }
-                file.write_all(&chunk)?;
+                if let Some(hasher) = hasher.as_mut() {
+                    chunks.iter().for_each(|chunk| hasher.update(chunk));
+                }
+                materialize::write_chunks(&file, &chunks)?;
+                chunks.clear();
             }
-            file.flush()?;
             Ok(hasher.map(|hasher| Sha256(hasher.finalize().into())))
         });
         let mut body = response.bytes_stream();
@@ -542,7 +599,11 @@ impl Fetcher {
         {
             return Err(match served {
                 Served::Downloaded => {
-                    // Nothing wrong may stay in the cache either, under any URL.
+                    // Nothing wrong may stay in the cache either, under any URL
+                    // (once the store is done with it).
+                    if let Some(recording) = recording {
+                        recording.stored().await;
+                    }
                     for url in urls {
                         self.inner.cache.invalidate(url).await;
                     }
@@ -677,6 +738,8 @@ struct Done {
 struct Taken {
     done: Done,
     scratch: Scratch,
+    /// The body is still being stored in the cache.
+    recording: Option<Recording>,
 }
 
 /// Why an attempt failed.
@@ -905,7 +968,9 @@ impl FetcherBuilder {
                 let dir = cache_dir.join("http");
                 std::fs::create_dir_all(&dir)
                     .map_err(|error| FetchError::io("creating the cache directory", &dir, error))?;
-                let mut files = FileCache::builder(&dir);
+                // The fetcher does not wait for the cache's commit: a body is synced
+                // once whole, not while it arrives (which would slow the download).
+                let mut files = FileCache::builder(&dir).sync_while_writing(false);
                 if let Some(max) = self.max_cache_bytes {
                     files = files.max_bytes(max);
                 }
@@ -943,6 +1008,7 @@ impl FetcherBuilder {
                 retry: self.retry,
                 limits: self.limits,
                 progress: self.progress,
+                storing: TaskTracker::new(),
             }),
         })
     }

@@ -98,6 +98,45 @@ fn served(report: &FetchReport) -> Vec<Served> {
 }
 
 #[tokio::test]
+async fn a_download_is_in_the_cache_once_stored_returns_for_a_fetcher_of_another_process() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(5 << 20, 7);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let run = tempfile::tempdir().unwrap();
+    let first = fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    assert_eq!(served(&first), [Served::Downloaded]);
+    assert_eq!(std::fs::read(run.path().join("data.bin")).unwrap(), data);
+    // The cache's copy is synced and published in the background; `stored` waits
+    // for it. The store of another process then has it, complete.
+    fetcher.stored().await;
+    let store = cachecontrol::FileCache::new(cache.path().join("http")).unwrap();
+    let listed: Vec<_> =
+        futures_util::StreamExt::collect::<Vec<_>>(cachecontrol::Cache::entries(&store))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].key, origin.url("/data"));
+    assert_eq!(listed[0].size, data.len() as u64);
+    // And a new fetcher on it (as in another process) needs no request.
+    let other = self::fetcher(cache.path());
+    let again = tempfile::tempdir().unwrap();
+    let second = other.fetch(&artifacts, again.path()).await.unwrap();
+    assert_eq!(served(&second), [Served::Cached]);
+    assert_eq!(second.artifacts[0].attempts, 0);
+    assert_eq!(origin.total_hits(), 1);
+    other.close().await.unwrap();
+    fetcher.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_second_run_sends_no_request_while_fresh() {
     let origin = Origin::start().await.unwrap();
     let data = body(3 << 20, 1);
