@@ -8,7 +8,8 @@
 //!
 //! A contender is one of `ours-memory`, `ours-redis`, `floor-memory`, `floor-redis`,
 //! with a 1 KiB body, prepared once as the bench prepares it (ours primed: every
-//! measured request is a hit). Each pair runs its contender that many times and
+//! measured request is a hit); or, for the `miss` bench's requests (every response
+//! `no-store`), `miss-ours-memory`, `miss-ours-file` or `miss-reqwest`. Each pair runs its contender that many times and
 //! prints the mean time of an iteration; a name may come back, to alternate
 //! contenders, and the fastest and the median run of each are printed at the end.
 //! The instructions of an iteration are the difference between two runs that differ
@@ -98,8 +99,20 @@ async fn prepare(
     size: BodySize,
     name: &str,
 ) -> anyhow::Result<Contender> {
-    let url = site.url(Resource::Fresh, size, name);
     let len = size.len();
+    if let Some(miss) = name.strip_prefix("miss-") {
+        // Every request a miss: the `miss` bench's no-store resource.
+        let url = site.url(Resource::NoStore, size, name);
+        let contender = match miss {
+            "ours-memory" => Contender::ours_memory(&url),
+            "ours-file" => Contender::ours_file(&url)?,
+            "reqwest" => Contender::plain(&url),
+            other => anyhow::bail!("no miss contender {other:?}"),
+        };
+        contender.check(len, None).await?;
+        return Ok(contender);
+    }
+    let url = site.url(Resource::Fresh, size, name);
     let cache = match name {
         "ours-memory" => Contender::ours_memory(&url),
         "ours-redis" => Contender::ours_redis(redis_url, &url).await?,

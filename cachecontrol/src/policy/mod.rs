@@ -858,7 +858,7 @@ impl CachePolicy {
                 headers.remove(name);
             }
         }
-        headers.insert(header::AGE, HeaderValue::from(self.current_age(now)));
+        headers.insert(header::AGE, age_value(self.current_age(now)));
         headers
     }
 
@@ -879,9 +879,48 @@ impl CachePolicy {
                 headers.append(name.clone(), value.clone());
             }
         }
-        headers.insert(header::AGE, HeaderValue::from(self.current_age(now)));
+        headers.insert(header::AGE, age_value(self.current_age(now)));
         headers
     }
+}
+
+/// The decimal numbers 0 to 999, back to back: `Age` values from a table.
+static AGE_DIGITS: [u8; 2890] = age_digits();
+
+const fn age_digits() -> [u8; 2890] {
+    let mut digits = [0u8; 2890];
+    let (mut n, mut at) = (0, 0);
+    while n < 1000 {
+        if n >= 100 {
+            digits[at] = b'0' + (n / 100) as u8;
+            at += 1;
+        }
+        if n >= 10 {
+            digits[at] = b'0' + (n / 10 % 10) as u8;
+            at += 1;
+        }
+        digits[at] = b'0' + (n % 10) as u8;
+        at += 1;
+        n += 1;
+    }
+    digits
+}
+
+/// An `Age` value. One under 1000 seconds (most hits) is a slice of a static
+/// table: no formatting and no allocation on the hit path.
+fn age_value(age: u64) -> HeaderValue {
+    let place = match age {
+        0..10 => Some((age as usize, 1)),
+        10..100 => Some((10 + 2 * (age as usize - 10), 2)),
+        100..1000 => Some((190 + 3 * (age as usize - 100), 3)),
+        _ => None,
+    };
+    place
+        .and_then(|(start, len)| {
+            let digits = bytes::Bytes::from_static(&AGE_DIGITS[start..start + len]);
+            HeaderValue::from_maybe_shared(digits).ok()
+        })
+        .unwrap_or_else(|| HeaderValue::from(age))
 }
 
 /// §4.2.1: s-maxage (shared), then max-age, then Expires minus Date.
@@ -1021,6 +1060,16 @@ pub(crate) fn random_u64() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn age_values_are_the_decimal_numbers() {
+        for age in (0..1100).chain([u64::MAX]) {
+            assert_eq!(
+                super::age_value(age).to_str().ok(),
+                Some(age.to_string().as_str())
+            );
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 
