@@ -5,7 +5,9 @@
 //!   against plain reqwest streaming the same body to a file. Throughput in bytes.
 //!   The time is the fetch's, until the run directory has its file; the cache's copy
 //!   is synced to disk and published after it (`Fetcher::close`, not timed, waits
-//!   for that before the next iteration).
+//!   for that before the next iteration). And `fetch_first/plain-two-copies`: plain
+//!   reqwest writing the body to two files at once, the least a fetch that leaves
+//!   the job its own copy and keeps one must write where there are no reflinks.
 //! - `fetch_repeat/fetcher` against `fetch_repeat/copy`: the next runs (fresh in the
 //!   cache: no request, the cached file copied by the kernel into a new run
 //!   directory) against copying the file (`std::fs::copy`); and a read-only artifact
@@ -69,6 +71,38 @@ async fn plain_once(client: &reqwest::Client, url: &str) -> anyhow::Result<Durat
     Ok(elapsed)
 }
 
+/// Plain reqwest writing the body to two files at once (the second by a thread of
+/// its own, from the same chunks): the least that a fetch which leaves the job a
+/// copy of its own and keeps one must write, on a file system without reflinks.
+async fn plain_two_copies_once(client: &reqwest::Client, url: &str) -> anyhow::Result<Duration> {
+    let run = tempfile::Builder::new().prefix("bench-run-").tempdir()?;
+    let kept = tempfile::Builder::new().prefix("bench-cache-").tempdir()?;
+    let start = Instant::now();
+    let mut response = client.get(url).send().await?.error_for_status()?;
+    let mut file = std::fs::File::create(run.path().join("artifact.bin"))?;
+    let mut copy = std::fs::File::create(kept.path().join("artifact.bin"))?;
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<bytes::Bytes>(32);
+    let second = std::thread::spawn(move || -> std::io::Result<()> {
+        while let Ok(chunk) = receiver.recv() {
+            copy.write_all(&chunk)?;
+        }
+        Ok(())
+    });
+    let mut len = 0u64;
+    while let Some(chunk) = response.chunk().await? {
+        len += chunk.len() as u64;
+        sender.send(chunk.clone())?;
+        file.write_all(&chunk)?;
+    }
+    drop((file, sender));
+    second
+        .join()
+        .map_err(|_| anyhow::anyhow!("the second writer panicked"))??;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(len == BODY, "short body: {len}");
+    Ok(elapsed)
+}
+
 /// A temp dir for a measured iteration; a failure stops the bench.
 fn temp_dir(prefix: &str) -> tempfile::TempDir {
     must(
@@ -122,6 +156,18 @@ fn bench(criterion: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
                     total += must(plain_once(&client, &url).await);
+                }
+                total
+            }
+        });
+    });
+    first.bench_function(BenchmarkId::new("plain-two-copies", SIZE), |bencher| {
+        bencher.to_async(&runtime).iter_custom(|iterations| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    total += must(plain_two_copies_once(&client, &url).await);
                 }
                 total
             }
