@@ -44,10 +44,13 @@
 //! let fetcher = fetcher::Fetcher::builder().cache_dir("/var/cache/dadd").build()?;
 //! let dir = make_run_dir(None)?;
 //! let sink = FileStateSink::new(dir.join(STATE_FILE));
-//! let outcome = Runner::new(fetcher).run(&spec, &dir, &sink).await;
+//! let runner = Runner::new(fetcher);
+//! let outcome = runner.run(&spec, &dir, &sink).await;
 //! if let Some(reason) = outcome.failure() {
 //!     eprintln!("{reason}; see {}", outcome.dir.display());
 //! }
+//! // The cache's copies of what was downloaded are stored before the process ends.
+//! runner.fetcher().close().await?;
 //! std::process::exit(outcome.exit_code());
 //! # }
 //! ```

@@ -16,7 +16,6 @@ use futures_util::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use reqwest_middleware::ClientWithMiddleware;
 use sha2::Digest;
-use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::artifact::{Artifact, Sha256, check_names};
@@ -27,6 +26,9 @@ use crate::report::{ArtifactReport, FetchReport, Progress, ProgressEvent, Served
 use crate::retry::Retry;
 use crate::unpack::{self, Limits};
 use crate::verified::{Identity, Verified};
+
+/// The longest a download's lock waits for its body to be stored, by default.
+const DEFAULT_STORE_WAIT: Duration = Duration::from_secs(600);
 
 /// The most a downloaded body's writer writes at once.
 const MAX_WRITE: usize = 8 << 20;
@@ -51,8 +53,11 @@ struct Inner {
     retry: Retry,
     limits: Limits,
     progress: Option<ProgressFn>,
-    /// Downloads whose bodies are still being stored (each holding its URL's lock).
-    storing: TaskTracker,
+    /// The downloads whose bodies are still being stored (each holding its URL's
+    /// lock, in a task of its own).
+    storing: tokio::sync::watch::Sender<InFlight>,
+    /// The longest a download's lock waits for its body to be stored.
+    store_wait: Duration,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -79,6 +84,7 @@ pub struct FetcherBuilder {
     retry: Retry,
     limits: Limits,
     progress: Option<ProgressFn>,
+    store_wait: Duration,
 }
 
 impl std::fmt::Debug for FetcherBuilder {
@@ -122,6 +128,7 @@ impl Fetcher {
             retry: Retry::default(),
             limits: Limits::default(),
             progress: None,
+            store_wait: DEFAULT_STORE_WAIT,
         }
     }
 
@@ -138,13 +145,17 @@ impl Fetcher {
         self.inner.cache.close().await
     }
 
-    /// Waits until every download this fetcher made so far is stored in the cache
-    /// (or has failed to be: a cache that fails is logged, never an error).
+    /// Waits until the downloads this fetcher (or a clone) made before the call are
+    /// stored in the cache, or have failed to be (a cache that fails is logged, never
+    /// an error), or have been waited for longer than
+    /// [`store_wait`](FetcherBuilder::store_wait).
     pub async fn stored(&self) {
-        let storing = &self.inner.storing;
-        storing.close();
-        storing.wait().await;
-        storing.reopen();
+        let before = self.inner.storing.borrow().next;
+        let mut storing = self.inner.storing.subscribe();
+        // The sender lives as long as `self`: the wait cannot fail.
+        let _ = storing
+            .wait_for(|in_flight| in_flight.oldest().is_none_or(|oldest| oldest >= before))
+            .await;
     }
 
     /// Fetches `artifacts` into `dir` (created if missing), at most
@@ -295,9 +306,19 @@ impl Fetcher {
         // Others may go on once the body is in the cache (when it can be stored).
         match (lock, recording) {
             (Some(lock), Some(recording)) => {
-                self.inner.storing.spawn(async move {
-                    recording.stored().await;
+                let storing = Storing::start(&self.inner.storing);
+                let (wait, url) = (self.inner.store_wait, artifact.url.clone());
+                tokio::spawn(async move {
+                    if tokio::time::timeout(wait, recording.stored())
+                        .await
+                        .is_err()
+                    {
+                        // Another fetch of it may download it again: better than
+                        // all of them waiting for a store that does not answer.
+                        tracing::warn!(%url, ?wait, "the cache is still storing the download; its lock is released");
+                    }
                     drop(lock);
+                    drop(storing);
                 });
             }
             (lock, _) => drop(lock),
@@ -430,7 +451,7 @@ impl Fetcher {
             }
             _ => {
                 let size = self
-                    .stream_to_file(artifact, response, &scratch, served, &urls, &recording)
+                    .stream_to_file(artifact, response, &scratch, served, &urls)
                     .await?;
                 (Materialized::Streamed, size)
             }
@@ -518,7 +539,6 @@ impl Fetcher {
         scratch: &Scratch,
         served: Served,
         urls: &[Url],
-        recording: &Option<Recording>,
     ) -> Result<u64, Failure> {
         let total = response.content_length();
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(32);
@@ -599,11 +619,10 @@ impl Fetcher {
         {
             return Err(match served {
                 Served::Downloaded => {
-                    // Nothing wrong may stay in the cache either, under any URL
-                    // (once the store is done with it).
-                    if let Some(recording) = recording {
-                        recording.stored().await;
-                    }
+                    // Nothing wrong may stay in the cache either, under any URL:
+                    // the body being stored is removed once committed, as anything
+                    // stored for a URL invalidated while its response was on its
+                    // way.
                     for url in urls {
                         self.inner.cache.invalidate(url).await;
                     }
@@ -723,6 +742,49 @@ fn make_read_only(dir: &Path) {
             let mode = metadata.permissions().mode() & !0o222;
             let _ = std::fs::set_permissions(&path, Permissions::from_mode(mode));
         }
+    }
+}
+
+/// The downloads being stored, by ticket: [`Fetcher::stored`] waits for those
+/// with a ticket below the next one at its call.
+#[derive(Debug, Default)]
+struct InFlight {
+    next: u64,
+    tickets: std::collections::BTreeSet<u64>,
+}
+
+impl InFlight {
+    fn oldest(&self) -> Option<u64> {
+        self.tickets.first().copied()
+    }
+}
+
+/// One download being stored: in [`Inner::storing`] until dropped.
+struct Storing {
+    in_flight: tokio::sync::watch::Sender<InFlight>,
+    ticket: u64,
+}
+
+impl Storing {
+    fn start(in_flight: &tokio::sync::watch::Sender<InFlight>) -> Storing {
+        let mut ticket = 0;
+        in_flight.send_modify(|in_flight| {
+            ticket = in_flight.next;
+            in_flight.next += 1;
+            in_flight.tickets.insert(ticket);
+        });
+        Storing {
+            in_flight: in_flight.clone(),
+            ticket,
+        }
+    }
+}
+
+impl Drop for Storing {
+    fn drop(&mut self) {
+        self.in_flight.send_modify(|in_flight| {
+            in_flight.tickets.remove(&self.ticket);
+        });
     }
 }
 
@@ -928,6 +990,17 @@ impl FetcherBuilder {
         self
     }
 
+    /// How long a download's host-wide lock waits for the cache to store its body
+    /// (synced to disk, and sent to the shared tier when there is one) after the
+    /// fetch has returned. Meanwhile, other fetches of the same URL on the host wait
+    /// for it rather than downloading it too; past this, they go on, and may
+    /// download it again. It also bounds [`Fetcher::stored`] and [`Fetcher::close`].
+    /// Default: 10 minutes.
+    pub fn store_wait(mut self, wait: Duration) -> Self {
+        self.store_wait = wait;
+        self
+    }
+
     /// How many artifacts are fetched at a time (at least 1). Default: 4.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
@@ -1008,7 +1081,8 @@ impl FetcherBuilder {
                 retry: self.retry,
                 limits: self.limits,
                 progress: self.progress,
-                storing: TaskTracker::new(),
+                storing: tokio::sync::watch::Sender::new(InFlight::default()),
+                store_wait: self.store_wait,
             }),
         })
     }

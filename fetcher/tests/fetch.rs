@@ -113,8 +113,15 @@ async fn a_download_is_in_the_cache_once_stored_returns_for_a_fetcher_of_another
     assert_eq!(served(&first), [Served::Downloaded]);
     assert_eq!(std::fs::read(run.path().join("data.bin")).unwrap(), data);
     // The cache's copy is synced and published in the background; `stored` waits
-    // for it. The store of another process then has it, complete.
-    fetcher.stored().await;
+    // for it (two callers at once included). The store of another process then has
+    // it, complete.
+    let clone = fetcher.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join(fetcher.stored(), clone.stored()),
+    )
+    .await
+    .expect("both waits end once the download is stored");
     let store = cachecontrol::FileCache::new(cache.path().join("http")).unwrap();
     let listed: Vec<_> =
         futures_util::StreamExt::collect::<Vec<_>>(cachecontrol::Cache::entries(&store))
@@ -604,6 +611,12 @@ async fn two_fetches_of_one_url_at_once_download_it_once() {
     let mut served = [first.artifacts[0].served, second.artifacts[0].served];
     served.sort_by_key(|served| served.as_str());
     assert_eq!(served, [Served::Cached, Served::Downloaded]);
+    // The one that waited was served from the cache: it made no request.
+    for report in [&first, &second] {
+        let artifact = &report.artifacts[0];
+        let requests = u32::from(artifact.served == Served::Downloaded);
+        assert_eq!(artifact.attempts, requests, "{artifact:?}");
+    }
     assert_eq!(std::fs::read(dir_one.path().join("big")).unwrap(), data);
     assert_eq!(std::fs::read(dir_two.path().join("big")).unwrap(), data);
 }
@@ -1093,4 +1106,163 @@ async fn two_artifacts_of_one_url_in_one_fetch_share_one_download() {
         .unwrap();
     assert_eq!(served(&report), [Served::Downloaded, Served::Cached]);
     assert_eq!(origin.hits("/data"), 1);
+}
+
+/// A MemoryCache whose `put` takes the whole body, then waits for a permit of
+/// `gate` before committing: the cache's copy is stored when the test says.
+#[derive(Debug)]
+struct GatedStore {
+    inner: cachecontrol::MemoryCache,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl cachecontrol::Cache for GatedStore {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<cachecontrol::store::Entry>, cachecontrol::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        meta: cachecontrol::store::Meta,
+        body: cachecontrol::store::Body,
+    ) -> Result<(), cachecontrol::StoreError> {
+        let mut stream = body.into_stream();
+        let mut whole = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            whole.extend_from_slice(&chunk?);
+        }
+        let _permit = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|_| cachecontrol::StoreError::Closed)?;
+        let body = cachecontrol::store::Body::Bytes(whole.into());
+        self.inner.put(key, meta, body).await
+    }
+    async fn update(
+        &self,
+        key: &str,
+        policy: Arc<cachecontrol::policy::CachePolicy>,
+    ) -> Result<bool, cachecontrol::StoreError> {
+        self.inner.update(key, policy).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), cachecontrol::StoreError> {
+        self.inner.delete(key).await
+    }
+    fn entries(&self) -> cachecontrol::store::EntryStream<'_> {
+        self.inner.entries()
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, cachecontrol::StoreError> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn clear(&self) -> Result<(), cachecontrol::StoreError> {
+        self.inner.clear().await
+    }
+    async fn close(&self) -> Result<(), cachecontrol::StoreError> {
+        self.inner.close().await
+    }
+}
+
+/// A [`GatedStore`], and its gate.
+fn gated_store() -> (Arc<GatedStore>, Arc<tokio::sync::Semaphore>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let store = GatedStore {
+        inner: cachecontrol::MemoryCache::new(64 << 20),
+        gate: Arc::clone(&gate),
+    };
+    (Arc::new(store), gate)
+}
+
+/// A fetcher over `store`, with its locks in `cache_dir` (two of them over one
+/// store and one directory: two processes of one host).
+fn gated_fetcher(cache_dir: &Path, store: &Arc<GatedStore>, store_wait: Duration) -> Fetcher {
+    Fetcher::builder()
+        .cache_dir(cache_dir)
+        .store(Arc::clone(store))
+        .store_wait(store_wait)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_fetch_returns_before_the_cache_stores_its_download_and_the_next_one_waits_for_it() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(1 << 20, 3);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (store, gate) = gated_store();
+    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
+    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let run = tempfile::tempdir().unwrap();
+    let first = tokio::time::timeout(
+        Duration::from_secs(20),
+        fetcher.fetch(&artifacts, run.path()),
+    )
+    .await
+    .expect("the fetch does not wait for the store")
+    .unwrap();
+    assert_eq!(served(&first), [Served::Downloaded]);
+    assert_eq!(std::fs::read(run.path().join("data.bin")).unwrap(), data);
+
+    // The next fetch of the URL on the host (here by another fetcher, as another
+    // process) waits for the download to be stored, then uses it.
+    let other = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
+    let again = tempfile::tempdir().unwrap();
+    let second = other.fetch(&artifacts, again.path());
+    let mut second = std::pin::pin!(second);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut second)
+            .await
+            .is_err(),
+        "the second fetch waits while the first one's body is being stored"
+    );
+    gate.add_permits(1);
+    let second = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("the second fetch goes on once the body is stored")
+        .unwrap();
+    assert_eq!(served(&second), [Served::Cached]);
+    assert_eq!(second.artifacts[0].attempts, 0);
+    assert_eq!(origin.total_hits(), 1, "downloaded once");
+    assert_eq!(std::fs::read(again.path().join("data.bin")).unwrap(), data);
+    fetcher.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_that_never_commits_holds_the_next_fetch_for_store_wait_at_most() {
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/data",
+        Reply::ok(body(100_000, 4)).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (store, _closed_gate) = gated_store();
+    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_millis(300));
+    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let first = fetcher
+        .fetch(&artifacts, tempfile::tempdir().unwrap().path())
+        .await
+        .unwrap();
+    assert_eq!(served(&first), [Served::Downloaded]);
+    // Past the wait, the lock is released: the next fetch downloads it again.
+    let second = tokio::time::timeout(
+        Duration::from_secs(20),
+        fetcher.fetch(&artifacts, tempfile::tempdir().unwrap().path()),
+    )
+    .await
+    .expect("the next fetch is held for the store wait at most")
+    .unwrap();
+    assert_eq!(served(&second), [Served::Downloaded]);
+    assert_eq!(origin.total_hits(), 2);
+    // And waiting for what is being stored ends too.
+    tokio::time::timeout(Duration::from_secs(20), fetcher.stored())
+        .await
+        .expect("stored() is bounded by the store wait");
 }

@@ -15,7 +15,10 @@
 //!
 //! A caller that does read to the end gets the end only once the store has committed
 //! (or the store timeout has passed), so that a request made right after reading a
-//! response finds it in the cache: read-your-writes, within a bounded wait.
+//! response finds it in the cache: read-your-writes, within a bounded wait. Unless
+//! the request asked otherwise ([`StoreInBackground`](crate::StoreInBackground)): then
+//! the end comes with the origin's, and the response's
+//! [`Recording`](crate::Recording) tells when the store is done.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -147,8 +147,10 @@ const DECODED_CAPACITY: usize = 4096;
 const UNBOUNDED_INDEX_CAPACITY: usize = 4096;
 /// Streamed bodies reach the disk in vectored writes of at least this many bytes...
 const WRITE_BATCH: usize = 1 << 20;
-/// ...and of up to this many while the previous write is still in progress.
-const MAX_WRITE_BATCH: usize = 8 << 20;
+/// ...and of up to this many while the previous write is still in progress (so a
+/// body being stored holds at most twice this in memory, when the disk is slower
+/// than the network).
+const MAX_WRITE_BATCH: usize = 4 << 20;
 /// Lock-free looks before a lookup settles the entry under the directory's lock.
 const LOOKUP_ATTEMPTS: usize = 2;
 /// A temp file untouched for this long belongs to a writer that is gone.
@@ -249,7 +251,11 @@ impl FileCacheBuilder {
     /// then short. The price is the disk writing while the body arrives, which slows
     /// the download down: switch it off when the reader does not wait for the commit
     /// (a request with [`StoreInBackground`](crate::StoreInBackground), as the
-    /// fetcher's). The sync before publishing happens either way.
+    /// fetcher's). The sync before publishing happens either way. Off, that sync is
+    /// long for a large body, and concurrent requests for the same URL that wait for
+    /// this one's response see no progress meanwhile: after a few seconds of it
+    /// (see [`coalesce_wait`](crate::CacheControlBuilder::coalesce_wait)) they go to
+    /// the origin themselves.
     pub fn sync_while_writing(mut self, sync: bool) -> Self {
         self.options.sync_while_writing = sync;
         self
@@ -360,10 +366,10 @@ impl FileCache {
                 // batch is written with one vectored write on the blocking pool
                 // while the next one gathers: the stream is never held up by a
                 // write in progress unless a whole batch is waiting behind it.
-                // What is written is synced as the body arrives, in the
-                // background, so that the sync before publishing has only the tail
-                // left to do rather than the whole body (seconds for a GiB, after
-                // the body has arrived).
+                // Unless the store was built not to, what is written is synced as
+                // the body arrives, in the background, so that the sync before
+                // publishing has only the tail left to do rather than the whole
+                // body (seconds for a GiB, after the body has arrived).
                 let file = Arc::new(file);
                 let mut syncer = EarlySync::new(
                     Some(Arc::clone(&file)).filter(|_| self.inner.options.sync_while_writing),

@@ -298,7 +298,10 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// A runner fetching artifacts with `fetcher`.
+    /// A runner fetching artifacts with `fetcher`. The cache's copies of what the
+    /// fetcher downloads are stored in the background: close it
+    /// ([`Fetcher::close`], through [`fetcher`](Self::fetcher)) before the process
+    /// ends, or they are lost.
     pub fn new(fetcher: Fetcher) -> Runner {
         Runner {
             fetcher,
