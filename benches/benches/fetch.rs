@@ -5,7 +5,9 @@
 //!   against plain reqwest streaming the same body to a file. Throughput in bytes.
 //!   The time is the fetch's, until the run directory has its file; the cache's copy
 //!   is synced to disk and published after it (`Fetcher::close`, not timed, waits
-//!   for that before the next iteration). And `fetch_first/plain-two-copies`: plain
+//!   for that before the next iteration; after each iteration of each contender, a
+//!   `sync`, not timed, lets the disk finish what the last one left). And
+//!   `fetch_first/plain-two-copies`: plain
 //!   reqwest writing the body to two files at once, the least a fetch that leaves
 //!   the job its own copy and keeps one must write where there are no reflinks.
 //! - `fetch_repeat/fetcher` against `fetch_repeat/copy`: the next runs (fresh in the
@@ -103,6 +105,14 @@ async fn plain_two_copies_once(client: &reqwest::Client, url: &str) -> anyhow::R
     Ok(elapsed)
 }
 
+/// Between two first fetches, not timed: the disk writes what the last one left
+/// to write (the files of a run removed, the cache's synced), so that no iteration
+/// pays for the one before it.
+fn settle() {
+    // Without it the iterations are only noisier.
+    let _ = std::process::Command::new("sync").status();
+}
+
 /// A temp dir for a measured iteration; a failure stops the bench.
 fn temp_dir(prefix: &str) -> tempfile::TempDir {
     must(
@@ -143,6 +153,8 @@ fn bench(criterion: &mut Criterion) {
                     // returns (while the job would run): not timed, but done before
                     // the next iteration starts.
                     must(fetcher.close().await.map_err(Into::into));
+                    drop(cache);
+                    settle();
                 }
                 total
             }
@@ -156,6 +168,7 @@ fn bench(criterion: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
                     total += must(plain_once(&client, &url).await);
+                    settle();
                 }
                 total
             }
@@ -168,6 +181,7 @@ fn bench(criterion: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
                     total += must(plain_two_copies_once(&client, &url).await);
+                    settle();
                 }
                 total
             }
