@@ -302,6 +302,7 @@ impl Fetcher {
             done,
             scratch,
             recording,
+            archive,
         } = taken;
         // Others may go on once the body is in the cache (when it can be stored).
         match (lock, recording) {
@@ -324,7 +325,7 @@ impl Fetcher {
             (lock, _) => drop(lock),
         }
         let materialized = self
-            .put_in_place(artifact, scratch, &dest, done.materialized)
+            .put_in_place(artifact, scratch, archive, &dest, done.materialized)
             .await?;
         self.progress(
             artifact,
@@ -442,9 +443,15 @@ impl Fetcher {
             urls.push(response.url().clone());
         }
         let scratch = Scratch::new(dest);
+        let mut archive = None;
         let (materialized, size) = match from_cache.and_then(|from| from.file) {
             Some(stored) if status == StatusCode::OK => {
                 drop(response);
+                // An archive is unpacked from the cache's file itself: no copy of it
+                // in the run directory first.
+                if artifact.unpack.is_some() {
+                    archive = Some(stored.clone());
+                }
                 self.materialize_stored(artifact, stored, &scratch, dest)
                     .await
                     .map_err(|failure| failure.with_urls(urls.clone()))?
@@ -470,12 +477,14 @@ impl Fetcher {
             },
             scratch,
             recording,
+            archive,
         })
     }
 
     /// Copies a stored body file to the scratch path (without reading it when the
-    /// file system allows), and checks its digest (without reading it either when
-    /// this file was verified before and has not changed since).
+    /// file system allows; not at all for an archive, unpacked from the stored file
+    /// itself), and checks its digest (without reading it either when this file was
+    /// verified before and has not changed since).
     async fn materialize_stored(
         &self,
         artifact: &Artifact,
@@ -488,15 +497,22 @@ impl Fetcher {
         // A hard link shares the cache's file with the job: only for a file the job
         // declared it only reads, and whose digest is checked at every use.
         let link = artifact.read_only && expected.is_some();
+        let copy = artifact.unpack.is_none();
         let verified = self.inner.verified.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let path = guard.path();
             let file = stored.file();
             let len = stored.len();
+            let materialize = |link| -> Result<_, (&'static str, std::io::Error)> {
+                if !copy {
+                    return Ok((Materialized::Unpacked, len));
+                }
+                materialize::from_stored(file, len, path, link)
+                    .map(|how| (how, len))
+                    .map_err(|error| ("copying the cached copy to", error))
+            };
             let Some(expected) = expected else {
-                return materialize::from_stored(file, len, path, false)
-                    .map(|how| Ok((how, len)))
-                    .map_err(|error| ("copying the cached copy to", error));
+                return materialize(false).map(Ok);
             };
             let identity =
                 Identity::of(file).map_err(|error| ("reading the cached copy for", error))?;
@@ -508,9 +524,7 @@ impl Fetcher {
                 }
                 verified.record(&expected, &identity);
             }
-            let how = materialize::from_stored(file, len, path, link)
-                .map_err(|error| ("copying the cached copy to", error))?;
-            Ok(Ok((how, len)))
+            materialize(link).map(Ok)
         })
         .await
         .map_err(|error| {
@@ -647,6 +661,7 @@ impl Fetcher {
         &self,
         artifact: &Artifact,
         scratch: Scratch,
+        stored: Option<cachecontrol::StoredFile>,
         dest: &Path,
         materialized: Materialized,
     ) -> Result<Materialized, FetchError> {
@@ -675,7 +690,18 @@ impl Fetcher {
         let read_only = artifact.read_only;
         let result = tokio::task::spawn_blocking(move || {
             let into = into_guard.path();
-            let result = unpack::unpack(archive_guard.path(), archive, into, &limits);
+            let result = match stored {
+                Some(stored) => from_start(&stored)
+                    .map_err(|source| unpack::UnpackError::Io {
+                        path: archive_guard.path().to_path_buf(),
+                        action: "read the cached archive",
+                        source,
+                    })
+                    .and_then(|file| {
+                        unpack::unpack_file(file, archive_guard.path(), archive, into, &limits)
+                    }),
+                None => unpack::unpack(archive_guard.path(), archive, into, &limits),
+            };
             if result.is_ok() && read_only {
                 make_read_only(into);
             }
@@ -788,6 +814,15 @@ impl Drop for Storing {
     }
 }
 
+/// The stored file, as a file of its own read from its start (it shares its offset
+/// with the file of the response it came with, which is not read any more).
+fn from_start(stored: &cachecontrol::StoredFile) -> std::io::Result<std::fs::File> {
+    use std::io::Seek;
+    let mut file = stored.file().try_clone()?;
+    file.rewind()?;
+    Ok(file)
+}
+
 /// What a successful attempt did.
 struct Done {
     served: Served,
@@ -802,6 +837,8 @@ struct Taken {
     scratch: Scratch,
     /// The body is still being stored in the cache.
     recording: Option<Recording>,
+    /// An archive to unpack from the cache's file rather than from the scratch path.
+    archive: Option<cachecontrol::StoredFile>,
 }
 
 /// Why an attempt failed.

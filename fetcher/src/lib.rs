@@ -18,7 +18,9 @@
 //! - **Stale**: a conditional request; a `304` moves no body, and the stored file is
 //!   used as above.
 //! - **New or changed**: downloaded, streamed to disk as it arrives (and into the
-//!   cache at the same time), never whole in memory.
+//!   cache at the same time), never whole in memory. The fetch returns once the run
+//!   directory has it; the cache's copy is synced to disk and published in the
+//!   background ([`Fetcher::stored`], [`Fetcher::close`] wait for it).
 //! - **With a digest**: any stored copy that has it is used without asking the
 //!   origin (the content is what was asked for); the digest is checked before the
 //!   file is used, and a mismatch is an error naming the artifact and both
@@ -33,7 +35,8 @@
 //! final. Every file is
 //! written under a temporary name and renamed into place, so a failure leaves
 //! nothing half-written. Archives are unpacked with limits and never outside their
-//! directory ([`unpack`]).
+//! directory ([`unpack`]); one served from the cache is unpacked from the cache's
+//! file itself, without a copy of it in the run directory first.
 //!
 //! The [`FetchReport`] says, per artifact, how it was served ([`Served`]), how it
 //! got into the run directory ([`Materialized`]), and how many bytes came over the

@@ -788,6 +788,44 @@ async fn an_archive_is_unpacked_into_its_directory_every_run() {
 }
 
 #[tokio::test]
+async fn a_cached_zip_is_unpacked_from_the_cache_s_file_and_leaves_no_copy_of_it() {
+    let origin = Origin::start().await.unwrap();
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    writer.start_file("data/a.txt", options).unwrap();
+    writer.write_all(&b"alpha ".repeat(1000)).unwrap();
+    writer.start_file("data/b.txt", options).unwrap();
+    writer.write_all(b"beta").unwrap();
+    let zip = writer.finish().unwrap().into_inner();
+    origin.always(
+        "/data.zip",
+        Reply::ok(zip).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    // No digest: the cache's file is read from its start although nothing hashed it.
+    let artifacts = [artifact(&origin, "in", "/data.zip").unpack(Archive::Zip)];
+    for expected in [Served::Downloaded, Served::Cached, Served::Cached] {
+        let run = tempfile::tempdir().unwrap();
+        let report = fetcher.fetch(&artifacts, run.path()).await.unwrap();
+        assert_eq!(served(&report), [expected]);
+        assert_eq!(report.artifacts[0].materialized, Materialized::Unpacked);
+        // Only the unpacked tree: no archive, no scratch file.
+        assert_eq!(
+            listing(run.path()),
+            ["in/", "in/data/", "in/data/a.txt", "in/data/b.txt"]
+        );
+        assert_eq!(
+            std::fs::read(run.path().join("in/data/a.txt")).unwrap(),
+            b"alpha ".repeat(1000)
+        );
+        fetcher.stored().await;
+    }
+    assert_eq!(origin.hits("/data.zip"), 1);
+}
+
+#[tokio::test]
 async fn an_archive_that_escapes_is_an_error_and_leaves_nothing() {
     let origin = Origin::start().await.unwrap();
     let mut tar = tar::Builder::new(Vec::new());

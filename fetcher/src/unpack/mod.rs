@@ -362,6 +362,22 @@ pub fn unpack(
         action: "open the archive",
         source,
     })?;
+    unpack_file(file, archive, format, dest, limits)
+}
+
+/// Unpacks the `format` archive read from `file` (from where its offset is) into
+/// `dest`, within `limits`, as [`unpack`] does; `archive` names it in errors.
+///
+/// # Errors
+///
+/// As [`unpack`].
+pub fn unpack_file(
+    file: File,
+    archive: &Path,
+    format: Archive,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<Unpacked, UnpackError> {
     let mut tree = Tree::open(archive, format, dest, limits.clone())?;
     let unpacked = match format {
         Archive::Tar => tar::unpack(BufReader::new(file), &mut tree),
