@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use cachecontrol::store::Tiered;
-use cachecontrol::{Cache, CacheControl, CacheStatus, MemoryCache};
+use cachecontrol::policy::CachePolicy;
+use cachecontrol::store::{Body, Entry, EntryStream, Meta, Tiered, Variants};
+use cachecontrol::{Cache, CacheControl, CacheStatus, MemoryCache, StoreError};
+use futures_util::StreamExt;
 use testbed::origin::{Origin, Reply};
 
 fn node(
@@ -106,4 +108,132 @@ async fn the_shared_tier_failing_leaves_each_node_its_own_cache() {
         Some(&CacheStatus::Hit)
     );
     assert_eq!(origin.hits("/a"), 1);
+}
+
+/// A MemoryCache whose `put` takes the whole body, then waits for a permit of
+/// `gate` before committing.
+#[derive(Debug)]
+struct GatedNear {
+    inner: MemoryCache,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl Cache for GatedNear {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {
+        let mut stream = body.into_stream();
+        let mut whole = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            whole.extend_from_slice(&chunk?);
+        }
+        // Each commit uses up a permit: the test counts them.
+        self.gate
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .forget();
+        self.inner
+            .put(key, meta, Body::Bytes(bytes::Bytes::from(whole)))
+            .await
+    }
+    async fn update(&self, key: &str, policy: Arc<CachePolicy>) -> Result<bool, StoreError> {
+        self.inner.update(key, policy).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    fn entries(&self) -> EntryStream<'_> {
+        self.inner.entries()
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn clear(&self) -> Result<(), StoreError> {
+        self.inner.clear().await
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        self.inner.close().await
+    }
+}
+
+fn marker(nonce: u64) -> Meta {
+    Meta::Variants(Arc::new(Variants {
+        names: Vec::new(),
+        nonce,
+    }))
+}
+
+async fn read_all(entry: Entry) -> Vec<u8> {
+    let mut stream = entry.body.into_stream();
+    let mut whole = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        whole.extend_from_slice(&chunk.unwrap());
+    }
+    whole
+}
+
+/// A far hit is copied into the near tier once read; a change of the key before
+/// that copy commits (here: each of a delete, a newer put, a clear) undoes the copy,
+/// so that the near tier never serves what the far one no longer has.
+#[tokio::test]
+async fn a_far_hit_copied_into_the_near_tier_after_a_change_of_its_key_is_undone() {
+    for change in ["delete", "put", "clear"] {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let near = Arc::new(GatedNear {
+            inner: MemoryCache::new(1 << 20),
+            gate: Arc::clone(&gate),
+        });
+        let far = Arc::new(MemoryCache::new(1 << 20));
+        far.put("k", marker(1), Body::Bytes("old".into()))
+            .await
+            .unwrap();
+        let store = Tiered::new(Arc::clone(&near), Arc::clone(&far));
+        let hit = store.get("k").await.unwrap().expect("a far hit");
+        assert_eq!(read_all(hit).await, b"old");
+        // The near copy has its whole body and waits to commit; the key changes.
+        match change {
+            "delete" => store.delete("k").await.unwrap(),
+            "put" => {
+                let newer = Body::Stream(Box::pin(futures_util::stream::iter([Ok(
+                    bytes::Bytes::from_static(b"new"),
+                )])));
+                gate.add_permits(1);
+                store.put("k", marker(2), newer).await.unwrap();
+            }
+            _ => store.clear().await.unwrap(),
+        }
+        // Then the copy commits, and is undone.
+        gate.add_permits(1);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let expected: Option<&[u8]> = if change == "put" { Some(b"new") } else { None };
+        loop {
+            let near_now = match near.inner.get("k").await.unwrap() {
+                Some(entry) => Some(read_all(entry).await),
+                None => None,
+            };
+            // Every commit made (the copy's, and the newer put's), and no old body
+            // left; after a put, the near tier may have the new one or none.
+            let commits_done = gate.available_permits() == 0;
+            let settled = match change {
+                "put" => near_now.as_deref() != Some(&b"old"[..]),
+                _ => near_now.is_none(),
+            };
+            if commits_done && settled {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "after a {change}, the near tier has {near_now:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let through = match store.get("k").await.unwrap() {
+            Some(entry) => Some(read_all(entry).await),
+            None => None,
+        };
+        assert_eq!(through.as_deref(), expected, "after a {change}");
+    }
 }

@@ -9,13 +9,21 @@
 //! A tier that fails does not fail the other: a write that one tier refuses is still
 //! made in the other (and the failure logged); a read that the near tier cannot
 //! answer goes to the far one.
+//!
+//! A far hit's copy into the near tier commits when the body has been read, which may
+//! be after the key was written, updated or removed meanwhile (a newer response, an
+//! invalidation): the copy then removes itself from the near tier, so that the near
+//! tier never keeps an older entry than the far one.
 
 use std::collections::HashSet;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
+use lru::LruCache;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::{Body, BodyStream, Cache, Entry, EntryStream, Meta, StoreError};
@@ -40,6 +48,7 @@ const TEE_CAPACITY: usize = 16;
 pub struct Tiered<N, F> {
     near: Arc<N>,
     far: Arc<F>,
+    changes: Arc<Changes>,
 }
 
 impl<N: Cache, F: Cache> Tiered<N, F> {
@@ -48,6 +57,7 @@ impl<N: Cache, F: Cache> Tiered<N, F> {
         Tiered {
             near: Arc::new(near),
             far: Arc::new(far),
+            changes: Arc::new(Changes::default()),
         }
     }
 
@@ -74,16 +84,25 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
         let Some(entry) = self.far.get(key).await? else {
             return Ok(None);
         };
-        // Copy the far hit into the near tier as the caller reads it.
+        // Copy the far hit into the near tier as the caller reads it; undone if the
+        // key changes meanwhile.
         let (to_near, near_body) = channel(key);
         let near = Arc::clone(&self.near);
+        let changes = Arc::clone(&self.changes);
+        let read_at = changes.epoch();
         let owned_key = key.to_owned();
         let meta = entry.meta.clone();
         tokio::spawn(async move {
-            if let Err(error) = near.put(&owned_key, meta, Body::Stream(near_body)).await
-                && !matches!(error, StoreError::Incomplete { .. })
-            {
-                tracing::debug!(key = %owned_key, %error, "could not copy a far hit into the near tier");
+            match near.put(&owned_key, meta, Body::Stream(near_body)).await {
+                Ok(()) if changes.since(&owned_key, read_at) => {
+                    if let Err(error) = near.delete(&owned_key).await {
+                        tracing::warn!(key = %owned_key, %error, "could not remove an outdated copy from the near tier");
+                    }
+                }
+                Ok(()) | Err(StoreError::Incomplete { .. }) => {}
+                Err(error) => {
+                    tracing::debug!(key = %owned_key, %error, "could not copy a far hit into the near tier");
+                }
             }
         });
         let body = match entry.body {
@@ -100,6 +119,7 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     }
 
     async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {
+        self.changes.record(key);
         let (to_near, near_body) = channel(key);
         let (to_far, far_body) = channel(key);
         let source = body.into_stream();
@@ -113,6 +133,7 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     }
 
     async fn update(&self, key: &str, policy: Arc<CachePolicy>) -> Result<bool, StoreError> {
+        self.changes.record(key);
         let (near, far) = tokio::join!(
             self.near.update(key, Arc::clone(&policy)),
             self.far.update(key, policy)
@@ -128,6 +149,7 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.changes.record(key);
         let (near, far) = tokio::join!(self.near.delete(key), self.far.delete(key));
         near.and(far)
     }
@@ -153,6 +175,7 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.changes.record_all();
         let (near, far) = tokio::join!(
             self.near.delete_prefix(prefix),
             self.far.delete_prefix(prefix)
@@ -161,6 +184,7 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
+        self.changes.record_all();
         let (near, far) = tokio::join!(self.near.clear(), self.far.clear());
         near.and(far)
     }
@@ -168,6 +192,74 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     async fn close(&self) -> Result<(), StoreError> {
         let (near, far) = tokio::join!(self.near.close(), self.far.close());
         near.and(far)
+    }
+}
+
+/// How many recently changed keys are remembered: enough for the far hits being
+/// copied; a change forgotten sooner counts as a change of every key.
+const REMEMBERED: NonZeroUsize = match NonZeroUsize::new(4096) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
+
+/// The writes and removals made through a [`Tiered`] store, numbered: whether a key
+/// changed after a far hit's copy into the near tier started.
+#[derive(Debug)]
+struct Changes {
+    inner: Mutex<ChangesInner>,
+}
+
+#[derive(Debug)]
+struct ChangesInner {
+    /// The number of changes so far.
+    epoch: u64,
+    /// The last change of each recently changed key.
+    recent: LruCache<String, u64>,
+    /// The latest change of a key no longer in `recent`, or of every key (a
+    /// `clear`, a `delete_prefix`).
+    of_any: u64,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes {
+            inner: Mutex::new(ChangesInner {
+                epoch: 0,
+                recent: LruCache::new(REMEMBERED),
+                of_any: 0,
+            }),
+        }
+    }
+}
+
+impl Changes {
+    fn epoch(&self) -> u64 {
+        self.inner.lock().epoch
+    }
+
+    /// `key` is about to change.
+    fn record(&self, key: &str) {
+        let mut inner = self.inner.lock();
+        inner.epoch += 1;
+        let epoch = inner.epoch;
+        if let Some((evicted, at)) = inner.recent.push(key.to_owned(), epoch)
+            && evicted != key
+        {
+            inner.of_any = inner.of_any.max(at);
+        }
+    }
+
+    /// Any key may be about to change.
+    fn record_all(&self) {
+        let mut inner = self.inner.lock();
+        inner.epoch += 1;
+        inner.of_any = inner.epoch;
+    }
+
+    /// Whether `key` changed (or may have) after `epoch`.
+    fn since(&self, key: &str, epoch: u64) -> bool {
+        let inner = self.inner.lock();
+        inner.of_any > epoch || inner.recent.peek(key).is_some_and(|at| *at > epoch)
     }
 }
 
