@@ -385,14 +385,24 @@ async fn answer(
                 })
                 .collect();
             let delay = reply.chunk_delay;
-            let stream =
-                futures_util::stream::unfold(pieces.into_iter(), move |mut pieces| async move {
-                    let piece = pieces.next()?;
-                    if let Some(delay) = delay {
-                        tokio::time::sleep(delay).await;
+            let gate = reply.gate.clone();
+            let stream = futures_util::stream::unfold(
+                (pieces.into_iter(), 0usize),
+                move |(mut pieces, sent)| {
+                    let gate = gate.clone();
+                    async move {
+                        let piece = pieces.next()?;
+                        if let Some(delay) = delay {
+                            tokio::time::sleep(delay).await;
+                        }
+                        // Every chunk after the first takes a permit of the gate.
+                        if let Some(gate) = gate.filter(|_| sent > 0) {
+                            gate.acquire().await.ok()?.forget();
+                        }
+                        Some((Ok(Frame::data(piece)), (pieces, sent + 1)))
                     }
-                    Some((Ok(Frame::data(piece)), pieces))
-                });
+                },
+            );
             BodyExt::boxed(StreamBody::new(stream))
         }
         (None, None) => {
