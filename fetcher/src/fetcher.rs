@@ -234,7 +234,7 @@ impl Fetcher {
         // A copy in the cache that can be used as it is needs neither the network
         // nor the lock.
         let mut taken = match self
-            .attempt(artifact, &dest, CacheMode::OnlyIfCached, 0)
+            .attempt(artifact, &dest, CacheMode::OnlyIfCached, 0, &mut None)
             .await
         {
             Ok(taken) if matches!(taken.done.served, Served::Cached | Served::SharedTier) => {
@@ -257,7 +257,10 @@ impl Fetcher {
                 lock = Some(self.lock(artifact).await?);
             }
             attempts += 1;
-            match self.attempt(artifact, &dest, mode, attempts).await {
+            match self
+                .attempt(artifact, &dest, mode, attempts, &mut lock)
+                .await
+            {
                 // Stored meanwhile (by the fetch that held the lock): no request.
                 Ok(done) if matches!(done.done.served, Served::Cached | Served::SharedTier) => {
                     attempts -= 1;
@@ -383,12 +386,16 @@ impl Fetcher {
 
     /// One request (`attempt` is its number, 0 when it may only use the cache), and
     /// the body in a scratch file next to the artifact's name if it succeeds.
+    /// `lock`, the URL's lock when held, is released as soon as the response turns
+    /// out not to be stored: other fetches of the URL could not use it, and need not
+    /// wait for its body.
     async fn attempt(
         &self,
         artifact: &Artifact,
         dest: &Path,
         mode: CacheMode,
         attempt: u32,
+        lock: &mut Option<UrlLock>,
     ) -> Result<Taken, Failure> {
         let response = self
             .inner
@@ -401,6 +408,13 @@ impl Fetcher {
             .map_err(classify)?;
         let status = response.status();
         let recording = response.extensions().get::<Recording>().cloned();
+        let from_origin = !matches!(
+            response.extensions().get::<CacheStatus>(),
+            Some(CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated)
+        );
+        if from_origin && recording.is_none() {
+            lock.take();
+        }
         let cache_status = response.extensions().get::<CacheStatus>().copied();
         let from_cache = response.extensions().get::<FromCache>().cloned();
         if !status.is_success() {

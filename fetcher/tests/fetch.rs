@@ -622,6 +622,49 @@ async fn two_fetches_of_one_url_at_once_download_it_once() {
 }
 
 #[tokio::test]
+async fn two_fetches_of_a_url_that_is_not_stored_download_at_once_not_in_turn() {
+    let origin = Origin::start().await.unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    origin.always(
+        "/live",
+        Reply::ok(body(200_000, 9))
+            .header("cache-control", "no-store")
+            .chunked(8)
+            .gate(Arc::clone(&gate)),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (one, two) = (fetcher(cache.path()), fetcher(cache.path()));
+    let artifacts = [artifact(&origin, "live", "/live")];
+    let (dir_one, dir_two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let both = async {
+        tokio::join!(
+            one.fetch(&artifacts, dir_one.path()),
+            two.fetch(&artifacts, dir_two.path())
+        )
+    };
+    let mut both = std::pin::pin!(both);
+    // The bodies are held back: the second request reaches the origin only if the
+    // first fetch let go of the URL's lock when its response turned out not to be
+    // stored.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while origin.hits("/live") < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second fetch waits for the first one's body"
+        );
+        if let Ok((first, second)) =
+            tokio::time::timeout(Duration::from_millis(20), &mut both).await
+        {
+            panic!("the fetches ended with the bodies held back: {first:?} {second:?}");
+        }
+    }
+    gate.add_permits(1000);
+    let (first, second) = both.await;
+    assert_eq!(served(&first.unwrap()), [Served::Downloaded]);
+    assert_eq!(served(&second.unwrap()), [Served::Downloaded]);
+}
+
+#[tokio::test]
 async fn what_a_job_does_to_its_files_does_not_change_the_cache() {
     let origin = Origin::start().await.unwrap();
     origin.always(
