@@ -111,15 +111,16 @@ async fn the_shared_tier_failing_leaves_each_node_its_own_cache() {
 }
 
 /// A MemoryCache whose `put` takes the whole body, then waits for a permit of
-/// `gate` before committing.
+/// `gate` (of `old_gate` for the body `old`, when there is one) before committing.
 #[derive(Debug)]
-struct GatedNear {
+struct Gated {
     inner: MemoryCache,
     gate: Arc<tokio::sync::Semaphore>,
+    old_gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 #[async_trait::async_trait]
-impl Cache for GatedNear {
+impl Cache for Gated {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.get(key).await
     }
@@ -130,8 +131,11 @@ impl Cache for GatedNear {
             whole.extend_from_slice(&chunk?);
         }
         // Each commit uses up a permit: the test counts them.
-        self.gate
-            .acquire()
+        let gate = match &self.old_gate {
+            Some(old_gate) if whole == b"old" => old_gate,
+            _ => &self.gate,
+        };
+        gate.acquire()
             .await
             .map_err(|_| StoreError::Closed)?
             .forget();
@@ -175,65 +179,130 @@ async fn read_all(entry: Entry) -> Vec<u8> {
     whole
 }
 
+/// `future`, or a failure if it takes more than ten seconds.
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took too long"))
+}
+
+/// What `store` has under `k`, read whole.
+async fn body_of(store: &impl Cache) -> Option<Vec<u8>> {
+    match store.get("k").await.unwrap() {
+        Some(entry) => Some(read_all(entry).await),
+        None => None,
+    }
+}
+
+fn new_body() -> Body {
+    Body::Stream(Box::pin(futures_util::stream::iter([Ok(
+        bytes::Bytes::from_static(b"new"),
+    )])))
+}
+
 /// A far hit is copied into the near tier once read; a change of the key before
-/// that copy commits (here: each of a delete, a newer put, a clear) undoes the copy,
-/// so that the near tier never serves what the far one no longer has.
+/// that copy commits (each of a delete, a newer put, a clear, and a put that was
+/// already under way when the far tier was read) undoes the copy, so that the near
+/// tier never serves what the far one no longer has.
 #[tokio::test]
 async fn a_far_hit_copied_into_the_near_tier_after_a_change_of_its_key_is_undone() {
-    for change in ["delete", "put", "clear"] {
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let near = Arc::new(GatedNear {
+    for change in ["delete", "put", "clear", "put under way"] {
+        let near_gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let far_gate = Arc::new(tokio::sync::Semaphore::new(0));
+        // The near copy of the far hit (`old`) waits for `copy_gate`; other near
+        // writes for `near_gate`.
+        let copy_gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let near = Arc::new(Gated {
             inner: MemoryCache::new(1 << 20),
-            gate: Arc::clone(&gate),
+            gate: Arc::clone(&near_gate),
+            old_gate: Some(Arc::clone(&copy_gate)),
         });
-        let far = Arc::new(MemoryCache::new(1 << 20));
-        far.put("k", marker(1), Body::Bytes("old".into()))
+        let far = Arc::new(Gated {
+            inner: MemoryCache::new(1 << 20),
+            gate: Arc::clone(&far_gate),
+            old_gate: None,
+        });
+        far.inner
+            .put("k", marker(1), Body::Bytes("old".into()))
             .await
             .unwrap();
-        let store = Tiered::new(Arc::clone(&near), Arc::clone(&far));
-        let hit = store.get("k").await.unwrap().expect("a far hit");
+        let store = Arc::new(Tiered::new(Arc::clone(&near), Arc::clone(&far)));
+        // A newer put that started before the read: it waits for both gates.
+        let under_way = (change == "put under way").then(|| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.put("k", marker(2), new_body()).await })
+        });
+        if under_way.is_some() {
+            // Its task runs (on this test's one thread) until both its writes wait.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let hit = within("the far read", store.get("k"))
+            .await
+            .unwrap()
+            .expect("a far hit");
         assert_eq!(read_all(hit).await, b"old");
         // The near copy has its whole body and waits to commit; the key changes.
         match change {
-            "delete" => store.delete("k").await.unwrap(),
+            "delete" => within("the delete", store.delete("k")).await.unwrap(),
             "put" => {
-                let newer = Body::Stream(Box::pin(futures_util::stream::iter([Ok(
-                    bytes::Bytes::from_static(b"new"),
-                )])));
-                gate.add_permits(1);
-                store.put("k", marker(2), newer).await.unwrap();
+                near_gate.add_permits(1);
+                far_gate.add_permits(1);
+                within("the put", store.put("k", marker(2), new_body()))
+                    .await
+                    .unwrap();
             }
-            _ => store.clear().await.unwrap(),
+            "clear" => within("the clear", store.clear()).await.unwrap(),
+            _ => {
+                // The put under way writes the near tier (it is still writing the
+                // far one).
+                near_gate.add_permits(1);
+                within("the put's near write", async {
+                    while body_of(&near.inner).await.is_none() {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                })
+                .await;
+            }
         }
         // Then the copy commits, and is undone.
-        gate.add_permits(1);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        let expected: Option<&[u8]> = if change == "put" { Some(b"new") } else { None };
-        loop {
-            let near_now = match near.inner.get("k").await.unwrap() {
-                Some(entry) => Some(read_all(entry).await),
-                None => None,
-            };
-            // Every commit made (the copy's, and the newer put's), and no old body
-            // left; after a put, the near tier may have the new one or none.
-            let commits_done = gate.available_permits() == 0;
-            let settled = match change {
-                "put" => near_now.as_deref() != Some(&b"old"[..]),
-                _ => near_now.is_none(),
-            };
-            if commits_done && settled {
-                break;
+        copy_gate.add_permits(1);
+        within("the copy", async {
+            while copy_gate.available_permits() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "after a {change}, the near tier has {near_now:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        })
+        .await;
+        if let Some(put) = under_way {
+            // The copy has committed, and checked, while the put was under way.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            far_gate.add_permits(1);
+            within("the put under way", put).await.unwrap().unwrap();
         }
-        let through = match store.get("k").await.unwrap() {
-            Some(entry) => Some(read_all(entry).await),
-            None => None,
+        let expected: Option<&[u8]> = if change.starts_with("put") {
+            Some(b"new")
+        } else {
+            None
         };
-        assert_eq!(through.as_deref(), expected, "after a {change}");
+        within(&format!("the near tier after a {change}"), async {
+            loop {
+                let near_now = body_of(&near.inner).await;
+                // Every commit made, and no old body left; after a put, the near
+                // tier may have the new one or none.
+                let settled = match expected {
+                    Some(_) => near_now.as_deref() != Some(&b"old"[..]),
+                    None => near_now.is_none(),
+                };
+                if settled {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert_eq!(
+            body_of(&*store).await.as_deref(),
+            expected,
+            "after a {change}"
+        );
     }
 }

@@ -11,11 +11,14 @@
 //! answer goes to the far one.
 //!
 //! A far hit's copy into the near tier commits when the body has been read, which may
-//! be after the key was written, updated or removed meanwhile (a newer response, an
-//! invalidation): the copy then removes itself from the near tier, so that the near
-//! tier never keeps an older entry than the far one.
+//! be after the key was written, updated or removed through this store meanwhile (a
+//! newer response, an invalidation), or while such a change was under way: the copy
+//! then removes itself from the near tier, so that the near tier does not keep an
+//! older entry than one written through this store. (It may remove a newer near copy
+//! that landed just before: the next read gets it from the far tier again.) Other
+//! processes writing the same stores are not seen.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -75,6 +78,8 @@ impl<N: Cache, F: Cache> Tiered<N, F> {
 #[async_trait]
 impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        // Before anything is read: a change under way or made after this counts.
+        let read_at = self.changes.epoch();
         match self.near.get(key).await {
             Ok(Some(entry)) => return Ok(Some(entry)),
             Ok(None) => {}
@@ -89,7 +94,6 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
         let (to_near, near_body) = channel(key);
         let near = Arc::clone(&self.near);
         let changes = Arc::clone(&self.changes);
-        let read_at = changes.epoch();
         let owned_key = key.to_owned();
         let meta = entry.meta.clone();
         tokio::spawn(async move {
@@ -119,7 +123,7 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     }
 
     async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {
-        self.changes.record(key);
+        let _change = self.changes.begin(Some(key));
         let (to_near, near_body) = channel(key);
         let (to_far, far_body) = channel(key);
         let source = body.into_stream();
@@ -133,7 +137,7 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     }
 
     async fn update(&self, key: &str, policy: Arc<CachePolicy>) -> Result<bool, StoreError> {
-        self.changes.record(key);
+        let _change = self.changes.begin(Some(key));
         let (near, far) = tokio::join!(
             self.near.update(key, Arc::clone(&policy)),
             self.far.update(key, policy)
@@ -149,7 +153,7 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.changes.record(key);
+        let _change = self.changes.begin(Some(key));
         let (near, far) = tokio::join!(self.near.delete(key), self.far.delete(key));
         near.and(far)
     }
@@ -175,7 +179,7 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
-        self.changes.record_all();
+        let _change = self.changes.begin(None);
         let (near, far) = tokio::join!(
             self.near.delete_prefix(prefix),
             self.far.delete_prefix(prefix)
@@ -184,7 +188,7 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
-        self.changes.record_all();
+        let _change = self.changes.begin(None);
         let (near, far) = tokio::join!(self.near.clear(), self.far.clear());
         near.and(far)
     }
@@ -202,8 +206,9 @@ const REMEMBERED: NonZeroUsize = match NonZeroUsize::new(4096) {
     None => NonZeroUsize::MIN,
 };
 
-/// The writes and removals made through a [`Tiered`] store, numbered: whether a key
-/// changed after a far hit's copy into the near tier started.
+/// The writes and removals made through a [`Tiered`] store, numbered at their start
+/// and at their end: whether a key changed, or was changing, after a far hit's copy
+/// into the near tier started.
 #[derive(Debug)]
 struct Changes {
     inner: Mutex<ChangesInner>,
@@ -211,13 +216,17 @@ struct Changes {
 
 #[derive(Debug)]
 struct ChangesInner {
-    /// The number of changes so far.
+    /// The number of starts and ends of changes so far.
     epoch: u64,
-    /// The last change of each recently changed key.
+    /// The last start or end of a change of each recently changed key.
     recent: LruCache<String, u64>,
-    /// The latest change of a key no longer in `recent`, or of every key (a
-    /// `clear`, a `delete_prefix`).
+    /// The keys being changed, and by how many changes.
+    under_way: HashMap<String, usize>,
+    /// The latest start or end of a change of a key no longer in `recent`, or of
+    /// every key (a `clear`, a `delete_prefix`).
     of_any: u64,
+    /// How many changes of every key are under way.
+    of_all_under_way: usize,
 }
 
 impl Default for Changes {
@@ -226,7 +235,9 @@ impl Default for Changes {
             inner: Mutex::new(ChangesInner {
                 epoch: 0,
                 recent: LruCache::new(REMEMBERED),
+                under_way: HashMap::new(),
                 of_any: 0,
+                of_all_under_way: 0,
             }),
         }
     }
@@ -237,29 +248,70 @@ impl Changes {
         self.inner.lock().epoch
     }
 
-    /// `key` is about to change.
-    fn record(&self, key: &str) {
+    /// A change of `key` (of every key: `None`) starts; it ends when the guard is
+    /// dropped.
+    fn begin<'a>(&'a self, key: Option<&str>) -> Change<'a> {
         let mut inner = self.inner.lock();
-        inner.epoch += 1;
-        let epoch = inner.epoch;
-        if let Some((evicted, at)) = inner.recent.push(key.to_owned(), epoch)
-            && evicted != key
-        {
-            inner.of_any = inner.of_any.max(at);
+        inner.mark(key);
+        match key {
+            Some(key) => *inner.under_way.entry(key.to_owned()).or_default() += 1,
+            None => inner.of_all_under_way += 1,
+        }
+        Change {
+            changes: self,
+            key: key.map(str::to_owned),
         }
     }
 
-    /// Any key may be about to change.
-    fn record_all(&self) {
-        let mut inner = self.inner.lock();
-        inner.epoch += 1;
-        inner.of_any = inner.epoch;
-    }
-
-    /// Whether `key` changed (or may have) after `epoch`.
+    /// Whether `key` changed after `epoch`, or is changing.
     fn since(&self, key: &str, epoch: u64) -> bool {
         let inner = self.inner.lock();
-        inner.of_any > epoch || inner.recent.peek(key).is_some_and(|at| *at > epoch)
+        inner.of_any > epoch
+            || inner.of_all_under_way > 0
+            || inner.under_way.contains_key(key)
+            || inner.recent.peek(key).is_some_and(|at| *at > epoch)
+    }
+}
+
+impl ChangesInner {
+    /// Numbers a start or an end of a change of `key` (of every key: `None`).
+    fn mark(&mut self, key: Option<&str>) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        match key {
+            Some(key) => {
+                if let Some((evicted, at)) = self.recent.push(key.to_owned(), epoch)
+                    && evicted != key
+                {
+                    self.of_any = self.of_any.max(at);
+                }
+            }
+            None => self.of_any = epoch,
+        }
+    }
+}
+
+/// A change under way, in [`Changes`] until dropped.
+struct Change<'a> {
+    changes: &'a Changes,
+    key: Option<String>,
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.changes.inner.lock();
+        inner.mark(self.key.as_deref());
+        match &self.key {
+            Some(key) => {
+                if let Some(count) = inner.under_way.get_mut(key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        inner.under_way.remove(key);
+                    }
+                }
+            }
+            None => inner.of_all_under_way -= 1,
+        }
     }
 }
 
