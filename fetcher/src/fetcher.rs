@@ -364,7 +364,8 @@ impl Fetcher {
     }
 
     /// Takes the host-wide lock of the artifact's URL, waiting (without holding a
-    /// thread) for another fetch of it to finish.
+    /// thread) for another fetch of it to let go: once its download is stored, or
+    /// once its response turned out not to be stored.
     async fn lock(&self, artifact: &Artifact) -> Result<UrlLock, FetchError> {
         let locks = &self.inner.locks;
         let mut file = LockFile::open(locks, &artifact.url)
@@ -461,12 +462,13 @@ impl Fetcher {
         let (materialized, size) = match from_cache.and_then(|from| from.file) {
             Some(stored) if status == StatusCode::OK => {
                 drop(response);
-                // An archive is unpacked from the cache's file itself: no copy of it
-                // in the run directory first.
-                if artifact.unpack.is_some() {
+                // An archive is unpacked from the cache's file itself (when the file
+                // is exactly the body): no copy of it in the run directory first.
+                if artifact.unpack.is_some() && is_whole_body(&stored) {
                     archive = Some(stored.clone());
                 }
-                self.materialize_stored(artifact, stored, &scratch, dest)
+                let copy = archive.is_none();
+                self.materialize_stored(artifact, stored, &scratch, dest, copy)
                     .await
                     .map_err(|failure| failure.with_urls(urls.clone()))?
             }
@@ -495,9 +497,9 @@ impl Fetcher {
         })
     }
 
-    /// Copies a stored body file to the scratch path (without reading it when the
-    /// file system allows; not at all for an archive, unpacked from the stored file
-    /// itself), and checks its digest (without reading it either when this file was
+    /// Copies a stored body file to the scratch path unless told not to (an archive
+    /// unpacked from the stored file itself), without reading it when the file
+    /// system allows; and checks its digest (without reading it either when this file was
     /// verified before and has not changed since).
     async fn materialize_stored(
         &self,
@@ -505,13 +507,13 @@ impl Fetcher {
         stored: cachecontrol::StoredFile,
         scratch: &Scratch,
         dest: &Path,
+        copy: bool,
     ) -> Result<(Materialized, u64), Failure> {
         let guard = scratch.clone();
         let expected = artifact.sha256;
         // A hard link shares the cache's file with the job: only for a file the job
         // declared it only reads, and whose digest is checked at every use.
         let link = artifact.read_only && expected.is_some();
-        let copy = artifact.unpack.is_none();
         let verified = self.inner.verified.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let path = guard.path();
@@ -702,18 +704,21 @@ impl Fetcher {
         let (archive_guard, into_guard) = (scratch.clone(), unpacked.clone());
         let limits = self.inner.limits.clone();
         let read_only = artifact.read_only;
+        let url = artifact.url.clone();
         let result = tokio::task::spawn_blocking(move || {
             let into = into_guard.path();
             let result = match stored {
-                Some(stored) => from_start(&stored)
-                    .map_err(|source| unpack::UnpackError::Io {
-                        path: archive_guard.path().to_path_buf(),
-                        action: "read the cached archive",
-                        source,
-                    })
-                    .and_then(|file| {
-                        unpack::unpack_file(file, archive_guard.path(), archive, into, &limits)
-                    }),
+                Some(stored) => {
+                    // Named in errors by the artifact's URL: the file is the cache's.
+                    let named = Path::new(url.as_str());
+                    from_start(&stored)
+                        .map_err(|source| unpack::UnpackError::Io {
+                            path: named.to_path_buf(),
+                            action: "read the cached archive",
+                            source,
+                        })
+                        .and_then(|file| unpack::unpack_file(file, named, archive, into, &limits))
+                }
                 None => unpack::unpack(archive_guard.path(), archive, into, &limits),
             };
             if result.is_ok() && read_only {
@@ -828,8 +833,18 @@ impl Drop for Storing {
     }
 }
 
-/// The stored file, as a file of its own read from its start (it shares its offset
-/// with the file of the response it came with, which is not read any more).
+/// Whether the stored file holds the body and nothing more (a [`FileCache`]'s does):
+/// then it can be read as a whole, as an archive is.
+fn is_whole_body(stored: &cachecontrol::StoredFile) -> bool {
+    stored
+        .file()
+        .metadata()
+        .is_ok_and(|metadata| metadata.len() == stored.len())
+}
+
+/// The stored file, at its start: a duplicate of its descriptor, which shares the
+/// file offset with it and with the response's body, rewound (the response is
+/// dropped and not read; nothing else reads this file).
 fn from_start(stored: &cachecontrol::StoredFile) -> std::io::Result<std::fs::File> {
     use std::io::Seek;
     let mut file = stored.file().try_clone()?;

@@ -30,7 +30,8 @@
 //! On one host, fetches of one URL that the cache cannot answer at once take turns
 //! (a lock file per URL in the cache directory), so runs that start together
 //! download it once when the response can be stored; the others find it in the
-//! cache. Failed requests (connection errors, timeouts, `5xx`) are retried with
+//! cache. A response that is not stored lets the others go at once: they download
+//! it too. Failed requests (connection errors, timeouts, `5xx`) are retried with
 //! exponential backoff and jitter ([`Retry`]), never from the cache; a `4xx` is
 //! final. Every file is
 //! written under a temporary name and renamed into place, so a failure leaves

@@ -831,41 +831,61 @@ async fn an_archive_is_unpacked_into_its_directory_every_run() {
 }
 
 #[tokio::test]
-async fn a_cached_zip_is_unpacked_from_the_cache_s_file_and_leaves_no_copy_of_it() {
+async fn a_cached_zip_is_unpacked_from_the_cache_s_file_without_a_copy_of_it() {
     let origin = Origin::start().await.unwrap();
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    writer.start_file("data/a.txt", options).unwrap();
-    writer.write_all(&b"alpha ".repeat(1000)).unwrap();
-    writer.start_file("data/b.txt", options).unwrap();
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    // Larger than what a FileCache hit reads into memory: the body is a file.
+    let a = body(300_000, 5);
+    writer.start_file("data/a.bin", stored).unwrap();
+    writer.write_all(&a).unwrap();
+    writer.start_file("data/b.txt", stored).unwrap();
     writer.write_all(b"beta").unwrap();
     let zip = writer.finish().unwrap().into_inner();
     origin.always(
         "/data.zip",
         Reply::ok(zip).header("cache-control", "max-age=600"),
     );
+    // What is in the run directory when unpacking starts.
+    let run_dir: Arc<Mutex<Option<std::path::PathBuf>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let (dir, at_unpacking) = (Arc::clone(&run_dir), Arc::clone(&seen));
     let cache = tempfile::tempdir().unwrap();
-    let fetcher = fetcher(cache.path());
+    let fetcher = Fetcher::builder()
+        .cache_dir(cache.path())
+        .on_progress(move |progress| {
+            if progress.event == ProgressEvent::Unpacking
+                && let Some(dir) = dir.lock().unwrap().clone()
+            {
+                at_unpacking.lock().unwrap().push(listing(&dir));
+            }
+        })
+        .build()
+        .unwrap();
     // No digest: the cache's file is read from its start although nothing hashed it.
     let artifacts = [artifact(&origin, "in", "/data.zip").unpack(Archive::Zip)];
     for expected in [Served::Downloaded, Served::Cached, Served::Cached] {
         let run = tempfile::tempdir().unwrap();
+        *run_dir.lock().unwrap() = Some(run.path().to_path_buf());
         let report = fetcher.fetch(&artifacts, run.path()).await.unwrap();
         assert_eq!(served(&report), [expected]);
         assert_eq!(report.artifacts[0].materialized, Materialized::Unpacked);
-        // Only the unpacked tree: no archive, no scratch file.
         assert_eq!(
             listing(run.path()),
-            ["in/", "in/data/", "in/data/a.txt", "in/data/b.txt"]
+            ["in/", "in/data/", "in/data/a.bin", "in/data/b.txt"]
         );
-        assert_eq!(
-            std::fs::read(run.path().join("in/data/a.txt")).unwrap(),
-            b"alpha ".repeat(1000)
-        );
+        assert_eq!(std::fs::read(run.path().join("in/data/a.bin")).unwrap(), a);
         fetcher.stored().await;
     }
     assert_eq!(origin.hits("/data.zip"), 1);
+    // The download was written to the run directory to be unpacked; a cached copy
+    // is unpacked where it is, in the cache.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].len(), 1, "the downloaded archive: {seen:?}");
+    assert!(seen[0][0].ends_with(".part"), "{seen:?}");
+    assert_eq!(seen[1..], [Vec::<String>::new(), Vec::new()], "{seen:?}");
 }
 
 #[tokio::test]

@@ -395,9 +395,16 @@ async fn answer(
                         if let Some(delay) = delay {
                             tokio::time::sleep(delay).await;
                         }
-                        // Every chunk after the first takes a permit of the gate.
+                        // Every chunk after the first takes a permit of the gate; a
+                        // closed gate cuts the body (an error, not a shorter body).
                         if let Some(gate) = gate.filter(|_| sent > 0) {
-                            gate.acquire().await.ok()?.forget();
+                            match gate.acquire().await {
+                                Ok(permit) => permit.forget(),
+                                Err(_) => {
+                                    let cut = std::io::Error::other("the gate was closed");
+                                    return Some((Err(cut), (Vec::new().into_iter(), sent)));
+                                }
+                            }
                         }
                         Some((Ok(Frame::data(piece)), (pieces, sent + 1)))
                     }

@@ -365,7 +365,7 @@ pub fn unpack(
     unpack_file(file, archive, format, dest, limits)
 }
 
-/// Unpacks the `format` archive read from `file` (from where its offset is) into
+/// Unpacks the `format` archive that is the whole of `file` (at its start) into
 /// `dest`, within `limits`, as [`unpack`] does; `archive` names it in errors.
 ///
 /// # Errors
