@@ -18,7 +18,8 @@ use url::Url;
 
 use super::{Shared, same_origin};
 
-/// How many recent invalidations are remembered: enough for the responses in flight.
+/// How many recent invalidations are remembered: enough for the responses in flight
+/// (an invalidation forgotten sooner counts as one of every URL).
 const REMEMBERED: NonZeroUsize = match NonZeroUsize::new(4096) {
     Some(n) => n,
     None => NonZeroUsize::MIN,
@@ -28,14 +29,25 @@ const REMEMBERED: NonZeroUsize = match NonZeroUsize::new(4096) {
 #[derive(Debug)]
 pub(super) struct Invalidations {
     epoch: AtomicU64,
-    recent: Mutex<LruCache<String, u64>>,
+    recent: Mutex<Recent>,
+}
+
+/// The last invalidation of each recently invalidated key, and the latest one that
+/// is no longer known by its key.
+#[derive(Debug)]
+struct Recent {
+    keys: LruCache<String, u64>,
+    forgotten: u64,
 }
 
 impl Default for Invalidations {
     fn default() -> Self {
         Invalidations {
             epoch: AtomicU64::new(0),
-            recent: Mutex::new(LruCache::new(REMEMBERED)),
+            recent: Mutex::new(Recent {
+                keys: LruCache::new(REMEMBERED),
+                forgotten: 0,
+            }),
         }
     }
 }
@@ -47,13 +59,20 @@ impl Invalidations {
     }
 
     fn record(&self, key: &str) {
+        let mut recent = self.recent.lock();
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        self.recent.lock().put(key.to_owned(), epoch);
+        if let Some((evicted, at)) = recent.keys.push(key.to_owned(), epoch)
+            && evicted != key
+        {
+            recent.forgotten = recent.forgotten.max(at);
+        }
     }
 
-    /// Whether `key` was invalidated after `epoch`.
+    /// Whether `key` was invalidated after `epoch` (or may have been: past the
+    /// invalidations remembered, any key may have been).
     pub(super) fn since(&self, key: &str, epoch: u64) -> bool {
-        self.recent.lock().peek(key).is_some_and(|at| *at > epoch)
+        let recent = self.recent.lock();
+        recent.forgotten > epoch || recent.keys.peek(key).is_some_and(|at| *at > epoch)
     }
 }
 
@@ -84,5 +103,27 @@ impl Shared {
         let key = self.keys.of_url(url);
         self.invalidations.record(&key);
         self.store_delete(&key).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalidation_is_seen_by_what_was_sent_before_it_even_once_forgotten() {
+        let invalidations = Invalidations::default();
+        let before = invalidations.epoch();
+        invalidations.record("a");
+        assert!(invalidations.since("a", before));
+        assert!(!invalidations.since("b", before));
+        assert!(!invalidations.since("a", invalidations.epoch()));
+        // So many others that "a" is no longer remembered by its key.
+        for n in 0..REMEMBERED.get() {
+            invalidations.record(&format!("other {n}"));
+        }
+        assert!(invalidations.since("a", before), "forgotten, still seen");
+        let now = invalidations.epoch();
+        assert!(!invalidations.since("a", now), "nothing since now");
     }
 }
