@@ -6,13 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cachecontrol::policy::CachePolicy;
-use cachecontrol::store::{Body, Entry, EntryStream, Meta};
-use cachecontrol::{
-    Cache, CacheControl, CacheStatus, MemoryCache, Recording, StoreError, StoreInBackground,
-};
+use cachecontrol::{CacheControl, CacheStatus, Recording, StoreInBackground};
 use common::Fixture;
-use futures_util::StreamExt;
+use common::gated::Gated;
 use testbed::origin::{Origin, Reply};
 
 fn body_of(len: usize) -> Vec<u8> {
@@ -177,50 +173,6 @@ async fn concurrent_misses_of_an_unstorable_response_each_get_their_own() {
     assert_eq!(bodies.len(), 4, "nobody got another's response");
 }
 
-/// A MemoryCache whose `put` takes the whole body, then waits for a permit of
-/// `gate` before committing: the commit happens when the test says.
-#[derive(Debug)]
-struct GatedCommit {
-    inner: MemoryCache,
-    gate: Arc<tokio::sync::Semaphore>,
-}
-
-#[async_trait::async_trait]
-impl Cache for GatedCommit {
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {
-        let mut stream = body.into_stream();
-        let mut whole = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            whole.extend_from_slice(&chunk?);
-        }
-        let _permit = self.gate.acquire().await.map_err(|_| StoreError::Closed)?;
-        self.inner
-            .put(key, meta, Body::Bytes(bytes::Bytes::from(whole)))
-            .await
-    }
-    async fn update(&self, key: &str, policy: Arc<CachePolicy>) -> Result<bool, StoreError> {
-        self.inner.update(key, policy).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-    fn entries(&self) -> EntryStream<'_> {
-        self.inner.entries()
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn clear(&self) -> Result<(), StoreError> {
-        self.inner.clear().await
-    }
-    async fn close(&self) -> Result<(), StoreError> {
-        self.inner.close().await
-    }
-}
-
 /// An origin serving `/big` (fresh for a minute), and a client whose store commits
 /// only when the returned gate gets a permit (store timeout: a minute).
 async fn gated_commit() -> (
@@ -234,10 +186,7 @@ async fn gated_commit() -> (
         Reply::ok(body_of(300_000)).header("cache-control", "max-age=60"),
     );
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let store = GatedCommit {
-        inner: MemoryCache::new(1 << 20),
-        gate: Arc::clone(&gate),
-    };
+    let store = Gated::new(&gate);
     let cache = CacheControl::builder(store)
         .store_timeout(Duration::from_secs(60))
         .build();

@@ -1,11 +1,13 @@
 //! Two nodes sharing a far tier: what one fetched, the other gets without the origin.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 
-use cachecontrol::policy::CachePolicy;
-use cachecontrol::store::{Body, Entry, EntryStream, Meta, Tiered, Variants};
-use cachecontrol::{Cache, CacheControl, CacheStatus, MemoryCache, StoreError};
+use cachecontrol::store::{Body, Entry, Meta, Tiered, Variants};
+use cachecontrol::{Cache, CacheControl, CacheStatus, MemoryCache};
+use common::gated::Gated;
 use futures_util::StreamExt;
 use testbed::origin::{Origin, Reply};
 
@@ -108,59 +110,6 @@ async fn the_shared_tier_failing_leaves_each_node_its_own_cache() {
         Some(&CacheStatus::Hit)
     );
     assert_eq!(origin.hits("/a"), 1);
-}
-
-/// A MemoryCache whose `put` takes the whole body, then waits for a permit of
-/// `gate` (of `old_gate` for the body `old`, when there is one) before committing.
-#[derive(Debug)]
-struct Gated {
-    inner: MemoryCache,
-    gate: Arc<tokio::sync::Semaphore>,
-    old_gate: Option<Arc<tokio::sync::Semaphore>>,
-}
-
-#[async_trait::async_trait]
-impl Cache for Gated {
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {
-        let mut stream = body.into_stream();
-        let mut whole = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            whole.extend_from_slice(&chunk?);
-        }
-        // Each commit uses up a permit: the test counts them.
-        let gate = match &self.old_gate {
-            Some(old_gate) if whole == b"old" => old_gate,
-            _ => &self.gate,
-        };
-        gate.acquire()
-            .await
-            .map_err(|_| StoreError::Closed)?
-            .forget();
-        self.inner
-            .put(key, meta, Body::Bytes(bytes::Bytes::from(whole)))
-            .await
-    }
-    async fn update(&self, key: &str, policy: Arc<CachePolicy>) -> Result<bool, StoreError> {
-        self.inner.update(key, policy).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-    fn entries(&self) -> EntryStream<'_> {
-        self.inner.entries()
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
-        self.inner.delete_prefix(prefix).await
-    }
-    async fn clear(&self) -> Result<(), StoreError> {
-        self.inner.clear().await
-    }
-    async fn close(&self) -> Result<(), StoreError> {
-        self.inner.close().await
-    }
 }
 
 fn marker(nonce: u64) -> Meta {

@@ -12,6 +12,8 @@ use http::HeaderMap;
 use reqwest_middleware::{ClientWithMiddleware, RequestBuilder};
 use testbed::origin::Origin;
 
+pub mod gated;
+
 /// A test's world: a scripted origin, and a client whose cache reads a manual clock.
 pub struct Fixture {
     pub origin: Origin,
