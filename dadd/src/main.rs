@@ -569,9 +569,13 @@ async fn fetch(spec_path: &Path, dir: &Path, cache: &CacheArgs) -> anyhow::Resul
         .fetch(&spec.download_urls, dir)
         .await
         .with_context(|| format!("fetching into {}", dir.display()));
+    // The report as soon as the files are in place; then the cache's copies of the
+    // downloads are stored (synced to disk) before the process ends.
+    if let Ok(report) = &report {
+        println!("{report}");
+    }
     close(&fetcher).await;
-    println!("{}", report?);
-    Ok(())
+    report.map(drop)
 }
 
 /// `dadd master`: serves until SIGINT, SIGTERM or SIGHUP.
