@@ -40,9 +40,11 @@
 //!    merged into the stored response ([`CacheStatus::Revalidated`]);
 //! 3. on a miss, sends the request, and if the response may be stored, streams its
 //!    body to the caller while recording it; the entry is committed only when the
-//!    body is complete and as long as announced ([`CacheStatus::Miss`]). Concurrent
-//!    misses for one URL wait for the first one's response when it will be stored
-//!    fresh, and are served from it.
+//!    body is complete and as long as announced ([`CacheStatus::Miss`]). The caller
+//!    gets the body's end once the entry is committed, so that the next request finds
+//!    it; or at once with [`StoreInBackground`], the response's [`Recording`] then
+//!    telling when it is stored. Concurrent misses for one URL wait for the first
+//!    one's response when it will be stored fresh, and are served from it.
 //!
 //! Unsafe methods (POST, PUT, DELETE, ...) go straight through and, when they succeed,
 //! invalidate what is stored for their URL. Per-request modes ([`CacheMode`]) let a
