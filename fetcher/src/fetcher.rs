@@ -308,25 +308,7 @@ impl Fetcher {
             archive,
         } = taken;
         // Others may go on once the body is in the cache (when it can be stored).
-        match (lock, recording) {
-            (Some(lock), Some(recording)) => {
-                let storing = Storing::start(&self.inner.storing);
-                let (wait, url) = (self.inner.store_wait, artifact.url.clone());
-                tokio::spawn(async move {
-                    if tokio::time::timeout(wait, recording.stored())
-                        .await
-                        .is_err()
-                    {
-                        // Another fetch of it may download it again: better than
-                        // all of them waiting for a store that does not answer.
-                        tracing::warn!(%url, ?wait, "the cache is still storing the download; its lock is released");
-                    }
-                    drop(lock);
-                    drop(storing);
-                });
-            }
-            (lock, _) => drop(lock),
-        }
+        self.release_when_stored(&mut lock, recording, artifact);
         let materialized = self
             .put_in_place(artifact, scratch, archive, &dest, done.materialized)
             .await?;
@@ -361,6 +343,33 @@ impl Fetcher {
         for url in urls {
             self.inner.cache.invalidate(url).await;
         }
+    }
+
+    /// Lets go of `lock` (when held) once `recording` (when there is one) is done, at
+    /// most [`store_wait`](FetcherBuilder::store_wait) from now, in a task of its
+    /// own that [`Fetcher::stored`] waits for; at once without a recording.
+    fn release_when_stored(
+        &self,
+        lock: &mut Option<UrlLock>,
+        recording: Option<Recording>,
+        artifact: &Artifact,
+    ) {
+        let Some(held) = lock.take() else { return };
+        let Some(recording) = recording else { return };
+        let storing = Storing::start(&self.inner.storing);
+        let (wait, url) = (self.inner.store_wait, artifact.url.clone());
+        tokio::spawn(async move {
+            if tokio::time::timeout(wait, recording.stored())
+                .await
+                .is_err()
+            {
+                // Another fetch of it may download it again: better than all of
+                // them waiting for a store that does not answer.
+                tracing::warn!(%url, ?wait, "the cache is still storing the download; its lock is released");
+            }
+            drop(held);
+            drop(storing);
+        });
     }
 
     /// Takes the host-wide lock of the artifact's URL, waiting (without holding a
@@ -473,10 +482,15 @@ impl Fetcher {
                     .map_err(|failure| failure.with_urls(urls.clone()))?
             }
             _ => {
-                let size = self
+                let streamed = self
                     .stream_to_file(artifact, response, &scratch, served, &urls)
-                    .await?;
-                (Materialized::Streamed, size)
+                    .await;
+                if streamed.is_err() {
+                    // The body may have arrived whole (and be being stored) although
+                    // it could not be written here: others still wait for the store.
+                    self.release_when_stored(lock, recording.clone(), artifact);
+                }
+                (Materialized::Streamed, streamed?)
             }
         };
         let network_bytes = if from_far || served == Served::Downloaded {
