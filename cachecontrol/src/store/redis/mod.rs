@@ -657,7 +657,7 @@ impl Shared {
                 return Err(failed(&format!("writing the record of {key}"), error));
             }
         };
-        let without_body = &value[..value.len() - inline.len()];
+        let without_body = record::without_inline(&value, inline);
         self.decoded
             .remember(key, format::fingerprint(without_body), meta);
         if let Some(previous) = previous
@@ -862,7 +862,7 @@ impl Cache for RedisCache {
             .map_err(|error| failed(&format!("updating the record of {key}"), error))?;
         match outcome {
             1 => {
-                let without_body = &updated[..updated.len() - inline.len()];
+                let without_body = record::without_inline(&updated, inline);
                 shared
                     .decoded
                     .remember(key, format::fingerprint(without_body), meta);

@@ -158,6 +158,12 @@ impl<'a> Record<'a> {
     }
 }
 
+/// A record [`encode`] made with the inline body `inline`, without that body: as
+/// [`Record::without_body`] gives it when the record is read back.
+pub(super) fn without_inline<'a>(encoded: &'a [u8], inline: &[u8]) -> &'a [u8] {
+    &encoded[..encoded.len() - inline.len()]
+}
+
 /// The record of `meta` for `key`, whose body of `body` was written by the given
 /// generation; `inline` is the body when it is inline (`body.chunk_size` is 0), and
 /// empty otherwise.
