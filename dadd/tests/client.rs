@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+mod common;
+
 /// A running `dadd master`, killed when dropped.
 struct Master {
     _child: tokio::process::Child,
@@ -26,29 +28,12 @@ impl Master {
     /// [`Master::start`] with more arguments.
     async fn start_with(data_dir: &Path, token: Option<&str>, args: &[&str]) -> Master {
         let port = testbed::net::free_port().unwrap();
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"));
-        command
-            .arg("master")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .env_remove("DADD_TOKEN")
-            .env("DADD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true);
+        let mut command = common::master(data_dir, port, args);
         if let Some(token) = token {
             command.arg("--token").arg(token);
         }
         let child = command.spawn().unwrap();
-        tokio::task::spawn_blocking(move || {
-            testbed::net::wait_for_port(port, Duration::from_secs(30))
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        common::wait_for_port(port).await;
         Master {
             _child: child,
             url: format!("http://127.0.0.1:{port}"),

@@ -11,6 +11,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+mod common;
+
 /// A running `dadd master`, killed when dropped.
 struct Master {
     child: tokio::process::Child,
@@ -23,26 +25,11 @@ impl Master {
     /// it accepts connections.
     async fn start(data_dir: &Path, args: &[&str]) -> Master {
         let port = testbed::net::free_port().unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
-            .arg("master")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .env_remove("DADD_TOKEN")
-            .env("DADD_LOG", "warn")
-            .stdin(Stdio::null())
+        let mut child = common::master(data_dir, port, args)
             .stdout(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
-        tokio::task::spawn_blocking(move || {
-            testbed::net::wait_for_port(port, Duration::from_secs(30))
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        common::wait_for_port(port).await;
         let mut line = String::new();
         let stdout = child.stdout.take().unwrap();
         tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(stdout), &mut line)

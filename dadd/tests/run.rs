@@ -7,35 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::Bed;
 use serde_json::{Value, json};
 use testbed::origin::{Origin, Reply};
 use testbed::smtp::{SmtpOptions, SmtpServer};
 
-/// A test's directories: specs, the artifact cache, a TMPDIR for run directories,
-/// and `out`, where commands write what they saw.
-struct Bed {
-    root: tempfile::TempDir,
-}
+mod common;
 
+/// Here, the bed also holds the specs.
 impl Bed {
-    fn new() -> Bed {
-        let bed = Bed {
-            root: tempfile::tempdir().unwrap(),
-        };
-        for dir in ["cache", "tmp", "out"] {
-            std::fs::create_dir(bed.path(dir)).unwrap();
-        }
-        bed
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.path().join(name)
-    }
-
-    fn out(&self) -> String {
-        self.path("out").display().to_string()
-    }
-
     fn spec(&self, name: &str, spec: &Value) -> PathBuf {
         let path = self.path(name);
         std::fs::write(&path, serde_json::to_vec(spec).unwrap()).unwrap();

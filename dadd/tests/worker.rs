@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Bed;
 use serde_json::{Value, json};
 use testbed::origin::{Origin, Reply};
+
+mod common;
 
 const HOST: &str = "test-host";
 
@@ -213,31 +216,8 @@ fn names(states: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// A test's directories: the worker's state, the artifact cache, TMPDIR (run
-/// directories), `out` (what commands write).
-struct Bed {
-    root: tempfile::TempDir,
-}
-
+/// Here, the bed also holds the worker's state (`state`).
 impl Bed {
-    fn new() -> Bed {
-        let bed = Bed {
-            root: tempfile::tempdir().unwrap(),
-        };
-        for dir in ["cache", "tmp", "out"] {
-            std::fs::create_dir(bed.path(dir)).unwrap();
-        }
-        bed
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.path().join(name)
-    }
-
-    fn out(&self) -> String {
-        self.path("out").display().to_string()
-    }
-
     fn records(&self) -> Vec<String> {
         match std::fs::read_dir(self.path("state/processes")) {
             Ok(entries) => entries
@@ -970,25 +950,10 @@ impl RealMaster {
     /// `dadd master --listen 127.0.0.1:PORT --data-dir DATA --heartbeat-every
     /// 100ms`, once it listens.
     async fn start(data: &Path, port: u16) -> RealMaster {
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dadd"))
-            .arg("master")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--heartbeat-every", "100ms"])
-            .env_remove("DADD_TOKEN")
-            .env("DADD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
+        let child = common::master(data, port, &["--heartbeat-every", "100ms"])
             .spawn()
             .unwrap();
-        tokio::task::spawn_blocking(move || {
-            testbed::net::wait_for_port(port, Duration::from_secs(30))
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        common::wait_for_port(port).await;
         RealMaster { child, port }
     }
 
