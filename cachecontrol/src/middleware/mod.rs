@@ -17,12 +17,12 @@ mod revalidate;
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{Extensions, HeaderMap, Method, StatusCode};
@@ -35,7 +35,7 @@ use crate::clock::{Clock, SystemClock, unix_seconds};
 use crate::heuristics::Heuristic;
 use crate::mode::{CacheMode, CacheStatus, FromCache, StoreInBackground, StoredFile};
 use crate::policy::{CachePolicy, PolicyOptions, Precondition, RequestDirectives, Reuse, VaryKey};
-use crate::store::{Body, Cache, Entry, Meta, StoreError};
+use crate::store::{Body, Cache, Entry, Meta, StoreError, Variants};
 use coalesce::{Flights, Join};
 use invalidate::Invalidations;
 use keys::{Keys, variant_key};
@@ -272,19 +272,29 @@ impl CacheControlBuilder {
     }
 }
 
-#[async_trait]
+/// Written out rather than with `async_trait`, which would box the whole request's
+/// future before anything is known: a fresh hit from a store that answers at once
+/// ([`Cache::get_now`]) is decided and served here, and only its response is boxed.
 impl Middleware for CacheControl {
-    async fn handle(
-        &self,
+    fn handle<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
         request: Request,
-        extensions: &mut Extensions,
-        next: Next<'_>,
-    ) -> reqwest_middleware::Result<Response> {
+        extensions: &'life1 mut Extensions,
+        next: Next<'life2>,
+    ) -> Pin<Box<dyn Future<Output = reqwest_middleware::Result<Response>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        if let Some(response) = self.shared.hit_now(&request, extensions) {
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         if self.shared.settings.follow_redirects == 0 {
-            self.shared.handle_one(request, extensions, next).await
+            Box::pin(self.shared.handle_one(request, extensions, next))
         } else {
-            // Boxed, as are the other paths a hit does not take (see `through_cache`).
-            Box::pin(redirect::follow(&self.shared, request, extensions, next)).await
+            Box::pin(redirect::follow(&self.shared, request, extensions, next))
         }
     }
 }
@@ -377,6 +387,36 @@ impl Shared {
         }
     }
 
+    /// A request answered from the store without waiting for anything: a fresh (or
+    /// accepted stale) response, found by [`Cache::get_now`], that needs no
+    /// background revalidation and, when redirects are followed, is not one. `None`
+    /// sends the request down the whole path, which looks again.
+    fn hit_now(&self, request: &Request, extensions: &Extensions) -> Option<Response> {
+        let mode = extensions.get::<CacheMode>().copied().unwrap_or_default();
+        let method = request.method();
+        let cacheable = *method == Method::HEAD
+            || (*method == Method::GET && self.settings.cacheable_methods.contains(method));
+        if !cacheable
+            || matches!(mode, CacheMode::NoStore | CacheMode::Reload)
+            || bypasses_cache(request.headers())
+        {
+            return None;
+        }
+        let key = self.keys.of_request(request)?;
+        let stored = self.lookup_now(&key, request.headers())?;
+        if self.settings.follow_redirects > 0 && stored.policy.status().is_redirection() {
+            return None;
+        }
+        let directives = RequestDirectives::from_headers(request.headers());
+        let now = self.now();
+        let status = match reuse(mode, &directives, &stored.policy, now) {
+            Reuse::Fresh => CacheStatus::Hit,
+            Reuse::StaleAllowed => CacheStatus::Stale,
+            Reuse::StaleWhileRevalidate | Reuse::Revalidate => return None,
+        };
+        Some(self.serve(Asked::from(request), stored, status, false, now))
+    }
+
     async fn handle_one(
         self: &Arc<Self>,
         request: Request,
@@ -417,10 +457,10 @@ impl Shared {
     /// Serves from the cache, revalidates, or fetches and stores.
     ///
     /// The paths that go to the network (a fetch, a revalidation, and in `handle`
-    /// the redirects and invalidations) are boxed futures: `async_trait` moves the
-    /// whole future of a request into a box, and a future is as large as its largest
-    /// path. Inline, those paths made a hit copy some 8 KiB per request, more than
-    /// the rest of a memory hit costs.
+    /// the redirects and invalidations) are boxed futures: `handle` moves the whole
+    /// future of a request into a box, and a future is as large as its largest path.
+    /// Inline, those paths made a hit from a store that must wait (a file, Redis)
+    /// copy some 8 KiB per request.
     async fn through_cache(
         self: &Arc<Self>,
         request: Request,
@@ -448,17 +488,7 @@ impl Shared {
             };
             let now = self.now();
             if let Some(stored) = stored {
-                let reuse = match mode {
-                    CacheMode::ForceCache | CacheMode::OnlyIfCached
-                        if stored.policy.is_fresh(now) =>
-                    {
-                        Reuse::Fresh
-                    }
-                    CacheMode::ForceCache | CacheMode::OnlyIfCached => Reuse::StaleAllowed,
-                    CacheMode::NoCache => Reuse::Revalidate,
-                    _ => stored.policy.reuse(&directives, now),
-                };
-                let status = match reuse {
+                let status = match reuse(mode, &directives, &stored.policy, now) {
                     Reuse::Fresh => CacheStatus::Hit,
                     Reuse::StaleAllowed => CacheStatus::Stale,
                     Reuse::StaleWhileRevalidate => {
@@ -528,21 +558,31 @@ impl Shared {
         let (key, entry) = match &entry.meta {
             Meta::Response(_) => (key.to_owned(), entry),
             Meta::Variants(variants) => {
-                let values = VaryKey::new(variants.names.clone(), request);
-                let variant = variant_key(key, variants.nonce, &values);
+                let variant = variant_of(key, variants, request);
                 let entry = self.store_get(&variant).await?;
                 (variant, entry)
             }
         };
-        let Meta::Response(policy) = entry.meta else {
-            return None;
+        found(key, entry, request)
+    }
+
+    /// [`lookup`](Shared::lookup) from a store that answers at once; `None` for a
+    /// miss, an error, or a store that would have to wait.
+    fn lookup_now(&self, key: &str, request: &HeaderMap) -> Option<Stored> {
+        let now = |key: &str| match self.cache().get_now(key) {
+            Poll::Ready(Ok(entry)) => entry,
+            Poll::Ready(Err(_)) | Poll::Pending => None,
         };
-        policy.matches_request(request).then_some(Stored {
-            key,
-            policy,
-            body: entry.body,
-            from_far: entry.from_far,
-        })
+        let entry = now(key)?;
+        let (key, entry) = match &entry.meta {
+            Meta::Response(_) => (key.to_owned(), entry),
+            Meta::Variants(variants) => {
+                let variant = variant_of(key, variants, request);
+                let entry = now(&variant)?;
+                (variant, entry)
+            }
+        };
+        found(key, entry, request)
     }
 
     /// Serves a stored response: a 304 when the request's own preconditions say the
@@ -662,6 +702,35 @@ impl Shared {
         self.with_store("delete", key, self.cache().delete(key))
             .await;
     }
+}
+
+/// Whether a stored response may be used as it is, in this cache mode.
+fn reuse(mode: CacheMode, directives: &RequestDirectives, policy: &CachePolicy, now: u64) -> Reuse {
+    match mode {
+        CacheMode::ForceCache | CacheMode::OnlyIfCached if policy.is_fresh(now) => Reuse::Fresh,
+        CacheMode::ForceCache | CacheMode::OnlyIfCached => Reuse::StaleAllowed,
+        CacheMode::NoCache => Reuse::Revalidate,
+        _ => policy.reuse(directives, now),
+    }
+}
+
+/// The key of the variant of a URL that a request with these headers selects.
+fn variant_of(key: &str, variants: &Variants, request: &HeaderMap) -> String {
+    let values = VaryKey::new(variants.names.clone(), request);
+    variant_key(key, variants.nonce, &values)
+}
+
+/// A stored response, if it may answer a request with these headers.
+fn found(key: String, entry: Entry, request: &HeaderMap) -> Option<Stored> {
+    let Meta::Response(policy) = entry.meta else {
+        return None;
+    };
+    policy.matches_request(request).then_some(Stored {
+        key,
+        policy,
+        body: entry.body,
+        from_far: entry.from_far,
+    })
 }
 
 fn log_store_error(operation: &str, key: &str, error: &StoreError) {

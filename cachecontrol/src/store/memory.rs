@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -139,15 +140,26 @@ fn entry_size(key: &str, meta: &Meta, body: usize) -> usize {
     key.len() + headers + body + ENTRY_OVERHEAD
 }
 
-#[async_trait]
-impl Cache for MemoryCache {
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+impl MemoryCache {
+    fn lookup(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.check_open()?;
         let mut state = self.state.lock();
         Ok(state
             .entries
             .get(key)
             .map(|slot| Entry::new(slot.meta.clone(), Body::Bytes(slot.body.clone()))))
+    }
+}
+
+#[async_trait]
+impl Cache for MemoryCache {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.lookup(key)
+    }
+
+    /// Always ready: a lookup takes a short lock and clones two `Arc`s.
+    fn get_now(&self, key: &str) -> Poll<Result<Option<Entry>, StoreError>> {
+        Poll::Ready(self.lookup(key))
     }
 
     async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {

@@ -21,6 +21,7 @@ pub mod tiered;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -327,6 +328,18 @@ pub trait Cache: Send + Sync + fmt::Debug + 'static {
     /// unknown format) is a miss, and should be removed.
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
 
+    /// What [`get`](Cache::get) would return, if the store can tell without waiting
+    /// for anything (a store in memory); `Poll::Pending` otherwise, and by default.
+    ///
+    /// The middleware asks this first, so that a fresh hit from such a store is
+    /// served without making a future for the request. A store that implements it
+    /// must answer exactly as `get` would, and must not block: no file or network
+    /// I/O, no lock held by anything that waits.
+    fn get_now(&self, key: &str) -> Poll<Result<Option<Entry>, StoreError>> {
+        let _ = key;
+        Poll::Pending
+    }
+
     /// Stores an entry under `key`, replacing what was there once the body has been
     /// read to its end. If the body stream yields an error, nothing is stored and the
     /// previous entry stays.
@@ -361,6 +374,10 @@ pub trait Cache: Send + Sync + fmt::Debug + 'static {
 impl<C: Cache + ?Sized> Cache for Arc<C> {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         (**self).get(key).await
+    }
+
+    fn get_now(&self, key: &str) -> Poll<Result<Option<Entry>, StoreError>> {
+        (**self).get_now(key)
     }
 
     async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {

@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::task::Poll;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -120,6 +121,15 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
         let mut entry = Entry::new(entry.meta, body);
         entry.from_far = true;
         Ok(Some(entry))
+    }
+
+    /// Ready for a hit in the near tier (or a closed one); a miss there needs the far
+    /// tier, so it is `Pending`.
+    fn get_now(&self, key: &str) -> Poll<Result<Option<Entry>, StoreError>> {
+        match self.near.get_now(key) {
+            ready @ Poll::Ready(Ok(Some(_)) | Err(StoreError::Closed)) => ready,
+            Poll::Ready(_) | Poll::Pending => Poll::Pending,
+        }
     }
 
     async fn put(&self, key: &str, meta: Meta, body: Body) -> Result<(), StoreError> {
@@ -504,6 +514,33 @@ mod tests {
         }
         let near = tiered.near().get("k").await.unwrap().expect("copied near");
         assert_eq!(read(near.body).await, b"far body");
+    }
+
+    #[tokio::test]
+    async fn only_a_near_hit_is_ready_at_once() {
+        let tiered = Tiered::new(MemoryCache::new(1 << 20), MemoryCache::new(1 << 20));
+        tiered
+            .far()
+            .put("far", Meta::Response(policy()), chunks(&[b"far"]))
+            .await
+            .unwrap();
+        tiered
+            .near()
+            .put("near", Meta::Response(policy()), chunks(&[b"near"]))
+            .await
+            .unwrap();
+        match tiered.get_now("near") {
+            Poll::Ready(Ok(Some(entry))) => assert_eq!(read(entry.body).await, b"near"),
+            other => panic!("a near hit is ready, got {other:?}"),
+        }
+        // In the far tier only, or nowhere: only `get` can tell.
+        assert!(tiered.get_now("far").is_pending());
+        assert!(tiered.get_now("nowhere").is_pending());
+        tiered.near().close().await.unwrap();
+        assert!(matches!(
+            tiered.get_now("near"),
+            Poll::Ready(Err(StoreError::Closed))
+        ));
     }
 
     #[tokio::test]
