@@ -24,7 +24,8 @@ use jiff::Timestamp;
 use serde_json::Value;
 use sqlx::AnyPool;
 use sqlx::Row;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::{AnyPoolOptions, AnyRow, AnyTransactionManager};
+use sqlx::{Connection, TransactionManager};
 
 use crate::api::{
     Assignment, Heartbeat, HeartbeatReply, HostSummary, LOST, ProcessDetail, ProcessSummary, State,
@@ -155,13 +156,31 @@ impl Store {
         let shown = without_password(url);
         let mut options = AnyPoolOptions::new().max_connections(8);
         if backend == Backend::Sqlite {
-            options = options.max_connections(4).after_connect(|connection, _| {
-                Box::pin(async move {
-                    sqlx::Executor::execute(&mut *connection, SQLITE_SETTINGS)
-                        .await
-                        .map(drop)
+            options = options
+                .max_connections(4)
+                .after_connect(|connection, _| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(&mut *connection, SQLITE_SETTINGS)
+                            .await
+                            .map(drop)
+                    })
                 })
-            });
+                .after_release(|connection, _| {
+                    Box::pin(async move {
+                        // A future dropped while it wrote (the handler of a request
+                        // whose client hung up) can hand its connection back inside
+                        // a transaction: sqlx's SQLite worker runs a `BEGIN
+                        // IMMEDIATE` already sent even when no one waits for it, and
+                        // nothing rolls that back. The connection would keep the
+                        // database's write lock until it is next used, every other
+                        // writer failing with "database is locked" meanwhile. A
+                        // rollback, queued after whatever that future sent, ends it
+                        // (and does nothing outside a transaction); a connection
+                        // still in one after it is closed.
+                        AnyTransactionManager::rollback(connection).await?;
+                        Ok(!connection.is_in_transaction())
+                    })
+                });
         }
         let pool = options
             .connect(&connect_url)
@@ -999,5 +1018,27 @@ mod tests {
         stored.sort();
         let read_back: Vec<Timestamp> = stored.iter().map(|text| text.parse().unwrap()).collect();
         assert_eq!(read_back, times);
+    }
+
+    /// A request's handler is dropped when its client hangs up, at any await. The
+    /// writes it had begun must not keep the database locked: the next writer
+    /// goes on at once (SQLite's busy timeout would make it wait 10 s, then fail
+    /// with "database is locked").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_cut_short_at_any_point_does_not_keep_others_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("db.sqlite").display());
+        let store = Store::open(&url, Duration::from_secs(30)).await.unwrap();
+        let spec = Spec::from_value(serde_json::json!({"cmd": ["true"]})).unwrap();
+        // From before the first await to after the last.
+        for cut in 0..400u64 {
+            let _ = tokio::time::timeout(Duration::from_micros(cut * 5), store.submit(&spec)).await;
+            match tokio::time::timeout(Duration::from_secs(3), store.schedule()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => panic!("cut after {} us: {error}", cut * 5),
+                Err(_) => panic!("cut after {} us: the next write waited 3 s", cut * 5),
+            }
+        }
+        store.close().await;
     }
 }
