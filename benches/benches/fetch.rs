@@ -13,7 +13,9 @@
 //! - `fetch_repeat/fetcher` against `fetch_repeat/copy`: the next runs (fresh in the
 //!   cache: no request, the cached file copied by the kernel into a new run
 //!   directory) against copying the file (`std::fs::copy`); and a read-only artifact
-//!   with a digest, which is a hard link to the cache's file.
+//!   with a digest, which is a hard link to the cache's file; and with prepared
+//!   copies (`fetch_repeat/fetcher-prepared`), the copy for a run made after the run
+//!   before (not timed), moved into place by the fetch.
 //! - `fetch_peak_memory` (a target of its own) records the first fetch's peak
 //!   resident set.
 //!
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use benches::site::GeneratedOrigin;
 use benches::{must, runtime};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use fetcher::{Artifact, Fetcher, Served};
+use fetcher::{Artifact, Fetcher, Materialized, Served};
 use sha2::Digest;
 
 const BODY: u64 = 1 << 30;
@@ -54,6 +56,24 @@ async fn fetch_artifact(
         report.artifacts[0].served == expected && report.artifacts[0].size == BODY,
         "unexpected fetch: {report:?}"
     );
+    Ok(elapsed)
+}
+
+/// A repeat fetch by a fetcher with prepared copies, timed until the run directory
+/// has its file; then, not timed, the copy for the next run is made.
+async fn prepared_once(fetcher: &Fetcher, url: &str, prepared: bool) -> anyhow::Result<Duration> {
+    let run = tempfile::Builder::new().prefix("bench-run-").tempdir()?;
+    let start = Instant::now();
+    let report = fetcher.fetch(&[artifact(url)?], run.path()).await?;
+    let elapsed = start.elapsed();
+    let done = &report.artifacts[0];
+    anyhow::ensure!(
+        done.served == Served::Cached
+            && done.size == BODY
+            && (done.materialized == Materialized::Prepared) == prepared,
+        "unexpected fetch: {report:?}"
+    );
+    fetcher.stored().await;
     Ok(elapsed)
 }
 
@@ -229,6 +249,29 @@ fn bench(criterion: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
                     total += must(fetch_artifact(&fetcher, linked.clone(), Served::Cached).await);
+                }
+                total
+            }
+        });
+    });
+    // With prepared copies: the copy for a run is made after the run before (not
+    // timed: runs of one job are apart), and the fetch moves it into place.
+    let preparing = must(
+        Fetcher::builder()
+            .cache_dir(cache.path())
+            .prepared_copies(2 * BODY)
+            .build()
+            .map_err(Into::into),
+    );
+    // Its first fetch copies, and prepares the next.
+    must(runtime.block_on(prepared_once(&preparing, &url, false)));
+    repeat.bench_function(BenchmarkId::new("fetcher-prepared", SIZE), |bencher| {
+        bencher.to_async(&runtime).iter_custom(|iterations| {
+            let (preparing, url) = (preparing.clone(), url.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    total += must(prepared_once(&preparing, &url, true).await);
                 }
                 total
             }

@@ -22,6 +22,7 @@ use crate::artifact::{Artifact, Sha256, check_names};
 use crate::error::FetchError;
 use crate::lock::{LockFile, UrlLock};
 use crate::materialize::{self, Materialized, READ_ONLY, WRITABLE};
+use crate::prepared::Prepared;
 use crate::report::{ArtifactReport, FetchReport, Progress, ProgressEvent, Served};
 use crate::retry::Retry;
 use crate::unpack::{self, Limits};
@@ -58,6 +59,8 @@ struct Inner {
     storing: tokio::sync::watch::Sender<InFlight>,
     /// The longest a download's lock waits for its body to be stored.
     store_wait: Duration,
+    /// Copies of cached files made for the next runs, when asked for.
+    prepared: Option<Prepared>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -85,6 +88,7 @@ pub struct FetcherBuilder {
     limits: Limits,
     progress: Option<ProgressFn>,
     store_wait: Duration,
+    prepared_copies: u64,
 }
 
 impl std::fmt::Debug for FetcherBuilder {
@@ -93,6 +97,7 @@ impl std::fmt::Debug for FetcherBuilder {
             .field("cache_dir", &self.cache_dir)
             .field("max_cache_bytes", &self.max_cache_bytes)
             .field("concurrency", &self.concurrency)
+            .field("prepared_copies", &self.prepared_copies)
             .finish_non_exhaustive()
     }
 }
@@ -129,6 +134,7 @@ impl Fetcher {
             limits: Limits::default(),
             progress: None,
             store_wait: DEFAULT_STORE_WAIT,
+            prepared_copies: 0,
         }
     }
 
@@ -525,36 +531,63 @@ impl Fetcher {
     ) -> Result<(Materialized, u64), Failure> {
         let guard = scratch.clone();
         let expected = artifact.sha256;
+        let read_only = artifact.read_only;
         // A hard link shares the cache's file with the job: only for a file the job
         // declared it only reads, and whose digest is checked at every use.
-        let link = artifact.read_only && expected.is_some();
+        let link = read_only && expected.is_some();
         let verified = self.inner.verified.clone();
+        let prepared = self.inner.prepared.clone().filter(|_| copy && !link);
         let outcome = tokio::task::spawn_blocking(move || {
             let path = guard.path();
             let file = stored.file();
             let len = stored.len();
-            let materialize = |link| -> Result<_, (&'static str, std::io::Error)> {
-                if !copy {
-                    return Ok((Materialized::Unpacked, len));
-                }
-                materialize::from_stored(file, len, path, link)
-                    .map(|how| (how, len))
-                    .map_err(|error| ("copying the cached copy to", error))
+            let reading = |error| ("reading the cached copy for", error);
+            let identity = match (&expected, &prepared) {
+                (None, None) => None,
+                _ => Some(Identity::of(file).map_err(reading)?),
             };
-            let Some(expected) = expected else {
-                return materialize(false).map(Ok);
-            };
-            let identity =
-                Identity::of(file).map_err(|error| ("reading the cached copy for", error))?;
-            if !verified.contains(&expected, &identity) {
-                let actual = materialize::hash_file(file, len)
-                    .map_err(|error| ("reading the cached copy for", error))?;
-                if actual != expected {
+            if let (Some(expected), Some(identity)) = (&expected, &identity)
+                && !verified.contains(expected, identity)
+            {
+                let actual = materialize::hash_file(file, len).map_err(reading)?;
+                if actual != *expected {
                     return Ok(Err(actual));
                 }
-                verified.record(&expected, &identity);
+                verified.record(expected, identity);
             }
-            materialize(link).map(Ok)
+            if !copy {
+                return Ok(Ok((Materialized::Unpacked, len, None)));
+            }
+            let copying = |error| ("copying the cached copy to", error);
+            let taken = match (&prepared, &identity) {
+                (Some(prepared), Some(identity)) => {
+                    prepared.take(identity, path).map_err(copying)?
+                }
+                _ => false,
+            };
+            let how = if taken {
+                if read_only {
+                    std::fs::set_permissions(path, Permissions::from_mode(materialize::READ_ONLY))
+                        .map_err(copying)?;
+                }
+                Materialized::Prepared
+            } else {
+                materialize::from_stored(file, len, path, link).map_err(copying)?
+            };
+            // A copy for the next run, where copying is what this one paid for and
+            // the run directory can take it.
+            let next = match (prepared, identity) {
+                (Some(prepared), Some(identity))
+                    if matches!(
+                        how,
+                        Materialized::Prepared | Materialized::KernelCopy | Materialized::Copy
+                    ) && prepared.reaches(path.parent().unwrap_or(path)) =>
+                {
+                    Some((prepared, file.try_clone().map_err(reading)?, identity))
+                }
+                _ => None,
+            };
+            Ok(Ok((how, len, next)))
         })
         .await
         .map_err(|error| {
@@ -565,13 +598,39 @@ impl Fetcher {
             ))
         })?;
         match outcome {
-            Ok(Ok(done)) => Ok(done),
+            Ok(Ok((how, len, next))) => {
+                if let Some((prepared, file, identity)) = next {
+                    self.prepare_in_background(prepared, file, len, identity, artifact);
+                }
+                Ok((how, len))
+            }
             Ok(Err(actual)) => Err(Failure::StoredCopyIsWrong {
                 actual,
                 urls: Vec::new(),
             }),
             Err((action, error)) => Err(Failure::Final(FetchError::io(action, dest, error))),
         }
+    }
+
+    /// Makes a copy of a cached file for the next run, in a task of its own that
+    /// [`stored`](Fetcher::stored) waits for. A failure costs only the next run's
+    /// time: it is logged.
+    fn prepare_in_background(
+        &self,
+        prepared: Prepared,
+        file: std::fs::File,
+        len: u64,
+        identity: Identity,
+        artifact: &Artifact,
+    ) {
+        let ticket = Storing::start(&self.inner.storing);
+        let url = artifact.url.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ticket = ticket;
+            if let Err(error) = prepared.prepare(&file, len, &identity) {
+                tracing::warn!(%url, %error, "could not prepare a copy of a cached artifact for the next run");
+            }
+        });
     }
 
     /// Writes a response's body to the scratch path as it arrives (hashing it when
@@ -1081,6 +1140,27 @@ impl FetcherBuilder {
         self
     }
 
+    /// Keeps copies of cached artifacts ready for the next runs, up to `max_bytes`
+    /// in all (0, the default: none).
+    ///
+    /// Where the file system cannot share blocks between files (ext4; XFS and btrfs
+    /// can, and need none of this), each fetch of a writable artifact from the cache
+    /// copies it into the run directory, which for a large artifact is most of the
+    /// fetch's time. With prepared copies, after such a fetch another copy is made in
+    /// the background (under `prepared/` in the cache directory; synced, and named
+    /// after the cached file it copies), and the next fetch of that artifact moves it
+    /// into its run directory at once ([`Materialized::Prepared`]), then prepares the
+    /// next. It takes the disk space of one more copy of each artifact (those used
+    /// least recently go first when the budget is full), and the copying moves from
+    /// the start of a run to the time between runs: runs of one job that start
+    /// faster than a copy can be made copy as before. Only for a run directory on the
+    /// cache's file system (a rename); [`stored`](Fetcher::stored) and
+    /// [`close`](Fetcher::close) wait for the copies being made.
+    pub fn prepared_copies(mut self, max_bytes: u64) -> Self {
+        self.prepared_copies = max_bytes;
+        self
+    }
+
     /// How many artifacts are fetched at a time (at least 1). Default: 4.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
@@ -1163,6 +1243,8 @@ impl FetcherBuilder {
                 progress: self.progress,
                 storing: tokio::sync::watch::Sender::new(InFlight::default()),
                 store_wait: self.store_wait,
+                prepared: (self.prepared_copies > 0)
+                    .then(|| Prepared::new(cache_dir.join("prepared"), self.prepared_copies)),
             }),
         })
     }

@@ -88,6 +88,7 @@ mod error;
 mod fetcher;
 mod lock;
 mod materialize;
+mod prepared;
 mod report;
 mod retry;
 pub mod unpack;

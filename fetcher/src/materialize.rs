@@ -32,6 +32,9 @@ pub enum Materialized {
     Copy,
     /// A hard link to the cache's copy, made read-only.
     HardLink,
+    /// A copy of the cache's copy made after an earlier fetch and moved into place
+    /// ([`FetcherBuilder::prepared_copies`](crate::FetcherBuilder::prepared_copies)).
+    Prepared,
     /// Unpacked from the archive into a directory.
     Unpacked,
 }
@@ -61,10 +64,16 @@ pub(crate) fn from_stored(
         target.set_len(len)?;
         return Ok(Materialized::Reflink);
     }
-    match kernel_copy(source, &target, len) {
+    copy(source, &target, len)
+}
+
+/// Copies the first `len` bytes of `source` to `target`: in the kernel where the
+/// file systems allow, else through a buffer.
+pub(crate) fn copy(source: &File, target: &File, len: u64) -> io::Result<Materialized> {
+    match kernel_copy(source, target, len) {
         Ok(()) => Ok(Materialized::KernelCopy),
         Err(error) if unsupported(&error) => {
-            buffered_copy(source, &target, len)?;
+            buffered_copy(source, target, len)?;
             Ok(Materialized::Copy)
         }
         Err(error) => Err(error),

@@ -40,6 +40,11 @@ impl Identity {
             metadata.mtime_nsec()
         )))
     }
+
+    /// The identity as a file name (no spaces, no slashes).
+    pub(crate) fn file_name(&self) -> String {
+        self.0.replace(' ', "-")
+    }
 }
 
 /// The records, in a directory.

@@ -1367,3 +1367,138 @@ async fn a_store_that_never_commits_holds_the_next_fetch_for_store_wait_at_most(
         .await
         .expect("stored() is bounded by the store wait");
 }
+
+/// A fetcher like [`fetcher`], keeping prepared copies up to `max_bytes`.
+fn preparing_fetcher(cache_dir: &Path, max_bytes: u64) -> Fetcher {
+    Fetcher::builder()
+        .cache_dir(cache_dir)
+        .prepared_copies(max_bytes)
+        .build()
+        .unwrap()
+}
+
+/// The names of the prepared copies (none partial) in a cache directory.
+fn prepared_copies(cache_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(cache_dir.join("prepared"))
+        .map(|entries| {
+            entries
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn with_prepared_copies_a_repeat_moves_in_a_copy_made_after_the_run_before() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(256 << 10, 7);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = preparing_fetcher(cache.path(), 64 << 20);
+    let artifacts = [artifact(&origin, "data", "/data")];
+    let run = |n: usize| {
+        let (fetcher, artifacts) = (fetcher.clone(), artifacts.clone());
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let report = fetcher.fetch(&artifacts, dir.path()).await.unwrap();
+            fetcher.stored().await;
+            let file = std::fs::read(dir.path().join("data")).unwrap();
+            (n, report.artifacts[0].materialized, file, dir)
+        }
+    };
+    let (_, first, _, _) = run(1).await;
+    assert_eq!(first, Materialized::Streamed);
+    assert!(
+        prepared_copies(cache.path()).is_empty(),
+        "nothing to copy yet"
+    );
+    let (_, second, file, _) = run(2).await;
+    assert_eq!(file, data);
+    if second == Materialized::Reflink {
+        // A file system that shares blocks needs no prepared copy.
+        assert!(prepared_copies(cache.path()).is_empty());
+        return;
+    }
+    assert_eq!(second, Materialized::KernelCopy);
+    assert_eq!(prepared_copies(cache.path()).len(), 1, "one copy made");
+
+    let (_, third, file, third_dir) = run(3).await;
+    assert_eq!(third, Materialized::Prepared);
+    assert_eq!(file, data);
+    // The job's copy is its own: what it writes reaches neither the cache nor the
+    // next prepared copy.
+    std::fs::write(third_dir.path().join("data"), b"written by the job").unwrap();
+    let (_, fourth, file, _) = run(4).await;
+    assert_eq!(fourth, Materialized::Prepared);
+    assert_eq!(file, data);
+    assert_eq!(prepared_copies(cache.path()).len(), 1, "one copy ready");
+    assert_eq!(origin.hits("/data"), 1);
+}
+
+#[tokio::test]
+async fn a_copy_prepared_from_an_older_version_is_not_used_for_the_new_one() {
+    let origin = Origin::start().await.unwrap();
+    let old = body(64 << 10, 1);
+    let new = body(64 << 10, 2);
+    origin.route("/data", with_etag(old.clone(), "\"1\"", "max-age=0"));
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = preparing_fetcher(cache.path(), 64 << 20);
+    let artifacts = [artifact(&origin, "data", "/data")];
+    let fetch = || async {
+        let dir = tempfile::tempdir().unwrap();
+        let report = fetcher.fetch(&artifacts, dir.path()).await.unwrap();
+        fetcher.stored().await;
+        let file = std::fs::read(dir.path().join("data")).unwrap();
+        (
+            report.artifacts[0].served,
+            report.artifacts[0].materialized,
+            file,
+        )
+    };
+    fetch().await;
+    // Revalidated: copied from the cache, and a copy of the old version prepared.
+    let (served, materialized, file) = fetch().await;
+    assert_eq!(served, Served::Revalidated);
+    assert_eq!(file, old);
+    if materialized == Materialized::Reflink {
+        return;
+    }
+    assert_eq!(prepared_copies(cache.path()).len(), 1);
+
+    origin.route("/data", with_etag(new.clone(), "\"2\"", "max-age=0"));
+    let (served, _, file) = fetch().await;
+    assert_eq!((served, file == new), (Served::Downloaded, true));
+    let (served, materialized, file) = fetch().await;
+    assert_eq!(served, Served::Revalidated);
+    assert_eq!(
+        materialized,
+        Materialized::KernelCopy,
+        "not the old version's copy"
+    );
+    assert!(file == new, "the new version");
+    let (_, materialized, file) = fetch().await;
+    assert_eq!(materialized, Materialized::Prepared);
+    assert!(file == new, "the new version's copy");
+}
+
+#[tokio::test]
+async fn without_prepared_copies_nothing_is_copied_ahead() {
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/data",
+        Reply::ok(body(64 << 10, 3)).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let artifacts = [artifact(&origin, "data", "/data")];
+    for _ in 0..3 {
+        let run = tempfile::tempdir().unwrap();
+        let report = fetcher.fetch(&artifacts, run.path()).await.unwrap();
+        assert_ne!(report.artifacts[0].materialized, Materialized::Prepared);
+        fetcher.stored().await;
+    }
+    assert!(!cache.path().join("prepared").exists());
+}

@@ -196,6 +196,7 @@ fn fetcher_table(dir: &Path, out: &mut String) -> anyhow::Result<()> {
     let two_copies = time("fetch_first", "plain-two-copies");
     let repeat = time("fetch_repeat", "fetcher");
     let linked = time("fetch_repeat", "fetcher-read-only");
+    let prepared = time("fetch_repeat", "fetcher-prepared");
     let copy = time("fetch_repeat", "copy");
     writeln!(
         out,
@@ -228,6 +229,10 @@ fn fetcher_table(dir: &Path, out: &mut String) -> anyhow::Result<()> {
         (
             "repeat while fresh, read-only with a digest (hard link)",
             linked,
+        ),
+        (
+            "repeat while fresh, with prepared copies (a copy made after the run before, moved in)",
+            prepared,
         ),
     ] {
         let speedup = first.zip(ours).map(|(first, ours)| first / ours);

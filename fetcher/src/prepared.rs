@@ -1,0 +1,230 @@
+//! Copies of cached files made in advance, so that the next run's copy of an
+//! artifact is a rename, not a copy of every byte
+//! ([`FetcherBuilder::prepared_copies`](crate::FetcherBuilder::prepared_copies)).
+//!
+//! Where the file system cannot share blocks (ext4), every run of a job that needs
+//! a writable artifact pays for a copy of it at its start. With prepared copies,
+//! once a fetch has copied an artifact out of the cache, another copy is made in the
+//! background, synced, and kept under `prepared/` in the cache directory, named by
+//! the identity of the cached file it was copied from (see [`Identity`]); the next
+//! fetch of that artifact moves it into its run directory and prepares the next one.
+//! A prepared copy holds what the cached file holds: the cache never changes a file
+//! once published (a new version is a new file, with a new identity), the identity
+//! is checked again once the copy is made, and the copy is synced before it gets
+//! its name, so that a crash cannot leave a named copy with missing blocks.
+//!
+//! The cost: the disk space of one more copy of each artifact, up to a budget (the
+//! copies used least recently are removed first), and the copying, done between
+//! runs rather than at their start. Blocking code: run it off the async threads.
+
+use std::fs::{File, Permissions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::{CWD, RenameFlags};
+use rustix::io::Errno;
+
+use crate::materialize::{self, WRITABLE};
+use crate::verified::Identity;
+
+/// A copy being made is named with this prefix until it is whole and synced.
+const PARTIAL: &str = ".partial-";
+
+/// A partial copy this old was left by a process that stopped while making it.
+const ABANDONED: Duration = Duration::from_secs(3600);
+
+/// The prepared copies, in a directory, within a budget of bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+impl Prepared {
+    pub(crate) fn new(dir: PathBuf, max_bytes: u64) -> Prepared {
+        Prepared { dir, max_bytes }
+    }
+
+    fn path_of(&self, identity: &Identity) -> PathBuf {
+        self.dir.join(identity.file_name())
+    }
+
+    /// Whether a copy prepared here can be moved into `dir`: the same file system.
+    pub(crate) fn reaches(&self, dir: &Path) -> bool {
+        let device = |path: &Path| std::fs::metadata(path).map(|metadata| metadata.dev());
+        std::fs::create_dir_all(&self.dir).is_ok()
+            && matches!((device(&self.dir), device(dir)), (Ok(a), Ok(b)) if a == b)
+    }
+
+    /// Moves the copy prepared from the file with this identity to `dest`, which must
+    /// not exist; `false` when there is none (or it cannot be moved there).
+    pub(crate) fn take(&self, identity: &Identity, dest: &Path) -> io::Result<bool> {
+        let from = self.path_of(identity);
+        match rustix::fs::renameat_with(CWD, &from, CWD, dest, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(true),
+            // None prepared (or another fetch took it first); or on another file
+            // system, where it stays for a fetch that can use it.
+            Err(Errno::NOENT | Errno::XDEV) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Makes a copy of the first `len` bytes of `source`, whose identity is
+    /// `identity`, for the next run to take, unless there is one already or it does
+    /// not fit in the budget. Makes room first (the copies used least recently go).
+    pub(crate) fn prepare(&self, source: &File, len: u64, identity: &Identity) -> io::Result<()> {
+        let path = self.path_of(identity);
+        if len > self.max_bytes || path.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        self.make_room(len)?;
+        // Removed if anything fails before it is named.
+        let partial = tempfile::Builder::new()
+            .prefix(PARTIAL)
+            .permissions(Permissions::from_mode(WRITABLE))
+            .tempfile_in(&self.dir)?;
+        materialize::copy(source, partial.as_file(), len)?;
+        partial.as_file().sync_all()?;
+        // Copied from a file that changed meanwhile: not a copy of that identity.
+        if Identity::of(source)? != *identity {
+            return Ok(());
+        }
+        partial.persist(&path).map_err(|error| error.error)?;
+        Ok(())
+    }
+
+    /// Removes partial copies left by processes that stopped, then the copies used
+    /// least recently (the oldest modification time: a copy is made, then taken)
+    /// until `len` more bytes fit in the budget.
+    fn make_room(&self, len: u64) -> io::Result<()> {
+        let now = SystemTime::now();
+        let mut copies = Vec::new();
+        let mut total = 0u64;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            let modified = metadata.modified().unwrap_or(now);
+            let partial = entry.file_name().to_string_lossy().starts_with(PARTIAL);
+            if partial && now.duration_since(modified).unwrap_or_default() > ABANDONED {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            total += metadata.len();
+            if !partial {
+                copies.push((modified, metadata.len(), entry.path()));
+            }
+        }
+        copies.sort();
+        for (_, size, path) in copies {
+            if total.saturating_add(len) <= self.max_bytes {
+                break;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => total -= size,
+                // Taken meanwhile.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => total -= size,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file_with(dir: &Path, name: &str, content: &[u8]) -> File {
+        let path = dir.join(name);
+        std::fs::File::create(&path)
+            .and_then(|mut file| file.write_all(content))
+            .unwrap();
+        File::open(path).unwrap()
+    }
+
+    #[test]
+    fn a_prepared_copy_is_taken_once_and_holds_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = Prepared::new(dir.path().join("prepared"), 1 << 20);
+        let source = file_with(dir.path(), "source", b"the artifact");
+        let identity = Identity::of(&source).unwrap();
+        prepared.prepare(&source, 12, &identity).unwrap();
+        let dest = dir.path().join("run-file");
+        assert!(prepared.reaches(dir.path()));
+        assert!(prepared.take(&identity, &dest).unwrap());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"the artifact");
+        // The copy is the run's own: writing it leaves the source as it was.
+        std::fs::write(&dest, b"changed by the job").unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("source")).unwrap(),
+            b"the artifact"
+        );
+        let again = dir.path().join("run-file-2");
+        assert!(!prepared.take(&identity, &again).unwrap(), "taken twice");
+        assert!(!again.exists());
+    }
+
+    #[test]
+    fn a_copy_of_a_file_that_changed_is_not_taken_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = Prepared::new(dir.path().join("prepared"), 1 << 20);
+        let source = file_with(dir.path(), "source", b"version one");
+        let old = Identity::of(&source).unwrap();
+        prepared.prepare(&source, 11, &old).unwrap();
+        let replaced = file_with(dir.path(), "source-2", b"version two");
+        let new = Identity::of(&replaced).unwrap();
+        assert!(!prepared.take(&new, &dir.path().join("run-file")).unwrap());
+    }
+
+    #[test]
+    fn the_budget_keeps_the_copies_used_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = Prepared::new(dir.path().join("prepared"), 25);
+        let mut identities = Vec::new();
+        for name in ["a", "b", "c"] {
+            let source = file_with(dir.path(), name, &[b'x'; 10]);
+            let identity = Identity::of(&source).unwrap();
+            prepared.prepare(&source, 10, &identity).unwrap();
+            identities.push(identity);
+            // Modification times a clear step apart.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let kept: Vec<bool> = identities
+            .iter()
+            .map(|identity| prepared.path_of(identity).exists())
+            .collect();
+        assert_eq!(kept, [false, true, true]);
+        // Larger than the whole budget: not prepared at all.
+        let big = file_with(dir.path(), "big", &[b'x'; 30]);
+        let identity = Identity::of(&big).unwrap();
+        prepared.prepare(&big, 30, &identity).unwrap();
+        assert!(!prepared.path_of(&identity).exists());
+    }
+
+    #[test]
+    fn a_partial_copy_left_by_a_process_that_stopped_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = Prepared::new(dir.path().join("prepared"), 1 << 20);
+        std::fs::create_dir_all(dir.path().join("prepared")).unwrap();
+        let left = dir.path().join("prepared").join(format!("{PARTIAL}x-1"));
+        let file = file_with(
+            &dir.path().join("prepared"),
+            &format!("{PARTIAL}x-1"),
+            b"half",
+        );
+        file.set_modified(SystemTime::now() - 2 * ABANDONED)
+            .unwrap();
+        drop(file);
+        let source = file_with(dir.path(), "source", b"body");
+        prepared
+            .prepare(&source, 4, &Identity::of(&source).unwrap())
+            .unwrap();
+        assert!(!left.exists());
+    }
+}
