@@ -7,6 +7,7 @@
 //! token = "s3cret"                                 # the cluster's bearer token
 //! cache_dir = "/var/cache/dadd/artifacts"
 //! redis = "redis://cache.example.com:6379"         # the tier the hosts share
+//! prepared_copies = 10737418240                    # bytes of copies made ahead
 //! name = "node-7"                                  # the worker's host name
 //! max_processes = 8                                # processes it runs at once
 //! state_dir = "/var/lib/dadd/worker"               # what it has started
@@ -39,6 +40,9 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// The Redis shared by the hosts, behind this host's cache.
     pub redis: Option<String>,
+    /// Bytes of copies of cached artifacts made ahead for the next runs (see
+    /// [`fetcher::FetcherBuilder::prepared_copies`]); none by default.
+    pub prepared_copies: Option<u64>,
     /// The worker's name on the master (default: the machine's host name).
     pub name: Option<String>,
     /// How many processes the worker runs at once (default: the number of CPUs).
@@ -101,6 +105,7 @@ mod tests {
             token = "t"
             cache_dir = "/tmp/c"
             redis = "redis://127.0.0.1:6379"
+            prepared_copies = 1048576
             name = "node-7"
             max_processes = 3
             state_dir = "/var/lib/dadd/worker"
@@ -117,6 +122,7 @@ mod tests {
         assert_eq!(config.token.as_deref(), Some("t"));
         assert_eq!(config.name.as_deref(), Some("node-7"));
         assert_eq!(config.max_processes, Some(3));
+        assert_eq!(config.prepared_copies, Some(1 << 20));
         assert_eq!(
             config.state_dir.as_deref(),
             Some(Path::new("/var/lib/dadd/worker"))

@@ -179,7 +179,7 @@ struct WorkerArgs {
 #[derive(Debug, Args)]
 struct HostArgs {
     /// The host's config (TOML): master, token, name, max_processes, state_dir,
-    /// cache_dir, redis; [smtp], which the runners mail failures with.
+    /// cache_dir, redis, prepared_copies; [smtp], which the runners mail failures with.
     #[arg(long, env = "DADD_CONFIG")]
     config: Option<PathBuf>,
     /// This host's name on the master (default: the machine's host name).
@@ -243,7 +243,7 @@ struct RunArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     kill_grace: Duration,
     /// The host's config (TOML): [smtp] for failure mail, master, token,
-    /// cache_dir, redis.
+    /// cache_dir, redis, prepared_copies.
     #[arg(long, env = "DADD_CONFIG")]
     config: Option<PathBuf>,
     /// Report states (and the run's log, when it ends) to this master.
@@ -289,6 +289,12 @@ struct CacheArgs {
     /// A Redis shared by the hosts, behind this host's cache (redis://host:port).
     #[arg(long, env = "DADD_REDIS")]
     redis: Option<String>,
+    /// Keep copies of cached artifacts ready for the next runs, up to this many
+    /// bytes in all: a repeat then moves a copy in rather than copying (on a file
+    /// system without reflinks, such as ext4), at the cost of that disk space
+    /// (default: none).
+    #[arg(long, env = "DADD_PREPARED_COPIES", value_name = "BYTES")]
+    prepared_copies: Option<u64>,
 }
 
 /// The exit status of `dadd run` when dadd itself fails (as `timeout(1)` and
@@ -353,6 +359,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<u8> {
         .take()
         .or_else(|| config.cache_dir.clone());
     args.cache.redis = args.cache.redis.take().or_else(|| config.redis.clone());
+    args.cache.prepared_copies = args.cache.prepared_copies.or(config.prepared_copies);
     let id = match (&args.id, &args.master) {
         (Some(id), _) => Some(id.clone()),
         (None, Some(_)) => Some(new_process_id()),
@@ -515,6 +522,9 @@ fn detach(args: &RunArgs, spec: &Spec, id: Option<&str>) -> anyhow::Result<u8> {
     if let Some(redis) = &args.cache.redis {
         command.arg("--redis").arg(redis);
     }
+    if let Some(bytes) = args.cache.prepared_copies {
+        command.arg("--prepared-copies").arg(bytes.to_string());
+    }
     match &args.token {
         // In the environment, not on the command line that `ps` shows.
         Some(token) => command.env("DADD_TOKEN", token),
@@ -646,6 +656,7 @@ impl HostArgs {
         config.token = token;
         config.cache_dir = self.cache.cache_dir.or(host.cache_dir);
         config.redis = self.cache.redis.or(host.redis);
+        config.prepared_copies = self.cache.prepared_copies.or(host.prepared_copies);
         config.host_config = self.config;
         if let Some(max) = self.max_processes.or(host.max_processes) {
             config.max_processes = max;
@@ -868,6 +879,9 @@ async fn build_fetcher(cache: &CacheArgs, bars: Option<&FetchBars>) -> anyhow::R
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the artifact cache {}", dir.display()))?;
     let mut builder = Fetcher::builder().cache_dir(dir);
+    if let Some(bytes) = cache.prepared_copies {
+        builder = builder.prepared_copies(bytes);
+    }
     if let Some(url) = &cache.redis {
         match cachecontrol::RedisCache::new(url.as_str()).await {
             Ok(redis) => builder = builder.shared_tier(redis),

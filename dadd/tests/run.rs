@@ -156,6 +156,40 @@ async fn a_second_run_fetches_nothing_while_the_artifacts_are_fresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_prepared_copies_a_copy_for_the_next_run_waits_in_the_cache() {
+    let bed = Bed::new();
+    let origin = Origin::start().await.unwrap();
+    origin.always(
+        "/big.bin",
+        Reply::ok(vec![7u8; 3 << 20]).header("cache-control", "max-age=600"),
+    );
+    let spec = bed.spec(
+        "prepared.json",
+        &json!({
+            // Each run changes its copy: the next must not see it.
+            "cmd": ["sh", "-c", "wc -c < big.bin >> \"$OUT/sizes\"; echo more >> big.bin"],
+            "download_urls": {"big.bin": origin.url("/big.bin")},
+            "env": {"OUT": bed.out()},
+        }),
+    );
+    let prepared = bed.path("cache/prepared");
+    let copies = || std::fs::read_dir(&prepared).map_or(0, Iterator::count);
+    for run in ["first", "second", "third"] {
+        let output = bed.run(&spec, &["--prepared-copies", "100000000"]).await;
+        assert!(output.status.success(), "{run}: {}", stderr(&output));
+        if run == "first" {
+            assert_eq!(copies(), 0, "a download leaves nothing to copy ahead");
+        }
+    }
+    assert_eq!(copies(), 1, "one copy ready for the next run");
+    assert_eq!(
+        std::fs::read_to_string(bed.path("out/sizes")).unwrap(),
+        "3145728\n".repeat(3)
+    );
+    assert_eq!(origin.total_hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readmes_example_spec_runs_without_the_network() {
     let bed = Bed::new();
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello.yaml");

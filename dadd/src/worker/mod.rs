@@ -142,6 +142,8 @@ pub struct WorkerConfig {
     pub cache_dir: Option<PathBuf>,
     /// The Redis the runners share behind their cache.
     pub redis: Option<String>,
+    /// Bytes of copies of cached artifacts the runners make ahead (default: none).
+    pub prepared_copies: Option<u64>,
     /// The host's config file, passed on to the runners (for `[smtp]`).
     pub host_config: Option<PathBuf>,
     /// How many processes run at once.
@@ -162,6 +164,7 @@ impl WorkerConfig {
             state_dir,
             cache_dir: None,
             redis: None,
+            prepared_copies: None,
             host_config: None,
             max_processes: default_max_processes(),
             program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("dadd")),

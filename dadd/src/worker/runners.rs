@@ -43,6 +43,9 @@ pub(crate) async fn start(config: &WorkerConfig, id: &str, dir: &Path) -> Result
     if let Some(redis) = &config.redis {
         command.arg("--redis").arg(redis);
     }
+    if let Some(bytes) = config.prepared_copies {
+        command.arg("--prepared-copies").arg(bytes.to_string());
+    }
     match &config.token {
         // In the environment, not on the command line that `ps` shows.
         Some(token) => command.env("DADD_TOKEN", token),
