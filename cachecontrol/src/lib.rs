@@ -84,7 +84,10 @@
 //! flags. Serving a fresh hit from [`MemoryCache`] parses no stored header and
 //! decodes nothing: it reads the clock, compares two numbers, clones a header map and
 //! shares the body ([`bytes::Bytes`], no copy). For a GET it allocates no cache key
-//! either (the key is borrowed from the request's URL).
+//! either (the key is borrowed from the request's URL). A store that can answer
+//! without waiting says so ([`Cache::get_now`]; the memory store does, and a tiered
+//! store for a hit in its near tier): such a hit is decided and served before any
+//! future is made for the request.
 //!
 //! # Stores
 //!
