@@ -154,7 +154,8 @@ impl Fetcher {
     /// Waits until the downloads this fetcher (or a clone) made before the call are
     /// stored in the cache, or have failed to be (a cache that fails is logged, never
     /// an error), or have been waited for longer than
-    /// [`store_wait`](FetcherBuilder::store_wait).
+    /// [`store_wait`](FetcherBuilder::store_wait); likewise for the copies being
+    /// prepared for the next runs ([`prepared_copies`](FetcherBuilder::prepared_copies)).
     pub async fn stored(&self) {
         let before = self.inner.storing.borrow().next;
         let mut storing = self.inner.storing.subscribe();
@@ -536,7 +537,11 @@ impl Fetcher {
         // declared it only reads, and whose digest is checked at every use.
         let link = read_only && expected.is_some();
         let verified = self.inner.verified.clone();
-        let prepared = self.inner.prepared.clone().filter(|_| copy && !link);
+        let prepared = self
+            .inner
+            .prepared
+            .clone()
+            .filter(|prepared| copy && !link && prepared.worth(stored.len()));
         let outcome = tokio::task::spawn_blocking(move || {
             let path = guard.path();
             let file = stored.file();
@@ -544,7 +549,9 @@ impl Fetcher {
             let reading = |error| ("reading the cached copy for", error);
             let identity = match (&expected, &prepared) {
                 (None, None) => None,
-                _ => Some(Identity::of(file).map_err(reading)?),
+                (Some(_), _) => Some(Identity::of(file).map_err(reading)?),
+                // Only for a prepared copy: without it, the file is copied.
+                (None, Some(_)) => Identity::of(file).ok(),
             };
             if let (Some(expected), Some(identity)) = (&expected, &identity)
                 && !verified.contains(expected, identity)
@@ -560,9 +567,7 @@ impl Fetcher {
             }
             let copying = |error| ("copying the cached copy to", error);
             let taken = match (&prepared, &identity) {
-                (Some(prepared), Some(identity)) => {
-                    prepared.take(identity, path).map_err(copying)?
-                }
+                (Some(prepared), Some(identity)) => prepared.take(identity, len, path),
                 _ => false,
             };
             let how = if taken {
@@ -583,7 +588,7 @@ impl Fetcher {
                         Materialized::Prepared | Materialized::KernelCopy | Materialized::Copy
                     ) && prepared.reaches(path.parent().unwrap_or(path)) =>
                 {
-                    Some((prepared, file.try_clone().map_err(reading)?, identity))
+                    file.try_clone().ok().map(|file| (prepared, file, identity))
                 }
                 _ => None,
             };
@@ -613,8 +618,8 @@ impl Fetcher {
     }
 
     /// Makes a copy of a cached file for the next run, in a task of its own that
-    /// [`stored`](Fetcher::stored) waits for. A failure costs only the next run's
-    /// time: it is logged.
+    /// [`stored`](Fetcher::stored) waits for, for [`store_wait`](FetcherBuilder::store_wait)
+    /// at most. A failure costs only the next run's time: it is logged.
     fn prepare_in_background(
         &self,
         prepared: Prepared,
@@ -625,11 +630,16 @@ impl Fetcher {
     ) {
         let ticket = Storing::start(&self.inner.storing);
         let url = artifact.url.clone();
-        tokio::task::spawn_blocking(move || {
-            let _ticket = ticket;
+        let wait = self.inner.store_wait;
+        let copying = tokio::task::spawn_blocking(move || {
             if let Err(error) = prepared.prepare(&file, len, &identity) {
                 tracing::warn!(%url, %error, "could not prepare a copy of a cached artifact for the next run");
             }
+        });
+        tokio::spawn(async move {
+            // Past the wait, the copy goes on, no longer waited for.
+            let _ = tokio::time::timeout(wait, copying).await;
+            drop(ticket);
         });
     }
 
@@ -1150,8 +1160,9 @@ impl FetcherBuilder {
     /// the background (under `prepared/` in the cache directory; synced, and named
     /// after the cached file it copies), and the next fetch of that artifact moves it
     /// into its run directory at once ([`Materialized::Prepared`]), then prepares the
-    /// next. It takes the disk space of one more copy of each artifact (those used
-    /// least recently go first when the budget is full), and the copying moves from
+    /// next. Files under 1 MiB are simply copied. It takes the disk space of one
+    /// more copy of each artifact (those used least recently go first when the
+    /// budget is full), and the copying moves from
     /// the start of a run to the time between runs: runs of one job that start
     /// faster than a copy can be made copy as before. Only for a run directory on the
     /// cache's file system (a rename); [`stored`](Fetcher::stored) and

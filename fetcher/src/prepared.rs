@@ -29,8 +29,13 @@ use rustix::io::Errno;
 use crate::materialize::{self, WRITABLE};
 use crate::verified::Identity;
 
-/// A copy being made is named with this prefix until it is whole and synced.
+/// A copy being made is named with this prefix (and its identity) until it is
+/// whole and synced: one copy of a file is made at a time, across processes.
 const PARTIAL: &str = ".partial-";
+
+/// Files shorter than this are copied at once at each run: a copy of them costs
+/// about what a rename does.
+pub(crate) const MIN_LEN: u64 = 1 << 20;
 
 /// A partial copy this old was left by a process that stopped while making it.
 const ABANDONED: Duration = Duration::from_secs(3600);
@@ -58,34 +63,68 @@ impl Prepared {
             && matches!((device(&self.dir), device(dir)), (Ok(a), Ok(b)) if a == b)
     }
 
-    /// Moves the copy prepared from the file with this identity to `dest`, which must
-    /// not exist; `false` when there is none (or it cannot be moved there).
-    pub(crate) fn take(&self, identity: &Identity, dest: &Path) -> io::Result<bool> {
+    /// Whether a file of this length is worth a prepared copy, within the budget.
+    pub(crate) fn worth(&self, len: u64) -> bool {
+        (MIN_LEN..=self.max_bytes).contains(&len)
+    }
+
+    /// Moves the copy prepared from the file with this identity (`len` bytes long)
+    /// to `dest`, which must not exist; `false` when there is none, or when it cannot
+    /// be moved there (the fetch then copies, as without prepared copies: this is only
+    /// ever a shortcut).
+    pub(crate) fn take(&self, identity: &Identity, len: u64, dest: &Path) -> bool {
         let from = self.path_of(identity);
         match rustix::fs::renameat_with(CWD, &from, CWD, dest, RenameFlags::NOREPLACE) {
-            Ok(()) => Ok(true),
+            Ok(()) => match std::fs::symlink_metadata(dest) {
+                Ok(metadata) if metadata.is_file() && metadata.len() == len => true,
+                // Not one of ours (something else put under that name).
+                _ => {
+                    tracing::warn!(
+                        copy = %from.display(),
+                        "a prepared copy was not a file of the artifact's length; removed"
+                    );
+                    let _ = std::fs::remove_file(dest).or_else(|_| std::fs::remove_dir_all(dest));
+                    false
+                }
+            },
             // None prepared (or another fetch took it first); or on another file
             // system, where it stays for a fetch that can use it.
-            Err(Errno::NOENT | Errno::XDEV) => Ok(false),
-            Err(error) => Err(error.into()),
+            Err(Errno::NOENT | Errno::XDEV) => false,
+            Err(error) => {
+                tracing::warn!(
+                    copy = %from.display(),
+                    dest = %dest.display(),
+                    %error,
+                    "could not move a prepared copy into place; copying instead"
+                );
+                false
+            }
         }
     }
 
     /// Makes a copy of the first `len` bytes of `source`, whose identity is
-    /// `identity`, for the next run to take, unless there is one already or it does
-    /// not fit in the budget. Makes room first (the copies used least recently go).
+    /// `identity`, for the next run to take, unless there is one already (or one
+    /// being made), or it is not [`worth`](Self::worth) it. Makes room first (the
+    /// copies used least recently go).
     pub(crate) fn prepare(&self, source: &File, len: u64, identity: &Identity) -> io::Result<()> {
         let path = self.path_of(identity);
-        if len > self.max_bytes || path.exists() {
+        if !self.worth(len) || path.exists() {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir)?;
-        self.make_room(len)?;
-        // Removed if anything fails before it is named.
-        let partial = tempfile::Builder::new()
-            .prefix(PARTIAL)
+        // Named after what it copies, created only if it is not there: another
+        // fetch, here or in another process, may be making this very copy.
+        let partial = match tempfile::Builder::new()
+            .prefix(&format!("{PARTIAL}{}", identity.file_name()))
+            .rand_bytes(0)
             .permissions(Permissions::from_mode(WRITABLE))
-            .tempfile_in(&self.dir)?;
+            .tempfile_in(&self.dir)
+        {
+            Ok(partial) => partial,
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        self.make_room(len)?;
         materialize::copy(source, partial.as_file(), len)?;
         partial.as_file().sync_all()?;
         // Copied from a file that changed meanwhile: not a copy of that identity.
@@ -148,49 +187,87 @@ mod tests {
         File::open(path).unwrap()
     }
 
+    /// `MIN_LEN` bytes of `byte`: the smallest file worth a prepared copy.
+    fn content(byte: u8) -> Vec<u8> {
+        vec![byte; MIN_LEN as usize]
+    }
+
     #[test]
     fn a_prepared_copy_is_taken_once_and_holds_the_source() {
         let dir = tempfile::tempdir().unwrap();
-        let prepared = Prepared::new(dir.path().join("prepared"), 1 << 20);
-        let source = file_with(dir.path(), "source", b"the artifact");
+        let prepared = Prepared::new(dir.path().join("prepared"), 8 * MIN_LEN);
+        let source = file_with(dir.path(), "source", &content(b'a'));
         let identity = Identity::of(&source).unwrap();
-        prepared.prepare(&source, 12, &identity).unwrap();
+        prepared.prepare(&source, MIN_LEN, &identity).unwrap();
         let dest = dir.path().join("run-file");
         assert!(prepared.reaches(dir.path()));
-        assert!(prepared.take(&identity, &dest).unwrap());
-        assert_eq!(std::fs::read(&dest).unwrap(), b"the artifact");
+        assert!(prepared.take(&identity, MIN_LEN, &dest));
+        assert_eq!(std::fs::read(&dest).unwrap(), content(b'a'));
         // The copy is the run's own: writing it leaves the source as it was.
         std::fs::write(&dest, b"changed by the job").unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("source")).unwrap(),
-            b"the artifact"
+            content(b'a')
         );
         let again = dir.path().join("run-file-2");
-        assert!(!prepared.take(&identity, &again).unwrap(), "taken twice");
+        assert!(!prepared.take(&identity, MIN_LEN, &again), "taken twice");
         assert!(!again.exists());
     }
 
     #[test]
     fn a_copy_of_a_file_that_changed_is_not_taken_for_it() {
         let dir = tempfile::tempdir().unwrap();
-        let prepared = Prepared::new(dir.path().join("prepared"), 1 << 20);
-        let source = file_with(dir.path(), "source", b"version one");
+        let prepared = Prepared::new(dir.path().join("prepared"), 8 * MIN_LEN);
+        let source = file_with(dir.path(), "source", &content(b'1'));
         let old = Identity::of(&source).unwrap();
-        prepared.prepare(&source, 11, &old).unwrap();
-        let replaced = file_with(dir.path(), "source-2", b"version two");
+        prepared.prepare(&source, MIN_LEN, &old).unwrap();
+        let replaced = file_with(dir.path(), "source-2", &content(b'2'));
         let new = Identity::of(&replaced).unwrap();
-        assert!(!prepared.take(&new, &dir.path().join("run-file")).unwrap());
+        assert!(!prepared.take(&new, MIN_LEN, &dir.path().join("run-file")));
     }
 
     #[test]
-    fn the_budget_keeps_the_copies_used_last() {
+    fn what_is_not_a_copy_of_the_right_length_is_not_taken_and_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let prepared = Prepared::new(dir.path().join("prepared"), 25);
+        let prepared = Prepared::new(dir.path().join("prepared"), 8 * MIN_LEN);
+        let source = file_with(dir.path(), "source", &content(b'x'));
+        let identity = Identity::of(&source).unwrap();
+        std::fs::create_dir_all(prepared.path_of(&identity)).unwrap();
+        let dest = dir.path().join("run-file");
+        assert!(!prepared.take(&identity, MIN_LEN, &dest));
+        assert!(!dest.exists(), "nothing left in the run directory");
+        std::fs::write(prepared.path_of(&identity), b"short").unwrap();
+        assert!(!prepared.take(&identity, MIN_LEN, &dest));
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn a_copy_being_made_elsewhere_is_not_made_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = Prepared::new(dir.path().join("prepared"), 8 * MIN_LEN);
+        let source = file_with(dir.path(), "source", &content(b'x'));
+        let identity = Identity::of(&source).unwrap();
+        // Another process is making it.
+        std::fs::create_dir_all(dir.path().join("prepared")).unwrap();
+        let theirs = dir
+            .path()
+            .join("prepared")
+            .join(format!("{PARTIAL}{}", identity.file_name()));
+        std::fs::write(&theirs, b"half").unwrap();
+        prepared.prepare(&source, MIN_LEN, &identity).unwrap();
+        assert!(!prepared.path_of(&identity).exists());
+        assert_eq!(std::fs::read(&theirs).unwrap(), b"half", "left alone");
+    }
+
+    #[test]
+    fn the_budget_keeps_the_copies_used_last_and_small_files_get_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = Prepared::new(dir.path().join("prepared"), 2 * MIN_LEN + MIN_LEN / 2);
         let mut identities = Vec::new();
         for name in ["a", "b", "c"] {
-            let source = file_with(dir.path(), name, &[b'x'; 10]);
+            let source = file_with(dir.path(), name, &content(name.as_bytes()[0]));
             let identity = Identity::of(&source).unwrap();
-            prepared.prepare(&source, 10, &identity).unwrap();
+            prepared.prepare(&source, MIN_LEN, &identity).unwrap();
             identities.push(identity);
             // Modification times a clear step apart.
             std::thread::sleep(Duration::from_millis(20));
@@ -200,17 +277,19 @@ mod tests {
             .map(|identity| prepared.path_of(identity).exists())
             .collect();
         assert_eq!(kept, [false, true, true]);
-        // Larger than the whole budget: not prepared at all.
-        let big = file_with(dir.path(), "big", &[b'x'; 30]);
-        let identity = Identity::of(&big).unwrap();
-        prepared.prepare(&big, 30, &identity).unwrap();
-        assert!(!prepared.path_of(&identity).exists());
+        // Larger than the whole budget, or too small to be worth it: none.
+        for len in [3 * MIN_LEN, MIN_LEN - 1] {
+            let file = file_with(dir.path(), "other", &vec![b'o'; len as usize]);
+            let identity = Identity::of(&file).unwrap();
+            prepared.prepare(&file, len, &identity).unwrap();
+            assert!(!prepared.path_of(&identity).exists(), "{len} bytes");
+        }
     }
 
     #[test]
     fn a_partial_copy_left_by_a_process_that_stopped_is_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let prepared = Prepared::new(dir.path().join("prepared"), 1 << 20);
+        let prepared = Prepared::new(dir.path().join("prepared"), 8 * MIN_LEN);
         std::fs::create_dir_all(dir.path().join("prepared")).unwrap();
         let left = dir.path().join("prepared").join(format!("{PARTIAL}x-1"));
         let file = file_with(
@@ -221,9 +300,9 @@ mod tests {
         file.set_modified(SystemTime::now() - 2 * ABANDONED)
             .unwrap();
         drop(file);
-        let source = file_with(dir.path(), "source", b"body");
+        let source = file_with(dir.path(), "source", &content(b's'));
         prepared
-            .prepare(&source, 4, &Identity::of(&source).unwrap())
+            .prepare(&source, MIN_LEN, &Identity::of(&source).unwrap())
             .unwrap();
         assert!(!left.exists());
     }

@@ -24,20 +24,30 @@ use crate::artifact::Sha256;
 /// can be in the cache at once (a replaced entry still being read).
 const KEPT: usize = 8;
 
-/// A file's identity, as far as its content goes.
+/// A file's identity, as far as its content goes: device, inode, length,
+/// modification time, and birth time where the file system keeps one (an inode
+/// number freed and reused for a file of the same length, modified within the
+/// same clock tick, is then still another identity).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Identity(String);
 
 impl Identity {
     pub(crate) fn of(file: &File) -> io::Result<Identity> {
         let metadata = file.metadata()?;
+        let born = metadata
+            .created()
+            .ok()
+            .and_then(|born| born.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default();
         Ok(Identity(format!(
-            "{} {} {} {}.{}",
+            "{} {} {} {}.{} {}.{}",
             metadata.dev(),
             metadata.ino(),
             metadata.len(),
             metadata.mtime(),
-            metadata.mtime_nsec()
+            metadata.mtime_nsec(),
+            born.as_secs(),
+            born.subsec_nanos()
         )))
     }
 

@@ -1377,12 +1377,13 @@ fn preparing_fetcher(cache_dir: &Path, max_bytes: u64) -> Fetcher {
         .unwrap()
 }
 
-/// The names of the prepared copies (none partial) in a cache directory.
+/// The names of the prepared copies in a cache directory (not the partial ones).
 fn prepared_copies(cache_dir: &Path) -> Vec<String> {
     std::fs::read_dir(cache_dir.join("prepared"))
         .map(|entries| {
             entries
                 .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default()
@@ -1391,7 +1392,8 @@ fn prepared_copies(cache_dir: &Path) -> Vec<String> {
 #[tokio::test]
 async fn with_prepared_copies_a_repeat_moves_in_a_copy_made_after_the_run_before() {
     let origin = Origin::start().await.unwrap();
-    let data = body(256 << 10, 7);
+    // At least 1 MiB: smaller files are just copied.
+    let data = body(2 << 20, 7);
     origin.always(
         "/data",
         Reply::ok(data.clone()).header("cache-control", "max-age=600"),
@@ -1441,8 +1443,8 @@ async fn with_prepared_copies_a_repeat_moves_in_a_copy_made_after_the_run_before
 #[tokio::test]
 async fn a_copy_prepared_from_an_older_version_is_not_used_for_the_new_one() {
     let origin = Origin::start().await.unwrap();
-    let old = body(64 << 10, 1);
-    let new = body(64 << 10, 2);
+    let old = body(1 << 20, 1);
+    let new = body(1 << 20, 2);
     origin.route("/data", with_etag(old.clone(), "\"1\"", "max-age=0"));
     let cache = tempfile::tempdir().unwrap();
     let fetcher = preparing_fetcher(cache.path(), 64 << 20);
@@ -1489,7 +1491,7 @@ async fn without_prepared_copies_nothing_is_copied_ahead() {
     let origin = Origin::start().await.unwrap();
     origin.always(
         "/data",
-        Reply::ok(body(64 << 10, 3)).header("cache-control", "max-age=600"),
+        Reply::ok(body(1 << 20, 3)).header("cache-control", "max-age=600"),
     );
     let cache = tempfile::tempdir().unwrap();
     let fetcher = fetcher(cache.path());
