@@ -1020,6 +1020,27 @@ mod tests {
         assert_eq!(read_back, times);
     }
 
+    /// What a handler dropped right after its `BEGIN IMMEDIATE` was acknowledged
+    /// leaves, made on purpose: a connection back in the pool inside a transaction,
+    /// with no `Transaction` to end it. The next writer must not wait for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_handed_back_inside_a_transaction_does_not_keep_others_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("db.sqlite").display());
+        let store = Store::open(&url, Duration::from_secs(30)).await.unwrap();
+        let mut connection = store.pool.acquire().await.unwrap();
+        AnyTransactionManager::begin(&mut connection, Some("BEGIN IMMEDIATE".into()))
+            .await
+            .unwrap();
+        drop(connection);
+        let scheduled = tokio::time::timeout(Duration::from_secs(3), store.schedule()).await;
+        assert!(
+            matches!(scheduled, Ok(Ok(()))),
+            "the next write: {scheduled:?}"
+        );
+        store.close().await;
+    }
+
     /// A request's handler is dropped when its client hangs up, at any await. The
     /// writes it had begun must not keep the database locked: the next writer
     /// goes on at once (SQLite's busy timeout would make it wait 10 s, then fail
