@@ -654,6 +654,7 @@ impl Fetcher {
         urls: &[Url],
     ) -> Result<u64, Failure> {
         let total = response.content_length();
+        let recording = response.extensions().get::<Recording>().cloned();
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(32);
         let guard = scratch.clone();
         let hash = artifact.sha256.is_some();
@@ -735,9 +736,14 @@ impl Fetcher {
                     // Nothing wrong may stay in the cache either, under any URL:
                     // the body being stored is removed once committed, as anything
                     // stored for a URL invalidated while its response was on its
-                    // way.
+                    // way. The error waits for that: a fetch right after it (which
+                    // looks in the cache before taking the lock) must not find it.
                     for url in urls {
                         self.inner.cache.invalidate(url).await;
+                    }
+                    if let Some(recording) = recording {
+                        let _ =
+                            tokio::time::timeout(self.inner.store_wait, recording.stored()).await;
                     }
                     Failure::Final(FetchError::ChecksumMismatch {
                         name: artifact.name.clone(),
