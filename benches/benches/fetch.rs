@@ -48,30 +48,35 @@ async fn fetch_artifact(
     artifact: Artifact,
     expected: Served,
 ) -> anyhow::Result<Duration> {
+    Ok(timed_fetch(fetcher, artifact, expected).await?.0)
+}
+
+/// One fetch into a new run directory, timed until the directory has its file;
+/// how the file got there.
+async fn timed_fetch(
+    fetcher: &Fetcher,
+    artifact: Artifact,
+    expected: Served,
+) -> anyhow::Result<(Duration, Materialized)> {
     let run = tempfile::Builder::new().prefix("bench-run-").tempdir()?;
     let start = Instant::now();
     let report = fetcher.fetch(&[artifact], run.path()).await?;
     let elapsed = start.elapsed();
+    let done = &report.artifacts[0];
     anyhow::ensure!(
-        report.artifacts[0].served == expected && report.artifacts[0].size == BODY,
+        done.served == expected && done.size == BODY,
         "unexpected fetch: {report:?}"
     );
-    Ok(elapsed)
+    Ok((elapsed, done.materialized))
 }
 
 /// A repeat fetch by a fetcher with prepared copies, timed until the run directory
 /// has its file; then, not timed, the copy for the next run is made.
 async fn prepared_once(fetcher: &Fetcher, url: &str, prepared: bool) -> anyhow::Result<Duration> {
-    let run = tempfile::Builder::new().prefix("bench-run-").tempdir()?;
-    let start = Instant::now();
-    let report = fetcher.fetch(&[artifact(url)?], run.path()).await?;
-    let elapsed = start.elapsed();
-    let done = &report.artifacts[0];
+    let (elapsed, how) = timed_fetch(fetcher, artifact(url)?, Served::Cached).await?;
     anyhow::ensure!(
-        done.served == Served::Cached
-            && done.size == BODY
-            && (done.materialized == Materialized::Prepared) == prepared,
-        "unexpected fetch: {report:?}"
+        (how == Materialized::Prepared) == prepared,
+        "materialized as {how:?}"
     );
     fetcher.stored().await;
     Ok(elapsed)

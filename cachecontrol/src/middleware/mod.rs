@@ -569,16 +569,16 @@ impl Shared {
     /// [`lookup`](Shared::lookup) from a store that answers at once; `None` for a
     /// miss, an error, or a store that would have to wait.
     fn lookup_now(&self, key: &str, request: &HeaderMap) -> Option<Stored> {
-        let now = |key: &str| match self.cache().get_now(key) {
+        let ready = |key: &str| match self.cache().get_now(key) {
             Poll::Ready(Ok(entry)) => entry,
             Poll::Ready(Err(_)) | Poll::Pending => None,
         };
-        let entry = now(key)?;
+        let entry = ready(key)?;
         let (key, entry) = match &entry.meta {
             Meta::Response(_) => (key.to_owned(), entry),
             Meta::Variants(variants) => {
                 let variant = variant_of(key, variants, request);
-                let entry = now(&variant)?;
+                let entry = ready(&variant)?;
                 (variant, entry)
             }
         };
