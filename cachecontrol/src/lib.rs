@@ -43,7 +43,9 @@
 //!    body is complete and as long as announced ([`CacheStatus::Miss`]). The caller
 //!    gets the body's end once the entry is committed, so that the next request finds
 //!    it; or at once with [`StoreInBackground`], the response's [`Recording`] then
-//!    telling when it is stored. Concurrent misses for one URL wait for the first
+//!    telling when it is stored; or, with [`StoreFromFile`], not recorded at all:
+//!    the caller writes the body to a file of its own and hands the file over
+//!    ([`PendingStore`]), which the store copies. Concurrent misses for one URL wait for the first
 //!    one's response when it will be stored fresh, and are served from it.
 //!
 //! Unsafe methods (POST, PUT, DELETE, ...) go straight through and, when they succeed,
@@ -128,7 +130,10 @@ pub mod store;
 
 pub use error::Error;
 pub use middleware::{CacheControl, CacheControlBuilder, X_CACHE};
-pub use mode::{CacheMode, CacheStatus, FromCache, Recording, StoreInBackground, StoredFile};
+pub use mode::{
+    CacheMode, CacheStatus, FromCache, PendingStore, Recording, StoreFromFile, StoreInBackground,
+    StoredFile,
+};
 pub use store::{Cache, MemoryCache, RedisCache, RedisCacheBuilder, StoreError};
 #[cfg(unix)]
 pub use store::{FileCache, FileCacheBuilder};

@@ -195,6 +195,124 @@ impl StoredFile {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct StoreInBackground;
 
+/// A request extension: the caller writes the response's body to a file of its
+/// own and hands that file over for the store to copy, rather than the cache
+/// recording the body as it streams.
+///
+/// A response that may be stored then comes with a [`PendingStore`] in its
+/// extensions (and a [`Recording`], which tells when the store is done); its body is
+/// the origin's, untouched, so that reading it costs what it costs without a cache.
+/// Once the file holds the whole body, [`PendingStore::store`] hands it over; the
+/// store copies it (with `copy_file_range`, a reflink where the file system has
+/// them, for a [`FileCache`](crate::FileCache)) in the background. Dropping the
+/// `PendingStore` stores nothing. Concurrent requests for the URL are not held
+/// back waiting for this one (the body reaches the cache only when handed over).
+/// Redirects are recorded as usual (the middleware reads their bodies itself when
+/// it [follows them](crate::CacheControlBuilder::follow_redirects)).
+///
+/// The file may be handed over [guarded](crate::store::FileBody::guarded): a
+/// file given to someone who may write to it is only stored if it did not change
+/// while the store copied it. This is how the fetcher leaves a job its file at the
+/// speed of a plain download, while the cache keeps a copy nothing the job does can
+/// change.
+///
+/// ```no_run
+/// # async fn run(client: reqwest_middleware::ClientWithMiddleware) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::io::Write;
+/// use cachecontrol::store::FileBody;
+/// use cachecontrol::{PendingStore, Recording, StoreFromFile};
+///
+/// let mut response = client
+///     .get("https://example.com/big.tar")
+///     .with_extension(StoreFromFile::new())
+///     .send()
+///     .await?;
+/// let pending = response.extensions().get::<PendingStore>().cloned();
+/// let recording = response.extensions().get::<Recording>().cloned();
+/// let mut file = std::fs::File::options()
+///     .read(true)
+///     .write(true)
+///     .create(true)
+///     .truncate(true)
+///     .open("big.tar")?;
+/// let mut len = 0;
+/// while let Some(chunk) = response.chunk().await? {
+///     file.write_all(&chunk)?;
+///     len += chunk.len() as u64;
+/// }
+/// if let Some(pending) = pending {
+///     pending.store(FileBody::new(file, len));
+/// }
+/// if let Some(recording) = recording {
+///     let stored = recording.stored().await; // the store is done with it
+///     # let _ = stored;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct StoreFromFile {
+    min_len: u64,
+}
+
+impl StoreFromFile {
+    /// For a body of any length.
+    pub const fn new() -> StoreFromFile {
+        StoreFromFile { min_len: 0 }
+    }
+
+    /// Only for a body of at least `min_len` bytes, or of a length the response does
+    /// not announce; a shorter one is recorded as usual (with no [`PendingStore`]):
+    /// for a small body, writing it twice costs little, and the store has it
+    /// before the caller's file is anyone else's.
+    pub const fn at_least(min_len: u64) -> StoreFromFile {
+        StoreFromFile { min_len }
+    }
+
+    /// Whether a body of this announced length is handed over in a file.
+    pub(crate) fn applies_to(&self, announced: Option<u64>) -> bool {
+        announced.is_none_or(|len| len >= self.min_len)
+    }
+}
+
+/// A response extension on a response to a [`StoreFromFile`] request that may be
+/// stored: hands the file holding its body to the store.
+///
+/// Clones share it: the first [`store`](PendingStore::store) takes it; once every
+/// clone is dropped without storing, the response is not stored (its
+/// [`Recording`] says `false`).
+#[derive(Clone)]
+pub struct PendingStore {
+    sender: std::sync::Arc<parking_lot::Mutex<Option<oneshot::Sender<crate::store::FileBody>>>>,
+}
+
+impl fmt::Debug for PendingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingStore")
+            .field("handed_over", &self.sender.lock().is_none())
+            .finish()
+    }
+}
+
+impl PendingStore {
+    pub(crate) fn new(sender: oneshot::Sender<crate::store::FileBody>) -> PendingStore {
+        PendingStore {
+            sender: std::sync::Arc::new(parking_lot::Mutex::new(Some(sender))),
+        }
+    }
+
+    /// Hands the file holding the whole body (its first `len` bytes, from the
+    /// start) to the store, which copies it in the background; the response's
+    /// [`Recording`] tells when that is done and whether it was stored (a body of
+    /// another length than announced is not). `false` when the body was handed
+    /// over already (or the runtime the cache's task ran on is gone).
+    pub fn store(&self, body: crate::store::FileBody) -> bool {
+        match self.sender.lock().take() {
+            Some(sender) => sender.send(body).is_ok(),
+            None => false,
+        }
+    }
+}
+
 /// A response extension on a response whose body is being recorded into the store
 /// (a [`CacheStatus::Miss`], or a new response to a revalidation, that may be
 /// stored): tells when the store is done with it.

@@ -12,9 +12,9 @@ use super::coalesce::FlightGuard;
 use super::keys::variant_key;
 use super::record::{CHANNEL_CAPACITY, RecordingBody, receiver_stream};
 use super::{Sent, Shared, owned_key, same_origin, same_resource, with_url};
-use crate::mode::{CacheStatus, Recording};
+use crate::mode::{CacheStatus, PendingStore, Recording};
 use crate::policy::{CachePolicy, Exchange, VaryKey, random_u64};
-use crate::store::{Body, Entry, Meta, StoreError, Variants};
+use crate::store::{Body, Entry, FileBody, Meta, StoreError, Variants};
 
 impl Shared {
     /// Fetches a response the cache does not have (or must not use), and stores it
@@ -135,7 +135,8 @@ impl Shared {
         variant_key(key, nonce, vary)
     }
 
-    /// Tees the response body into the store.
+    /// Tees the response body into the store; or, for a caller that keeps the body
+    /// in a file of its own, waits for that file.
     fn record(
         self: &Arc<Self>,
         response: Response,
@@ -147,6 +148,23 @@ impl Shared {
     ) -> Response {
         let epoch = sent.epoch;
         let expected_len = content_length(policy.headers());
+        // A redirect is recorded as usual: the middleware reads its body itself when
+        // it follows it.
+        if sent
+            .store_from_file
+            .is_some_and(|from_file| from_file.applies_to(expected_len))
+            && !response.status().is_redirection()
+        {
+            // Followers are let go (the guard dropped): see the method.
+            return self.store_when_handed_over(
+                response,
+                key,
+                storage_key,
+                policy,
+                expected_len,
+                epoch,
+            );
+        }
         let url = response.url().clone();
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let (stored, stored_signal) = oneshot::channel();
@@ -162,30 +180,11 @@ impl Shared {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
             let _flight = flight;
-            let committed = match shared
+            let put = shared
                 .cache()
                 .put(&storage_key, meta, Body::Stream(body_stream))
-                .await
-            {
-                Ok(()) if shared.invalidations.since(&key, epoch) => {
-                    // The URL was invalidated while this response was on its way.
-                    shared.store_delete(&storage_key).await;
-                    false
-                }
-                Ok(()) => {
-                    shared.flights.note_stored(&key);
-                    tracing::trace!(key = %storage_key, "stored");
-                    true
-                }
-                Err(StoreError::Incomplete { .. }) => {
-                    tracing::debug!(key = %storage_key, "body incomplete; not stored");
-                    false
-                }
-                Err(error) => {
-                    super::log_store_error("put", &storage_key, &error);
-                    false
-                }
-            };
+                .await;
+            let committed = shared.committed(&key, &storage_key, epoch, put).await;
             let _ = stored.send(committed);
         });
         let response: http::Response<reqwest::Body> = response.into();
@@ -206,6 +205,83 @@ impl Shared {
         rebuilt.extensions_mut().extend(parts.extensions);
         rebuilt.extensions_mut().insert(recording);
         Response::from(rebuilt)
+    }
+
+    /// For a [`StoreFromFile`](crate::StoreFromFile) request: the response goes to
+    /// the caller as the origin sent it, with a [`PendingStore`] through which the
+    /// file holding its body is handed over, then copied into the store in a task of
+    /// its own. Followers of the key are let go at once: the body reaches the store
+    /// only once the caller has written it.
+    fn store_when_handed_over(
+        self: &Arc<Self>,
+        mut response: Response,
+        key: String,
+        storage_key: String,
+        policy: CachePolicy,
+        expected_len: Option<u64>,
+        epoch: u64,
+    ) -> Response {
+        let (handed_over, file) = oneshot::channel::<FileBody>();
+        let (stored, stored_signal) = oneshot::channel();
+        let recording = Recording::new(stored_signal);
+        let meta = Meta::Response(Arc::new(policy));
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let committed = match file.await {
+                Ok(file) if expected_len.is_some_and(|len| len != file.len()) => {
+                    tracing::debug!(key = %storage_key, len = file.len(), ?expected_len,
+                        "body handed over of another length than announced; not stored");
+                    false
+                }
+                Ok(file) => {
+                    let put = shared
+                        .cache()
+                        .put(&storage_key, meta, Body::File(file))
+                        .await;
+                    shared.committed(&key, &storage_key, epoch, put).await
+                }
+                Err(_) => {
+                    tracing::debug!(key = %storage_key, "no body handed over; not stored");
+                    false
+                }
+            };
+            let _ = stored.send(committed);
+        });
+        let extensions = response.extensions_mut();
+        extensions.insert(PendingStore::new(handed_over));
+        extensions.insert(recording);
+        response
+    }
+
+    /// What a put of a response from the origin came to: whether it is stored (an
+    /// entry committed for a URL invalidated while the response was on its way is
+    /// removed again).
+    async fn committed(
+        &self,
+        key: &str,
+        storage_key: &str,
+        epoch: u64,
+        put: Result<(), StoreError>,
+    ) -> bool {
+        match put {
+            Ok(()) if self.invalidations.since(key, epoch) => {
+                self.store_delete(storage_key).await;
+                false
+            }
+            Ok(()) => {
+                self.flights.note_stored(key);
+                tracing::trace!(key = %storage_key, "stored");
+                true
+            }
+            Err(StoreError::Incomplete { .. }) => {
+                tracing::debug!(key = %storage_key, "body incomplete; not stored");
+                false
+            }
+            Err(error) => {
+                super::log_store_error("put", storage_key, &error);
+                false
+            }
+        }
     }
 
     fn warn_client_redirects(&self, asked: &url::Url, got: &url::Url) {

@@ -33,7 +33,9 @@ use url::Url;
 
 use crate::clock::{Clock, SystemClock, unix_seconds};
 use crate::heuristics::Heuristic;
-use crate::mode::{CacheMode, CacheStatus, FromCache, StoreInBackground, StoredFile};
+use crate::mode::{
+    CacheMode, CacheStatus, FromCache, StoreFromFile, StoreInBackground, StoredFile,
+};
 use crate::policy::{CachePolicy, PolicyOptions, Precondition, RequestDirectives, Reuse, VaryKey};
 use crate::store::{Body, Cache, Entry, Meta, StoreError, Variants};
 use coalesce::{Flights, Join};
@@ -335,6 +337,8 @@ struct Sent {
     epoch: u64,
     /// The request asked not to wait for the store ([`StoreInBackground`]).
     store_in_background: bool,
+    /// The caller hands the body over in a file ([`StoreFromFile`]).
+    store_from_file: Option<StoreFromFile>,
 }
 
 /// The parts of a request that serving a stored response looks at.
@@ -379,6 +383,7 @@ impl Shared {
     fn sent(&self, request: &Request, extensions: &Extensions) -> Sent {
         Sent {
             store_in_background: extensions.get::<StoreInBackground>().is_some(),
+            store_from_file: extensions.get::<StoreFromFile>().copied(),
             method: request.method().clone(),
             url: request.url().clone(),
             headers: request.headers().clone(),
@@ -737,6 +742,13 @@ fn log_store_error(operation: &str, key: &str, error: &StoreError) {
     match error {
         StoreError::Closed => {
             tracing::debug!(operation, key, "cache store closed; using the network")
+        }
+        StoreError::Changed => {
+            tracing::debug!(
+                operation,
+                key,
+                "the body's file changed before it was stored"
+            )
         }
         error => tracing::warn!(operation, key, %error, "cache store failed; using the network"),
     }

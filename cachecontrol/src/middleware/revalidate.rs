@@ -179,6 +179,7 @@ impl Shared {
             time: request_time,
             epoch: self.invalidations.epoch(),
             store_in_background: false,
+            store_from_file: None,
         };
         let _ = self
             .freshen(&stored.key, &stored.policy, &sent, response.headers(), now)

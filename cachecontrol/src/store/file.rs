@@ -1464,6 +1464,11 @@ fn copy_file_body(source: &FileBody, mut file: File, path: &Path) -> Result<u64,
             ),
         ));
     }
+    // What the file held while it was copied is what was handed over only if it
+    // has not changed since.
+    if !source.is_unchanged() {
+        return Err(StoreError::Changed);
+    }
     file.sync_all()
         .map_err(|error| io_error("syncing the body file", path, error))?;
     Ok(copied)

@@ -46,9 +46,11 @@ pub enum Body {
     /// The body as a stream of chunks. When writing, a chunk that is an error means
     /// "do not commit this entry".
     Stream(BodyStream),
-    /// The body in a file the store has opened: a snapshot of the entry (a writer
+    /// The body in a file: coming out of a store, a snapshot of the entry (a writer
     /// that replaces the entry publishes a new file; this one does not change), which
-    /// a reader can copy or reflink without reading it through memory.
+    /// a reader can copy or reflink without reading it through memory; going in, a
+    /// file the store copies (and, for a [guarded](FileBody::guarded) one, commits
+    /// only if the file did not change while it was copied).
     File(FileBody),
 }
 
@@ -87,7 +89,12 @@ pub struct FileBody {
     /// The whole body, when the store read it already: streaming it then needs no
     /// trip to the blocking pool.
     contents: Option<Bytes>,
+    /// For a file that others may write to: whether it still holds what it held.
+    guard: Option<Guard>,
 }
+
+/// Tells whether a guarded file still holds what it held when it was handed over.
+type Guard = Arc<dyn Fn(&std::fs::File) -> bool + Send + Sync>;
 
 /// How much of a file body is read at a time when it is streamed: one trip to the
 /// blocking pool each, so not too little; one chunk in memory per reader, so not too
@@ -105,6 +112,7 @@ impl fmt::Debug for FileBody {
             .field("file", &self.file)
             .field("len", &self.len)
             .field("read", &self.contents.is_some())
+            .field("guarded", &self.guard.is_some())
             .finish()
     }
 }
@@ -116,7 +124,56 @@ impl FileBody {
             file,
             len,
             contents: None,
+            guard: None,
         }
+    }
+
+    /// A body of `len` bytes, from the start of a file that something else may
+    /// still write to (a copy handed to a job, say), for a store to keep:
+    /// `unchanged` tells, once the store has read or copied the whole file, whether
+    /// the file still holds what it held when it was handed over (for example by
+    /// comparing its change time, size and inode with what they were). If it does
+    /// not, the store commits nothing and the put fails with
+    /// [`StoreError::Changed`]. Every store of this crate asks; a store of your own
+    /// that copies a file body must call [`FileBody::is_unchanged`] after copying
+    /// and before committing, and [`FileBody::into_stream`] asks at the stream's end.
+    ///
+    /// ```
+    /// use std::os::unix::fs::MetadataExt;
+    /// use cachecontrol::store::FileBody;
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # std::fs::write(dir.path().join("body"), b"hello")?;
+    /// let file = std::fs::File::open(dir.path().join("body"))?;
+    /// let before = file.metadata()?;
+    /// let body = FileBody::guarded(file, 5, move |file| {
+    ///     file.metadata().is_ok_and(|now| {
+    ///         (now.ino(), now.len(), now.ctime(), now.ctime_nsec())
+    ///             == (before.ino(), before.len(), before.ctime(), before.ctime_nsec())
+    ///     })
+    /// });
+    /// assert!(body.is_unchanged());
+    /// # Ok(()) }
+    /// ```
+    pub fn guarded(
+        file: std::fs::File,
+        len: u64,
+        unchanged: impl Fn(&std::fs::File) -> bool + Send + Sync + 'static,
+    ) -> FileBody {
+        FileBody {
+            file,
+            len,
+            contents: None,
+            guard: Some(Arc::new(unchanged)),
+        }
+    }
+
+    /// Whether the file still holds what it held when it was handed over: always
+    /// for a body that is not [guarded](FileBody::guarded) (a stored body's file,
+    /// which writers of its store do not change).
+    pub fn is_unchanged(&self) -> bool {
+        self.guard.as_ref().is_none_or(|guard| guard(&self.file))
     }
 
     /// A body whose bytes have been read already (`contents` is the whole file,
@@ -127,6 +184,7 @@ impl FileBody {
             file,
             len: contents.len() as u64,
             contents: Some(contents),
+            guard: None,
         }
     }
 
@@ -145,10 +203,33 @@ impl FileBody {
         self.len == 0
     }
 
-    /// The whole body, read in chunks.
-    pub fn into_stream(self) -> BodyStream {
+    /// The whole body, read in chunks. For a [guarded](FileBody::guarded) body, the
+    /// stream ends with [`StoreError::Changed`] instead of its end when the file
+    /// changed before the last chunk was read.
+    pub fn into_stream(mut self) -> BodyStream {
+        use futures_util::StreamExt;
         let len = self.len;
-        self.range_stream(0, len)
+        let Some(guard) = self.guard.take() else {
+            return self.range_stream(0, len);
+        };
+        let file = match self.file.try_clone() {
+            Ok(file) => file,
+            Err(source) => {
+                let error = StoreError::Io {
+                    context: "opening a file body again".to_owned(),
+                    source,
+                };
+                return Box::pin(futures_util::stream::iter([Err(error)]));
+            }
+        };
+        let check = futures_util::stream::once(async move {
+            let unchanged = tokio::task::spawn_blocking(move || guard(&file))
+                .await
+                .unwrap_or(false);
+            (!unchanged).then_some(Err(StoreError::Changed))
+        })
+        .filter_map(std::future::ready);
+        Box::pin(self.range_stream(0, len).chain(check))
     }
 
     /// `len` bytes from `start`, read in chunks.
@@ -302,6 +383,10 @@ pub enum StoreError {
         /// The entry's key.
         key: String,
     },
+    /// A [guarded](FileBody::guarded) file body changed while it was being stored;
+    /// the entry was not committed.
+    #[error("the file of the body changed while it was being stored, so it was not stored")]
+    Changed,
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -334,7 +334,7 @@ fn either_succeeded(
     match (near, far) {
         (Ok(()), Ok(())) => Ok(()),
         (Ok(()), Err(error)) | (Err(error), Ok(())) => {
-            if !matches!(error, StoreError::Incomplete { .. }) {
+            if !matches!(error, StoreError::Incomplete { .. } | StoreError::Changed) {
                 tracing::warn!(key, operation, %error, "one cache tier failed; the other has the entry");
             }
             Ok(())
