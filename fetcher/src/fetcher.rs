@@ -7,18 +7,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use cachecontrol::store::FileBody;
 use cachecontrol::store::Tiered;
 use cachecontrol::{
-    Cache, CacheControl, CacheMode, CacheStatus, FileCache, FromCache, Recording, StoreInBackground,
+    Cache, CacheControl, CacheMode, CacheStatus, FileCache, FromCache, PendingStore, Recording,
+    StoreFromFile, StoreInBackground,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::StatusCode;
 use reqwest_middleware::ClientWithMiddleware;
 use sha2::Digest;
+use std::io::Write;
 use url::Url;
 
 use crate::artifact::{Artifact, Sha256, check_names};
+use crate::buffers;
 use crate::error::FetchError;
 use crate::lock::{LockFile, UrlLock};
 use crate::materialize::{self, Materialized, READ_ONLY, WRITABLE};
@@ -31,8 +34,10 @@ use crate::verified::{Identity, Verified};
 /// The longest a download's lock waits for its body to be stored, by default.
 const DEFAULT_STORE_WAIT: Duration = Duration::from_secs(600);
 
-/// The most a downloaded body's writer writes at once.
-const MAX_WRITE: usize = 8 << 20;
+/// A download at least this large is written once, where it is used, and that file
+/// copied into the cache afterwards; a smaller one is written to both at once
+/// (which costs little, and the cache has it before the job has its file).
+const HAND_OVER_MIN: u64 = 1 << 20;
 
 /// A progress callback.
 type ProgressFn = Arc<dyn Fn(&Progress<'_>) + Send + Sync>;
@@ -172,12 +177,16 @@ impl Fetcher {
     /// the fetch and is returned; files of other artifacts already in place stay,
     /// and nothing half-written is left.
     ///
-    /// A downloaded body is written to the run directory and to the cache as it
-    /// arrives. The fetch returns once the run directory has its files; the cache's
-    /// copy is made durable (synced to disk) and published afterwards, in the
-    /// background, so that the job need not wait for the disk. Until then another
-    /// fetch of the same URL on this host waits for it rather than downloading it
-    /// again; [`stored`](Self::stored) and [`close`](Self::close) wait for it too.
+    /// A downloaded body of 1 MiB or more is written once, to the run directory,
+    /// and the fetch returns once the run directory has its files; the cache then
+    /// copies each such file (by the kernel), makes its copy durable (synced to
+    /// disk) and publishes it, in the background, so that the job need not wait for
+    /// the cache. A copy of a file the job wrote to meanwhile is not kept (the next
+    /// fetch downloads it again); removing the run directory does not stop it. A
+    /// smaller body is written to the cache as it arrives, and published in the
+    /// background too. Until a body is stored, another fetch of the same URL on this
+    /// host waits for it rather than downloading it again; [`stored`](Self::stored)
+    /// and [`close`](Self::close) wait for it too.
     pub async fn fetch(
         &self,
         artifacts: &[Artifact],
@@ -313,12 +322,16 @@ impl Fetcher {
             scratch,
             recording,
             archive,
+            keep,
         } = taken;
         // Others may go on once the body is in the cache (when it can be stored).
         self.release_when_stored(&mut lock, recording, artifact);
         let materialized = self
             .put_in_place(artifact, scratch, archive, &dest, done.materialized)
             .await?;
+        if let Some(keep) = keep {
+            self.hand_over(artifact, keep).await;
+        }
         self.progress(
             artifact,
             ProgressEvent::Done {
@@ -414,22 +427,26 @@ impl Fetcher {
         attempt: u32,
         lock: &mut Option<UrlLock>,
     ) -> Result<Taken, Failure> {
-        let response = self
+        // The body is written where it is used, and that file handed to the cache
+        // afterwards (StoreFromFile): one write while the job waits, not two.
+        let mut response = self
             .inner
             .client
             .get(artifact.url.clone())
             .with_extension(mode)
             .with_extension(StoreInBackground)
+            .with_extension(StoreFromFile::at_least(HAND_OVER_MIN))
             .send()
             .await
             .map_err(classify)?;
+        let pending = response.extensions_mut().remove::<PendingStore>();
         let status = response.status();
         let recording = response.extensions().get::<Recording>().cloned();
         let from_origin = !matches!(
             response.extensions().get::<CacheStatus>(),
             Some(CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated)
         );
-        if from_origin && recording.is_none() {
+        if from_origin && pending.is_none() && recording.is_none() {
             lock.take();
         }
         let cache_status = response.extensions().get::<CacheStatus>().copied();
@@ -475,6 +492,7 @@ impl Fetcher {
         }
         let scratch = Scratch::new(dest);
         let mut archive = None;
+        let mut keep = None;
         let (materialized, size) = match from_cache.and_then(|from| from.file) {
             Some(stored) if status == StatusCode::OK => {
                 drop(response);
@@ -490,14 +508,16 @@ impl Fetcher {
             }
             _ => {
                 let streamed = self
-                    .stream_to_file(artifact, response, &scratch, served, &urls)
+                    .stream_to_file(artifact, response, pending, &scratch, served, &urls)
                     .await;
                 if streamed.is_err() {
                     // The body may have arrived whole (and be being stored) although
                     // it could not be written here: others still wait for the store.
                     self.release_when_stored(lock, recording.clone(), artifact);
                 }
-                (Materialized::Streamed, streamed?)
+                let (size, kept) = streamed?;
+                keep = kept;
+                (Materialized::Streamed, size)
             }
         };
         let network_bytes = if from_far || served == Served::Downloaded {
@@ -515,6 +535,7 @@ impl Fetcher {
             scratch,
             recording,
             archive,
+            keep,
         })
     }
 
@@ -645,17 +666,20 @@ impl Fetcher {
 
     /// Writes a response's body to the scratch path as it arrives (hashing it when
     /// the artifact names a digest), off the async threads; returns its length.
+    /// With `pending`, the cache's hand-over of a body that may be stored: it comes
+    /// back with the written file, to be handed over once the file is in place.
     async fn stream_to_file(
         &self,
         artifact: &Artifact,
         response: reqwest::Response,
+        pending: Option<PendingStore>,
         scratch: &Scratch,
         served: Served,
         urls: &[Url],
-    ) -> Result<u64, Failure> {
+    ) -> Result<(u64, Option<Keep>), Failure> {
         let total = response.content_length();
         let recording = response.extensions().get::<Recording>().cloned();
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let (mut filler, mut drain) = buffers::pair();
         let guard = scratch.clone();
         let hash = artifact.sha256.is_some();
         let mode = if artifact.read_only {
@@ -663,34 +687,28 @@ impl Fetcher {
         } else {
             WRITABLE
         };
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Sha256>> {
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Written> {
             use std::os::unix::fs::OpenOptionsExt;
             let path = guard.path();
+            // Readable too: the cache copies the body from this very descriptor.
             let file = std::fs::OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(mode | 0o200)
                 .open(path)?;
             let mut hasher = hash.then(sha2::Sha256::new);
-            // What has arrived meanwhile is written with the next chunk, in one
-            // vectored write (shared, not copied into a buffer).
-            let mut chunks = Vec::new();
-            while let Some(chunk) = receiver.blocking_recv() {
-                let mut len = chunk.len();
-                chunks.push(chunk);
-                while len < MAX_WRITE
-                    && let Ok(chunk) = receiver.try_recv()
-                {
-                    len += chunk.len();
-                    chunks.push(chunk);
-                }
+            while let Some(buffer) = drain.next_blocking() {
                 if let Some(hasher) = hasher.as_mut() {
-                    chunks.iter().for_each(|chunk| hasher.update(chunk));
+                    hasher.update(&buffer);
                 }
-                materialize::write_chunks(&file, &chunks)?;
-                chunks.clear();
+                (&file).write_all(&buffer)?;
+                drain.give_back(buffer);
             }
-            Ok(hasher.map(|hasher| Sha256(hasher.finalize().into())))
+            Ok(Written {
+                file,
+                digest: hasher.map(|hasher| Sha256(hasher.finalize().into())),
+            })
         });
         let mut body = response.bytes_stream();
         let mut done = 0u64;
@@ -700,10 +718,12 @@ impl Fetcher {
             match chunk {
                 Ok(chunk) => {
                     done += chunk.len() as u64;
-                    if sender.send(chunk).await.is_err() {
+                    if filler.push(&chunk).await.is_err() {
                         // The writer stopped: its error says why.
                         break;
                     }
+                    // Dropped before the next read: the client reuses its buffer.
+                    drop(chunk);
                     if done - reported >= 1 << 20 {
                         reported = done;
                         self.progress(artifact, ProgressEvent::Bytes { done, total });
@@ -715,7 +735,12 @@ impl Fetcher {
                 }
             }
         }
-        drop(sender);
+        if failure.is_none() {
+            // A writer that stopped says why below.
+            let _ = filler.finish().await;
+        } else {
+            drop(filler);
+        }
         let written = writer
             .await
             .map_err(std::io::Error::other)
@@ -725,12 +750,14 @@ impl Fetcher {
                 reqwest_middleware::Error::Reqwest(error),
             )));
         }
-        let digest = written
+        let Written { file, digest } = written
             .map_err(|error| Failure::Final(FetchError::io("writing", scratch.path(), error)))?;
         self.progress(artifact, ProgressEvent::Bytes { done, total });
         if let (Some(expected), Some(actual)) = (artifact.sha256, digest)
             && actual != expected
         {
+            // Nothing of it is handed to the cache.
+            drop(pending);
             return Err(match served {
                 Served::Downloaded => {
                     // Nothing wrong may stay in the cache either, under any URL:
@@ -758,7 +785,42 @@ impl Fetcher {
                 },
             });
         }
-        Ok(done)
+        let keep = pending.map(|pending| Keep {
+            pending,
+            file,
+            len: done,
+        });
+        Ok((done, keep))
+    }
+
+    /// Hands a downloaded file, now in place (or unpacked and gone from the run
+    /// directory), to the cache, which copies it in the background. The job may
+    /// write to its file meanwhile: the copy is kept only if the file is the same
+    /// after it as now ([`FileIdentity::unchanged`]). The change time is set by the
+    /// kernel on any write and cannot be set back, but it moves in ticks of its
+    /// clock: the hand-over waits (a few milliseconds) until the clock has moved past
+    /// it, so that a write made after the fetch returns cannot leave it as it is.
+    async fn hand_over(&self, artifact: &Artifact, keep: Keep) {
+        let Keep { pending, file, len } = keep;
+        let identity = match file.metadata() {
+            Ok(metadata) => FileIdentity::of(&metadata),
+            Err(error) => {
+                tracing::debug!(artifact = %artifact.name, %error, "the downloaded file cannot be looked at; not stored");
+                return;
+            }
+        };
+        if !identity.wait_until_changes_show().await {
+            tracing::debug!(
+                artifact = %artifact.name,
+                "the clock is behind the downloaded file's change time; not stored"
+            );
+            return;
+        }
+        let unchanged = move |file: &std::fs::File| {
+            file.metadata()
+                .is_ok_and(|now| identity.unchanged(&FileIdentity::of(&now)))
+        };
+        pending.store(FileBody::guarded(file, len, unchanged));
     }
 
     /// Moves the scratch file to its name (or unpacks it there), with its final mode.
@@ -957,6 +1019,87 @@ struct Taken {
     recording: Option<Recording>,
     /// An archive to unpack from the cache's file rather than from the scratch path.
     archive: Option<cachecontrol::StoredFile>,
+    /// The downloaded file, for the cache to copy once it is in place.
+    keep: Option<Keep>,
+}
+
+/// A downloaded body's file (open on the scratch file, which becomes the
+/// artifact), to hand to the cache.
+struct Keep {
+    pending: PendingStore,
+    file: std::fs::File,
+    len: u64,
+}
+
+/// What the writer of a download leaves: its file, and the body's digest when asked.
+struct Written {
+    file: std::fs::File,
+    digest: Option<Sha256>,
+}
+
+/// What tells a file handed to a job apart from the same file after a write.
+#[derive(Debug, Clone, Copy)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    links: u64,
+}
+
+/// The longest a hand-over waits for the clock to pass a file's change time.
+const CLOCK_WAIT: Duration = Duration::from_secs(2);
+
+impl FileIdentity {
+    fn of(metadata: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            len: metadata.len(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+            links: metadata.nlink(),
+        }
+    }
+
+    /// Whether `now` is this file as it was: not written to since. Any write moves
+    /// the change time, which no one can set back; so does removing the file (the
+    /// run directory cleaned up once the job is done), which is told apart by the
+    /// file having no name left and the same modification time.
+    fn unchanged(&self, now: &FileIdentity) -> bool {
+        let same =
+            (self.dev, self.ino, self.len, self.mtime) == (now.dev, now.ino, now.len, now.mtime);
+        same && (self.ctime == now.ctime || now.links == 0)
+    }
+
+    /// Waits until the clock file times are taken from has moved past this change
+    /// time, so that any later write changes it (on a file system that keeps times
+    /// to the second, as the nanoseconds of 0 suggest, until the next second);
+    /// `false` when it does not within [`CLOCK_WAIT`] (the clock was set back).
+    async fn wait_until_changes_show(&self) -> bool {
+        let (seconds, nanos) = self.ctime;
+        let past = |now: rustix::time::Timespec| {
+            if nanos == 0 {
+                now.tv_sec > seconds
+            } else {
+                (now.tv_sec, now.tv_nsec) > (seconds, nanos)
+            }
+        };
+        let started = Instant::now();
+        loop {
+            if past(rustix::time::clock_gettime(
+                rustix::time::ClockId::RealtimeCoarse,
+            )) {
+                return true;
+            }
+            if started.elapsed() > CLOCK_WAIT {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 /// Why an attempt failed.

@@ -20,10 +20,16 @@
 //!   and that run renames it into place.
 //! - **Stale**: a conditional request; a `304` moves no body, and the stored file is
 //!   used as above.
-//! - **New or changed**: downloaded, streamed to disk as it arrives (and into the
-//!   cache at the same time), never whole in memory. The fetch returns once the run
-//!   directory has it; the cache's copy is synced to disk and published in the
-//!   background ([`Fetcher::stored`], [`Fetcher::close`] wait for it).
+//! - **New or changed**: downloaded, streamed to disk as it arrives, never whole in
+//!   memory. A body of 1 MiB or more is written once, where the job uses it (as
+//!   fast as a plain download), and the fetch returns; the cache then copies that
+//!   file (by the kernel: a reflink or `copy_file_range`), syncs and publishes its
+//!   copy in the background ([`Fetcher::stored`], [`Fetcher::close`] wait for it;
+//!   the lock below is held until then). If the job writes to its file before the
+//!   copy is done, the copy is not kept (the file's change time tells, which no
+//!   one can set back): nothing the job does reaches the cache, and the next run
+//!   downloads the artifact again. A smaller body goes into the cache as it
+//!   arrives, before the job has its file.
 //! - **With a digest**: any stored copy that has it is used without asking the
 //!   origin (the content is what was asked for); the digest is checked before the
 //!   file is used, and a mismatch is an error naming the artifact and both
@@ -87,6 +93,7 @@
 #![allow(clippy::result_large_err)]
 
 mod artifact;
+mod buffers;
 mod error;
 mod fetcher;
 mod lock;

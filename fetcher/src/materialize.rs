@@ -9,7 +9,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use bytes::Bytes;
 use rustix::fs::AtFlags;
 use rustix::io::Errno;
 use serde::Serialize;
@@ -187,26 +186,6 @@ impl Read for PositionedReader<'_> {
         self.offset += read as u64;
         Ok(read)
     }
-}
-
-/// Writes all of `chunks`, in order, with as few (vectored) writes as the kernel
-/// allows.
-pub(crate) fn write_chunks(mut file: &File, chunks: &[Bytes]) -> io::Result<()> {
-    let mut slices: Vec<io::IoSlice<'_>> = chunks
-        .iter()
-        .filter(|chunk| !chunk.is_empty())
-        .map(|chunk| io::IoSlice::new(chunk))
-        .collect();
-    let mut remaining = &mut slices[..];
-    while !remaining.is_empty() {
-        match file.write_vectored(remaining) {
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-            Ok(written) => io::IoSlice::advance_slices(&mut remaining, written),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -666,35 +666,37 @@ async fn two_fetches_of_a_url_that_is_not_stored_download_at_once_not_in_turn() 
 
 #[tokio::test]
 async fn what_a_job_does_to_its_files_does_not_change_the_cache() {
-    let origin = Origin::start().await.unwrap();
-    origin.always(
-        "/data",
-        Reply::ok("pristine").header("cache-control", "max-age=600"),
-    );
-    let cache = tempfile::tempdir().unwrap();
-    let fetcher = fetcher(cache.path());
-    let artifacts = [artifact(&origin, "data", "/data")];
-    fetcher
-        .fetch(&artifacts, tempfile::tempdir().unwrap().path())
-        .await
-        .unwrap();
+    // A small body is stored as it arrives; a large one is copied from the first
+    // run's file once that is in place.
+    for pristine in [b"pristine".to_vec(), body(2 << 20, 14)] {
+        let origin = Origin::start().await.unwrap();
+        origin.always(
+            "/data",
+            Reply::ok(pristine.clone()).header("cache-control", "max-age=600"),
+        );
+        let cache = tempfile::tempdir().unwrap();
+        let fetcher = fetcher(cache.path());
+        let artifacts = [artifact(&origin, "data", "/data")];
+        let first = tempfile::tempdir().unwrap();
+        fetcher.fetch(&artifacts, first.path()).await.unwrap();
+        fetcher.stored().await;
 
-    let run = tempfile::tempdir().unwrap();
-    fetcher.fetch(&artifacts, run.path()).await.unwrap();
-    let path = run.path().join("data");
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .unwrap()
-        .write_all(b" and changed")
-        .unwrap();
-    let next = tempfile::tempdir().unwrap();
-    let report = fetcher.fetch(&artifacts, next.path()).await.unwrap();
-    assert_eq!(served(&report), [Served::Cached]);
-    assert_eq!(
-        std::fs::read(next.path().join("data")).unwrap(),
-        b"pristine"
-    );
+        let run = tempfile::tempdir().unwrap();
+        fetcher.fetch(&artifacts, run.path()).await.unwrap();
+        for dir in [first.path(), run.path()] {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("data"))
+                .unwrap()
+                .write_all(b" and changed")
+                .unwrap();
+        }
+        let next = tempfile::tempdir().unwrap();
+        let report = fetcher.fetch(&artifacts, next.path()).await.unwrap();
+        assert_eq!(served(&report), [Served::Cached]);
+        assert_eq!(std::fs::read(next.path().join("data")).unwrap(), pristine);
+        assert_eq!(origin.total_hits(), 1);
+    }
 }
 
 #[tokio::test]
@@ -1210,11 +1212,13 @@ async fn two_artifacts_of_one_url_in_one_fetch_share_one_download() {
 }
 
 /// A MemoryCache whose `put` takes the whole body, then waits for a permit of
-/// `gate` before committing: the cache's copy is stored when the test says.
+/// `gate` before committing (or, when `gate_first`, waits before taking the body):
+/// the cache's copy is stored when the test says.
 #[derive(Debug)]
 struct GatedStore {
     inner: cachecontrol::MemoryCache,
     gate: Arc<tokio::sync::Semaphore>,
+    gate_first: bool,
 }
 
 #[async_trait::async_trait]
@@ -1231,16 +1235,20 @@ impl cachecontrol::Cache for GatedStore {
         meta: cachecontrol::store::Meta,
         body: cachecontrol::store::Body,
     ) -> Result<(), cachecontrol::StoreError> {
+        let mut permit = None;
+        if self.gate_first {
+            permit = Some(self.gate.acquire().await);
+        }
         let mut stream = body.into_stream();
         let mut whole = Vec::new();
         while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
             whole.extend_from_slice(&chunk?);
         }
-        let _permit = self
-            .gate
-            .acquire()
-            .await
-            .map_err(|_| cachecontrol::StoreError::Closed)?;
+        let _permit = match permit {
+            Some(permit) => permit,
+            None => self.gate.acquire().await,
+        }
+        .map_err(|_| cachecontrol::StoreError::Closed)?;
         let body = cachecontrol::store::Body::Bytes(whole.into());
         self.inner.put(key, meta, body).await
     }
@@ -1270,12 +1278,118 @@ impl cachecontrol::Cache for GatedStore {
 
 /// A [`GatedStore`], and its gate.
 fn gated_store() -> (Arc<GatedStore>, Arc<tokio::sync::Semaphore>) {
+    gated_store_with(false)
+}
+
+/// A [`GatedStore`] that waits for its gate before taking a body in when
+/// `gate_first`, and its gate.
+fn gated_store_with(gate_first: bool) -> (Arc<GatedStore>, Arc<tokio::sync::Semaphore>) {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let store = GatedStore {
         inner: cachecontrol::MemoryCache::new(64 << 20),
         gate: Arc::clone(&gate),
+        gate_first,
     };
     (Arc::new(store), gate)
+}
+
+/// How many entries a store holds.
+async fn entries(store: &dyn cachecontrol::Cache) -> usize {
+    futures_util::TryStreamExt::try_collect::<Vec<_>>(store.entries())
+        .await
+        .unwrap()
+        .len()
+}
+
+/// A large download (written once, into the run directory) reaches the cache from
+/// the job's file after the fetch has returned, and only as it was downloaded.
+#[tokio::test]
+async fn a_large_download_is_copied_from_the_jobs_file_into_the_cache_after_the_fetch() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(2 << 20, 11);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (store, gate) = gated_store_with(true);
+    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
+    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let run = tempfile::tempdir().unwrap();
+    let first = fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    assert_eq!(served(&first), [Served::Downloaded]);
+    assert_eq!(entries(&*store).await, 0, "the cache has nothing yet");
+
+    gate.add_permits(1);
+    fetcher.stored().await;
+    assert_eq!(entries(&*store).await, 1);
+    let again = tempfile::tempdir().unwrap();
+    let second = fetcher.fetch(&artifacts, again.path()).await.unwrap();
+    assert_eq!(served(&second), [Served::Cached]);
+    assert_eq!(std::fs::read(again.path().join("data.bin")).unwrap(), data);
+    assert_eq!(origin.total_hits(), 1);
+}
+
+#[tokio::test]
+async fn a_job_that_writes_its_file_before_the_cache_copied_it_leaves_the_cache_without_it() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(2 << 20, 12);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (store, gate) = gated_store_with(true);
+    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
+    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let run = tempfile::tempdir().unwrap();
+    fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    // The job changes its copy in place, same length, before the cache reads it.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(run.path().join("data.bin"))
+        .unwrap();
+    file.write_all(b"changed by the job").unwrap();
+    drop(file);
+
+    gate.add_permits(2);
+    fetcher.stored().await;
+    assert_eq!(
+        entries(&*store).await,
+        0,
+        "what the job changed is not stored"
+    );
+    let again = tempfile::tempdir().unwrap();
+    let second = fetcher.fetch(&artifacts, again.path()).await.unwrap();
+    assert_eq!(served(&second), [Served::Downloaded]);
+    assert_eq!(std::fs::read(again.path().join("data.bin")).unwrap(), data);
+    assert_eq!(origin.total_hits(), 2);
+}
+
+#[tokio::test]
+async fn a_run_directory_removed_before_the_cache_copied_its_file_still_leaves_it_cached() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(2 << 20, 13);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (store, gate) = gated_store_with(true);
+    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
+    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let run = tempfile::tempdir().unwrap();
+    fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    // The job was quick, and its directory is cleaned up at once.
+    drop(run);
+
+    gate.add_permits(1);
+    fetcher.stored().await;
+    let again = tempfile::tempdir().unwrap();
+    let second = fetcher.fetch(&artifacts, again.path()).await.unwrap();
+    assert_eq!(served(&second), [Served::Cached]);
+    assert_eq!(std::fs::read(again.path().join("data.bin")).unwrap(), data);
+    assert_eq!(origin.total_hits(), 1);
 }
 
 /// A fetcher over `store`, with its locks in `cache_dir` (two of them over one
