@@ -181,8 +181,9 @@ impl Fetcher {
     /// and the fetch returns once the run directory has its files; the cache then
     /// copies each such file (by the kernel), makes its copy durable (synced to
     /// disk) and publishes it, in the background, so that the job need not wait for
-    /// the cache. A copy of a file the job wrote to meanwhile is not kept (the next
-    /// fetch downloads it again); removing the run directory does not stop it. A
+    /// the cache. A copy of a file the job wrote to meanwhile is not kept (the cache
+    /// downloads the artifact again for itself); removing the run directory does not
+    /// stop it. A
     /// smaller body is written to the cache as it arrives, and published in the
     /// background too. Until a body is stored, another fetch of the same URL on this
     /// host waits for it rather than downloading it again; [`stored`](Self::stored)
@@ -324,13 +325,18 @@ impl Fetcher {
             archive,
             keep,
         } = taken;
-        // Others may go on once the body is in the cache (when it can be stored).
-        self.release_when_stored(&mut lock, recording, artifact);
+        // Others may go on once the body is in the cache (when it can be stored):
+        // a body being recorded already, or a file handed over once in place.
+        let mut recording = Some(recording);
+        if keep.is_none() {
+            self.release_when_stored(&mut lock, recording.take().flatten(), artifact, None);
+        }
         let materialized = self
             .put_in_place(artifact, scratch, archive, &dest, done.materialized)
             .await?;
         if let Some(keep) = keep {
-            self.hand_over(artifact, keep).await;
+            let watch = self.hand_over(artifact, keep).await;
+            self.release_when_stored(&mut lock, recording.take().flatten(), artifact, watch);
         }
         self.progress(
             artifact,
@@ -368,21 +374,34 @@ impl Fetcher {
     /// Lets go of `lock` (when held) once `recording` (when there is one) is done, at
     /// most [`store_wait`](FetcherBuilder::store_wait) from now, in a task of its
     /// own that [`Fetcher::stored`] waits for; at once without a recording.
+    ///
+    /// With `watch`, the file handed to the cache: when the cache did not keep it
+    /// because the job wrote to it first, the URL is downloaded again for the cache
+    /// alone (within the same wait, the lock still held), so that the next runs
+    /// find it there.
     fn release_when_stored(
         &self,
         lock: &mut Option<UrlLock>,
         recording: Option<Recording>,
         artifact: &Artifact,
+        watch: Option<Watch>,
     ) {
         let Some(held) = lock.take() else { return };
         let Some(recording) = recording else { return };
         let storing = Storing::start(&self.inner.storing);
         let (wait, url) = (self.inner.store_wait, artifact.url.clone());
+        let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
-            if tokio::time::timeout(wait, recording.stored())
-                .await
-                .is_err()
-            {
+            let storing_it = async {
+                if !recording.stored().await && watch.is_some_and(|watch| watch.changed()) {
+                    tracing::info!(
+                        %url,
+                        "the job wrote to its file before the cache had a copy; downloading it again for the cache"
+                    );
+                    download_for_the_cache(&inner.client, &url).await;
+                }
+            };
+            if tokio::time::timeout(wait, storing_it).await.is_err() {
                 // Another fetch of it may download it again: better than all of
                 // them waiting for a store that does not answer.
                 tracing::warn!(%url, ?wait, "the cache is still storing the download; its lock is released");
@@ -513,7 +532,7 @@ impl Fetcher {
                 if streamed.is_err() {
                     // The body may have arrived whole (and be being stored) although
                     // it could not be written here: others still wait for the store.
-                    self.release_when_stored(lock, recording.clone(), artifact);
+                    self.release_when_stored(lock, recording.clone(), artifact, None);
                 }
                 let (size, kept) = streamed?;
                 keep = kept;
@@ -800,13 +819,15 @@ impl Fetcher {
     /// kernel on any write and cannot be set back, but it moves in ticks of its
     /// clock: the hand-over waits (a few milliseconds) until the clock has moved past
     /// it, so that a write made after the fetch returns cannot leave it as it is.
-    async fn hand_over(&self, artifact: &Artifact, keep: Keep) {
+    /// Returns what tells, once the cache is done, whether the job changed the file
+    /// first.
+    async fn hand_over(&self, artifact: &Artifact, keep: Keep) -> Option<Watch> {
         let Keep { pending, file, len } = keep;
         let identity = match file.metadata() {
             Ok(metadata) => FileIdentity::of(&metadata),
             Err(error) => {
                 tracing::debug!(artifact = %artifact.name, %error, "the downloaded file cannot be looked at; not stored");
-                return;
+                return None;
             }
         };
         if !identity.wait_until_changes_show().await {
@@ -814,13 +835,15 @@ impl Fetcher {
                 artifact = %artifact.name,
                 "the clock is behind the downloaded file's change time; not stored"
             );
-            return;
+            return None;
         }
+        let watch = file.try_clone().ok().map(|file| Watch { file, identity });
         let unchanged = move |file: &std::fs::File| {
             file.metadata()
                 .is_ok_and(|now| identity.unchanged(&FileIdentity::of(&now)))
         };
         pending.store(FileBody::guarded(file, len, unchanged));
+        watch
     }
 
     /// Moves the scratch file to its name (or unpacks it there), with its final mode.
@@ -1029,6 +1052,53 @@ struct Keep {
     pending: PendingStore,
     file: std::fs::File,
     len: u64,
+}
+
+/// A downloaded file handed to the cache, as it was then.
+struct Watch {
+    file: std::fs::File,
+    identity: FileIdentity,
+}
+
+impl Watch {
+    /// Whether the file is no longer what it was (a job wrote to it).
+    fn changed(&self) -> bool {
+        self.file
+            .metadata()
+            .is_ok_and(|now| !self.identity.unchanged(&FileIdentity::of(&now)))
+    }
+}
+
+/// Downloads `url` again, for the cache alone (the body read and dropped as it is
+/// stored); a failure is only logged: the next fetch downloads it.
+async fn download_for_the_cache(client: &ClientWithMiddleware, url: &Url) {
+    let response = client
+        .get(url.clone())
+        .with_extension(CacheMode::Reload)
+        .send()
+        .await;
+    let mut response = match response {
+        Ok(response) if response.status().is_success() => response,
+        Ok(response) => {
+            tracing::info!(%url, status = %response.status(), "not downloaded again for the cache");
+            return;
+        }
+        Err(error) => {
+            tracing::info!(%url, %error, "not downloaded again for the cache");
+            return;
+        }
+    };
+    // Read to its end, the body's end comes once the cache has committed it.
+    loop {
+        match response.chunk().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(error) => {
+                tracing::info!(%url, %error, "not downloaded again for the cache");
+                return;
+            }
+        }
+    }
 }
 
 /// What the writer of a download leaves: its file, and the body's digest when asked.

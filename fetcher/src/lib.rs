@@ -27,9 +27,9 @@
 //!   copy in the background ([`Fetcher::stored`], [`Fetcher::close`] wait for it;
 //!   the lock below is held until then). If the job writes to its file before the
 //!   copy is done, the copy is not kept (the file's change time tells, which no
-//!   one can set back): nothing the job does reaches the cache, and the next run
-//!   downloads the artifact again. A smaller body goes into the cache as it
-//!   arrives, before the job has its file.
+//!   one can set back) and the cache downloads the artifact again for itself:
+//!   nothing the job does reaches the cache. A smaller body goes into the cache as
+//!   it arrives, before the job has its file.
 //! - **With a digest**: any stored copy that has it is used without asking the
 //!   origin (the content is what was asked for); the digest is checked before the
 //!   file is used, and a mismatch is an error naming the artifact and both

@@ -1331,7 +1331,7 @@ async fn a_large_download_is_copied_from_the_jobs_file_into_the_cache_after_the_
 }
 
 #[tokio::test]
-async fn a_job_that_writes_its_file_before_the_cache_copied_it_leaves_the_cache_without_it() {
+async fn a_job_that_writes_its_file_before_the_cache_copied_it_has_the_cache_download_it_again() {
     let origin = Origin::start().await.unwrap();
     let data = body(2 << 20, 12);
     origin.always(
@@ -1352,18 +1352,56 @@ async fn a_job_that_writes_its_file_before_the_cache_copied_it_leaves_the_cache_
     file.write_all(b"changed by the job").unwrap();
     drop(file);
 
+    // The hand-over is refused; the cache downloads the artifact for itself.
     gate.add_permits(2);
     fetcher.stored().await;
-    assert_eq!(
-        entries(&*store).await,
-        0,
-        "what the job changed is not stored"
-    );
+    assert_eq!(origin.total_hits(), 2, "downloaded again for the cache");
+    assert_eq!(entries(&*store).await, 1);
     let again = tempfile::tempdir().unwrap();
     let second = fetcher.fetch(&artifacts, again.path()).await.unwrap();
-    assert_eq!(served(&second), [Served::Downloaded]);
-    assert_eq!(std::fs::read(again.path().join("data.bin")).unwrap(), data);
+    assert_eq!(served(&second), [Served::Cached]);
+    assert_eq!(
+        std::fs::read(again.path().join("data.bin")).unwrap(),
+        data,
+        "what the job changed is not in the cache"
+    );
     assert_eq!(origin.total_hits(), 2);
+}
+
+/// Whatever the timing of a job's write against the cache's copy of a downloaded
+/// file (on a real file cache), the cache never gets the job's change, and has the
+/// artifact once the fetcher is done storing.
+#[tokio::test]
+async fn a_job_that_writes_its_file_at_once_never_changes_what_the_cache_gets() {
+    let origin = Origin::start().await.unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    for round in 0..5u8 {
+        let path = format!("/data{round}");
+        let data = body(2 << 20, round);
+        origin.always(
+            &path,
+            Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+        );
+        let artifacts = [artifact(&origin, "data.bin", &path)];
+        let run = tempfile::tempdir().unwrap();
+        fetcher.fetch(&artifacts, run.path()).await.unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(run.path().join("data.bin"))
+            .unwrap()
+            .write_all(b"changed by the job")
+            .unwrap();
+        fetcher.stored().await;
+        let again = tempfile::tempdir().unwrap();
+        let second = fetcher.fetch(&artifacts, again.path()).await.unwrap();
+        assert_eq!(served(&second), [Served::Cached], "round {round}");
+        assert!(
+            std::fs::read(again.path().join("data.bin")).unwrap() == data,
+            "round {round}: the cache has the artifact as downloaded"
+        );
+        assert!((1..=2).contains(&origin.hits(&path)), "round {round}");
+    }
 }
 
 #[tokio::test]
