@@ -41,7 +41,7 @@ pub struct HostConfig {
     /// The Redis shared by the hosts, behind this host's cache.
     pub redis: Option<String>,
     /// Bytes of copies of cached artifacts made ahead for the next runs (see
-    /// [`fetcher::FetcherBuilder::prepared_copies`]); none by default.
+    /// [`fetcher::FetcherBuilder::prepared_copies`]); 4 GiB by default, 0 for none.
     pub prepared_copies: Option<u64>,
     /// The worker's name on the master (default: the machine's host name).
     pub name: Option<String>,

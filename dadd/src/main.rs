@@ -292,7 +292,8 @@ struct CacheArgs {
     /// Keep copies of cached artifacts ready for the next runs, up to this many
     /// bytes in all: a repeat then moves a copy in rather than copying (on a file
     /// system without reflinks, such as ext4), at the cost of that disk space
-    /// (default: none).
+    /// (default: 4 GiB; 0 for none; none are made where the cache's file system has
+    /// reflinks).
     #[arg(long, env = "DADD_PREPARED_COPIES", value_name = "BYTES")]
     prepared_copies: Option<u64>,
 }
@@ -868,6 +869,11 @@ fn load_spec(path: &Path) -> anyhow::Result<Spec> {
     }
 }
 
+/// Bytes of copies made ahead for the next runs when the host says nothing: the
+/// runs of a job repeat, and a repeat that moves a copy in costs milliseconds where
+/// copying a GiB costs a third of a second or more.
+const DEFAULT_PREPARED_COPIES: u64 = 4 << 30;
+
 /// The fetcher: this host's file cache, with the shared Redis tier behind it when
 /// one is given and reachable (without it, a run still works, only less cheaply).
 async fn build_fetcher(cache: &CacheArgs, bars: Option<&FetchBars>) -> anyhow::Result<Fetcher> {
@@ -878,10 +884,9 @@ async fn build_fetcher(cache: &CacheArgs, bars: Option<&FetchBars>) -> anyhow::R
         .context("no artifact cache: set XDG_CACHE_HOME or HOME, or pass --cache-dir")?;
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the artifact cache {}", dir.display()))?;
-    let mut builder = Fetcher::builder().cache_dir(dir);
-    if let Some(bytes) = cache.prepared_copies {
-        builder = builder.prepared_copies(bytes);
-    }
+    let mut builder = Fetcher::builder()
+        .cache_dir(dir)
+        .prepared_copies(cache.prepared_copies.unwrap_or(DEFAULT_PREPARED_COPIES));
     if let Some(url) = &cache.redis {
         match cachecontrol::RedisCache::new(url.as_str()).await {
             Ok(redis) => builder = builder.shared_tier(redis),

@@ -156,7 +156,7 @@ async fn a_second_run_fetches_nothing_while_the_artifacts_are_fresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_prepared_copies_a_copy_for_the_next_run_waits_in_the_cache() {
+async fn by_default_a_copy_for_the_next_run_waits_in_the_cache() {
     let bed = Bed::new();
     let origin = Origin::start().await.unwrap();
     origin.always(
@@ -175,7 +175,8 @@ async fn with_prepared_copies_a_copy_for_the_next_run_waits_in_the_cache() {
     let prepared = bed.path("cache/prepared");
     let copies = || std::fs::read_dir(&prepared).map_or(0, Iterator::count);
     for run in ["first", "second", "third"] {
-        let output = bed.run(&spec, &["--prepared-copies", "100000000"]).await;
+        // Prepared copies are on by default (--prepared-copies 4 GiB).
+        let output = bed.run(&spec, &[]).await;
         assert!(output.status.success(), "{run}: {}", stderr(&output));
         if run == "first" {
             assert_eq!(copies(), 0, "a download leaves nothing to copy ahead");
@@ -186,7 +187,13 @@ async fn with_prepared_copies_a_copy_for_the_next_run_waits_in_the_cache() {
         std::fs::read_to_string(bed.path("out/sizes")).unwrap(),
         "3145728\n".repeat(3)
     );
-    assert_eq!(origin.total_hits(), 1);
+    // Once, or twice when the first run's job changed its file before the cache
+    // had copied it (the cache then downloads it again for itself).
+    assert!(
+        (1..=2).contains(&origin.total_hits()),
+        "{}",
+        origin.total_hits()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
