@@ -46,7 +46,8 @@
 //!    telling when it is stored; or, with [`StoreFromFile`], not recorded at all:
 //!    the caller writes the body to a file of its own and hands the file over
 //!    ([`PendingStore`]), which the store copies. Concurrent misses for one URL wait for the first
-//!    one's response when it will be stored fresh, and are served from it.
+//!    one's response when it will be stored fresh, and are served from it (unless
+//!    its body is handed over in a file: they then go to the origin).
 //!
 //! Unsafe methods (POST, PUT, DELETE, ...) go straight through and, when they succeed,
 //! invalidate what is stored for their URL. Per-request modes ([`CacheMode`]) let a

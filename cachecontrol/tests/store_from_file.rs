@@ -137,6 +137,31 @@ async fn a_guarded_file_that_did_not_change_is_stored() {
     assert_eq!(fixture.origin.hits("/big"), 1);
 }
 
+/// The store asks after it has read the whole file: a change made just before it
+/// asks (after the copy) does not reach the entry.
+#[tokio::test]
+async fn the_store_asks_once_it_has_the_whole_file() {
+    let fixture = Fixture::new().await;
+    let data = pattern(300_000);
+    fixture.origin.always("/big", fresh(data.clone()));
+
+    let kept = fetch_to_file(&fixture, "/big", StoreFromFile::new()).await;
+    let writer = kept.file.try_clone().unwrap();
+    let body = FileBody::guarded(kept.file, kept.len, move |_| {
+        // Changes the file the first time it is asked, and says it did not.
+        let _ = std::os::unix::fs::FileExt::write_all_at(&writer, b"changed", 0);
+        true
+    });
+    assert!(kept.pending.unwrap().store(body));
+    assert!(kept.recording.unwrap().stored().await);
+    let again = fixture.get("/big").await;
+    assert_eq!(again.cache, Some(CacheStatus::Hit));
+    assert!(
+        again.body == data,
+        "the entry holds what the file held before"
+    );
+}
+
 #[tokio::test]
 async fn a_file_of_another_length_than_announced_is_not_stored() {
     let fixture = Fixture::new().await;

@@ -1452,8 +1452,16 @@ fn copy_file_body(source: &FileBody, mut file: File, path: &Path) -> Result<u64,
     reader
         .rewind()
         .map_err(|error| io_error("reading the body to store in", path, error))?;
-    let copied = io::copy(&mut reader.take(source.len()), &mut file)
-        .map_err(|error| io_error("copying a file body into", path, error))?;
+    let copied = io::copy(&mut reader.take(source.len()), &mut file);
+    // A guarded file cut short (or failing) while it was copied changed.
+    if copied
+        .as_ref()
+        .map_or(true, |&copied| copied != source.len())
+        && !source.is_unchanged()
+    {
+        return Err(StoreError::Changed);
+    }
+    let copied = copied.map_err(|error| io_error("copying a file body into", path, error))?;
     if copied != source.len() {
         return Err(io_error(
             "copying a file body into",

@@ -222,14 +222,31 @@ impl FileBody {
                 return Box::pin(futures_util::stream::iter([Err(error)]));
             }
         };
-        let check = futures_util::stream::once(async move {
-            let unchanged = tokio::task::spawn_blocking(move || guard(&file))
+        let file = Arc::new(file);
+        // Asked in a blocking task: it looks at the file.
+        let ask = move |guard: Guard, file: Arc<std::fs::File>| async move {
+            tokio::task::spawn_blocking(move || guard(&file))
                 .await
-                .unwrap_or(false);
-            (!unchanged).then_some(Err(StoreError::Changed))
+                .unwrap_or(false)
+        };
+        let (on_error, file_on_error) = (Arc::clone(&guard), Arc::clone(&file));
+        // A file cut short (or failing) while it is read may have been changed.
+        let body = self.range_stream(0, len).then(move |item| {
+            let (guard, file) = (Arc::clone(&on_error), Arc::clone(&file_on_error));
+            async move {
+                let Err(error) = item else { return item };
+                if ask(guard, file).await {
+                    Err(error)
+                } else {
+                    Err(StoreError::Changed)
+                }
+            }
+        });
+        let check = futures_util::stream::once(async move {
+            (!ask(guard, file).await).then_some(Err(StoreError::Changed))
         })
         .filter_map(std::future::ready);
-        Box::pin(self.range_stream(0, len).chain(check))
+        Box::pin(body.chain(check))
     }
 
     /// `len` bytes from `start`, read in chunks.

@@ -138,12 +138,17 @@ impl<N: Cache, F: Cache> Cache for Tiered<N, F> {
         let (to_far, far_body) = channel(key);
         let source = body.into_stream();
         let pump = pump(source, [to_near, to_far]);
-        let (_, near, far) = tokio::join!(
+        let (failed, near, far) = tokio::join!(
             pump,
             self.near.put(key, meta.clone(), Body::Stream(near_body)),
             self.far.put(key, meta, Body::Stream(far_body)),
         );
-        either_succeeded(key, "put", near, far)
+        // Neither tier committed a body whose source failed: the source's error
+        // says why (a guarded file that changed, say), not the tiers' "incomplete".
+        match failed {
+            Some(error) => Err(error),
+            None => either_succeeded(key, "put", near, far),
+        }
     }
 
     async fn update(&self, key: &str, policy: Arc<CachePolicy>) -> Result<bool, StoreError> {
@@ -429,7 +434,8 @@ impl Copy {
 
 /// Reads `source` once, sending every chunk to each copy; a copy whose store gave up
 /// no longer holds the others back.
-async fn pump<const N: usize>(mut source: BodyStream, mut copies: [Copy; N]) {
+/// Sends the source's chunks to every copy; the source's error, if it failed.
+async fn pump<const N: usize>(mut source: BodyStream, mut copies: [Copy; N]) -> Option<StoreError> {
     while let Some(chunk) = source.next().await {
         match chunk {
             Ok(bytes) => {
@@ -438,12 +444,13 @@ async fn pump<const N: usize>(mut source: BodyStream, mut copies: [Copy; N]) {
                 }
             }
             // Dropping the copies unfinished tells both stores not to commit.
-            Err(_) => return,
+            Err(error) => return Some(error),
         }
     }
     for copy in &mut copies {
         copy.end().await;
     }
+    None
 }
 
 #[cfg(test)]
