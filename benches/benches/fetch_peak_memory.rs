@@ -2,8 +2,8 @@
 //!
 //! Fetches a 1 GiB artifact from a loopback origin ([`GeneratedOrigin`], which writes
 //! the body as it sends it) into a new cache and run directory (downloaded, streamed
-//! to disk and into the cache), then again into another run directory (copied from
-//! the cache), and records this process's peak resident set (`VmHWM`) in
+//! to disk, then copied into the cache), then again into another run directory
+//! (copied from the cache), and records this process's peak resident set (`VmHWM`) in
 //! `fetch_peak_memory.json` beside criterion's results. It fails when the peak
 //! reaches 64 MiB.
 

@@ -292,8 +292,8 @@ struct CacheArgs {
     /// Keep copies of cached artifacts ready for the next runs, up to this many
     /// bytes in all: a repeat then moves a copy in rather than copying (on a file
     /// system without reflinks, such as ext4), at the cost of that disk space
-    /// (default: 4 GiB; 0 for none; none are made where the cache's file system has
-    /// reflinks).
+    /// (default: 4 GiB for `dadd run`, none for `dadd fetch`; 0 for none; none are
+    /// made where the cache's file system has reflinks).
     #[arg(long, env = "DADD_PREPARED_COPIES", value_name = "BYTES")]
     prepared_copies: Option<u64>,
 }
@@ -376,8 +376,8 @@ async fn run(mut args: RunArgs) -> anyhow::Result<u8> {
         ),
         _ => None,
     };
-    let mut runner =
-        Runner::new(build_fetcher(&args.cache, None).await?).kill_grace(args.kill_grace);
+    let mut runner = Runner::new(build_fetcher(&args.cache, None, DEFAULT_PREPARED_COPIES).await?)
+        .kill_grace(args.kill_grace);
     if let Some(smtp) = config.smtp {
         let mail = erroremail::ErrorEmail::new(smtp.with_default_subject(
             erroremail::SubjectTemplate::parse("dadd: {message}").map_err(anyhow::Error::msg)?,
@@ -575,7 +575,9 @@ fn find_program(name: &str) -> Option<PathBuf> {
 async fn fetch(spec_path: &Path, dir: &Path, cache: &CacheArgs) -> anyhow::Result<()> {
     let spec = load_spec(spec_path)?;
     let bars = FetchBars::stderr();
-    let fetcher = build_fetcher(cache, Some(&bars)).await?;
+    // A one-off fetch makes no copies ahead unless told to (the process would wait
+    // for them before it ends).
+    let fetcher = build_fetcher(cache, Some(&bars), 0).await?;
     let report = fetcher
         .fetch(&spec.download_urls, dir)
         .await
@@ -876,7 +878,12 @@ const DEFAULT_PREPARED_COPIES: u64 = 4 << 30;
 
 /// The fetcher: this host's file cache, with the shared Redis tier behind it when
 /// one is given and reachable (without it, a run still works, only less cheaply).
-async fn build_fetcher(cache: &CacheArgs, bars: Option<&FetchBars>) -> anyhow::Result<Fetcher> {
+/// `prepared_copies`: the budget of copies made ahead when the host says nothing.
+async fn build_fetcher(
+    cache: &CacheArgs,
+    bars: Option<&FetchBars>,
+    prepared_copies: u64,
+) -> anyhow::Result<Fetcher> {
     let dir = cache
         .cache_dir
         .clone()
@@ -886,7 +893,7 @@ async fn build_fetcher(cache: &CacheArgs, bars: Option<&FetchBars>) -> anyhow::R
         .with_context(|| format!("creating the artifact cache {}", dir.display()))?;
     let mut builder = Fetcher::builder()
         .cache_dir(dir)
-        .prepared_copies(cache.prepared_copies.unwrap_or(DEFAULT_PREPARED_COPIES));
+        .prepared_copies(cache.prepared_copies.unwrap_or(prepared_copies));
     if let Some(url) = &cache.redis {
         match cachecontrol::RedisCache::new(url.as_str()).await {
             Ok(redis) => builder = builder.shared_tier(redis),

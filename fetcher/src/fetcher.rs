@@ -177,17 +177,19 @@ impl Fetcher {
     /// the fetch and is returned; files of other artifacts already in place stay,
     /// and nothing half-written is left.
     ///
-    /// A downloaded body of 1 MiB or more is written once, to the run directory,
-    /// and the fetch returns once the run directory has its files; the cache then
-    /// copies each such file (by the kernel), makes its copy durable (synced to
-    /// disk) and publishes it, in the background, so that the job need not wait for
-    /// the cache. A copy of a file the job wrote to meanwhile is not kept (the cache
-    /// downloads the artifact again for itself); removing the run directory does not
-    /// stop it. A
-    /// smaller body is written to the cache as it arrives, and published in the
-    /// background too. Until a body is stored, another fetch of the same URL on this
-    /// host waits for it rather than downloading it again; [`stored`](Self::stored)
-    /// and [`close`](Self::close) wait for it too.
+    /// A downloaded body of 1 MiB or more is written once, to the run directory
+    /// (on a local ext4, XFS or Btrfs), and the fetch returns once the run
+    /// directory has its files; the cache then copies each such file, makes its
+    /// copy durable (synced to disk) and publishes it, in the background, so that
+    /// the job need not wait for the cache. A copy of a file the job changed
+    /// meanwhile (written to, renamed, removed with its directory) is not kept: the
+    /// cache downloads the artifact again for itself; wait for
+    /// [`stored`](Self::stored) before removing the run directory. A smaller body,
+    /// or one written to another file system, is written to the cache as it
+    /// arrives, and published in the background too. Until a body is stored,
+    /// another fetch of the same URL on this host waits for it rather than
+    /// downloading it again; [`stored`](Self::stored) and [`close`](Self::close)
+    /// wait for it too.
     pub async fn fetch(
         &self,
         artifacts: &[Artifact],
@@ -446,18 +448,19 @@ impl Fetcher {
         attempt: u32,
         lock: &mut Option<UrlLock>,
     ) -> Result<Taken, Failure> {
-        // The body is written where it is used, and that file handed to the cache
-        // afterwards (StoreFromFile): one write while the job waits, not two.
-        let mut response = self
+        let mut request = self
             .inner
             .client
             .get(artifact.url.clone())
             .with_extension(mode)
-            .with_extension(StoreInBackground)
-            .with_extension(StoreFromFile::at_least(HAND_OVER_MIN))
-            .send()
-            .await
-            .map_err(classify)?;
+            .with_extension(StoreInBackground);
+        // The body is written where it is used, and that file handed to the cache
+        // afterwards (StoreFromFile): one write while the job waits, not two. Only
+        // where the file's change time tells every write.
+        if times_tell_writes(dest.parent().unwrap_or(dest)) {
+            request = request.with_extension(StoreFromFile::at_least(HAND_OVER_MIN));
+        }
+        let mut response = request.send().await.map_err(classify)?;
         let pending = response.extensions_mut().remove::<PendingStore>();
         let status = response.status();
         let recording = response.extensions().get::<Recording>().cloned();
@@ -706,12 +709,11 @@ impl Fetcher {
         } else {
             WRITABLE
         };
+        let keep = pending.is_some();
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Written> {
             use std::os::unix::fs::OpenOptionsExt;
             let path = guard.path();
-            // Readable too: the cache copies the body from this very descriptor.
             let file = std::fs::OpenOptions::new()
-                .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(mode | 0o200)
@@ -724,6 +726,14 @@ impl Fetcher {
                 (&file).write_all(&buffer)?;
                 drain.give_back(buffer);
             }
+            // For the cache, the file opened again read-only, and the writer's
+            // descriptor closed: no descriptor open for writing may outlive the
+            // fetch, or the job could not run the file (execve: ETXTBSY).
+            let file = if keep {
+                Some(read_only_again(&file, path)?)
+            } else {
+                None
+            };
             Ok(Written {
                 file,
                 digest: hasher.map(|hasher| Sha256(hasher.finalize().into())),
@@ -804,7 +814,7 @@ impl Fetcher {
                 },
             });
         }
-        let keep = pending.map(|pending| Keep {
+        let keep = pending.zip(file).map(|(pending, file)| Keep {
             pending,
             file,
             len: done,
@@ -1054,6 +1064,18 @@ struct Keep {
     len: u64,
 }
 
+/// Whether files in `dir` have change times that every write moves, to the
+/// nanosecond, from this machine's clock: a local ext4, XFS or Btrfs. Not tmpfs (a
+/// write through a shared mapping need not move them), nor a network file system
+/// (the server's clock, attributes cached), nor one that keeps times to the second.
+fn times_tell_writes(dir: &Path) -> bool {
+    const EXT4: u64 = 0xEF53;
+    const XFS: u64 = 0x5846_5342;
+    const BTRFS: u64 = 0x9123_683E;
+    rustix::fs::statfs(dir)
+        .is_ok_and(|stat| matches!(u64::try_from(stat.f_type), Ok(EXT4 | XFS | BTRFS)))
+}
+
 /// A downloaded file handed to the cache, as it was then.
 struct Watch {
     file: std::fs::File,
@@ -1101,21 +1123,37 @@ async fn download_for_the_cache(client: &ClientWithMiddleware, url: &Url) {
     }
 }
 
-/// What the writer of a download leaves: its file, and the body's digest when asked.
+/// What the writer of a download leaves: its file (read-only, when it is to be handed
+/// to the cache), and the body's digest when asked.
 struct Written {
-    file: std::fs::File,
+    file: Option<std::fs::File>,
     digest: Option<Sha256>,
 }
 
+/// `path`, which `written` is open on, opened again read-only (the same file, or an
+/// error).
+fn read_only_again(written: &std::fs::File, path: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::MetadataExt;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let file = std::fs::File::from(rustix::fs::open(path, flags, Mode::empty())?);
+    let (was, is) = (written.metadata()?, file.metadata()?);
+    if (was.dev(), was.ino()) != (is.dev(), is.ino()) {
+        return Err(std::io::Error::other(
+            "the downloaded file was replaced while it was written",
+        ));
+    }
+    Ok(file)
+}
+
 /// What tells a file handed to a job apart from the same file after a write.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileIdentity {
     dev: u64,
     ino: u64,
     len: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
-    links: u64,
 }
 
 /// The longest a hand-over waits for the clock to pass a file's change time.
@@ -1130,18 +1168,14 @@ impl FileIdentity {
             len: metadata.len(),
             mtime: (metadata.mtime(), metadata.mtime_nsec()),
             ctime: (metadata.ctime(), metadata.ctime_nsec()),
-            links: metadata.nlink(),
         }
     }
 
     /// Whether `now` is this file as it was: not written to since. Any write moves
-    /// the change time, which no one can set back; so does removing the file (the
-    /// run directory cleaned up once the job is done), which is told apart by the
-    /// file having no name left and the same modification time.
+    /// the change time, which no one can set back (nor can a write be told from
+    /// another change: a change of mode, a rename, a removal all count as one).
     fn unchanged(&self, now: &FileIdentity) -> bool {
-        let same =
-            (self.dev, self.ino, self.len, self.mtime) == (now.dev, now.ino, now.len, now.mtime);
-        same && (self.ctime == now.ctime || now.links == 0)
+        self == now
     }
 
     /// Waits until the clock file times are taken from has moved past this change

@@ -21,15 +21,20 @@
 //! - **Stale**: a conditional request; a `304` moves no body, and the stored file is
 //!   used as above.
 //! - **New or changed**: downloaded, streamed to disk as it arrives, never whole in
-//!   memory. A body of 1 MiB or more is written once, where the job uses it (as
-//!   fast as a plain download), and the fetch returns; the cache then copies that
-//!   file (by the kernel: a reflink or `copy_file_range`), syncs and publishes its
-//!   copy in the background ([`Fetcher::stored`], [`Fetcher::close`] wait for it;
-//!   the lock below is held until then). If the job writes to its file before the
-//!   copy is done, the copy is not kept (the file's change time tells, which no
-//!   one can set back) and the cache downloads the artifact again for itself:
-//!   nothing the job does reaches the cache. A smaller body goes into the cache as
-//!   it arrives, before the job has its file.
+//!   memory. A body of 1 MiB or more (or of unannounced length), in a run directory
+//!   on a local ext4, XFS or Btrfs, is written once, where the job uses it (as fast
+//!   as a plain download), and the fetch returns; the cache then copies that file
+//!   (a [`FileCache`] by the kernel: a reflink or `copy_file_range`; a tiered one
+//!   streams it to both tiers), syncs and publishes its copy in the background
+//!   ([`Fetcher::stored`], [`Fetcher::close`] wait for it; the lock below is held
+//!   until then). If the job changes its file in any way before the copy is done
+//!   (a write, a change of mode, a rename, removing it), the copy is not kept (the
+//!   file's change time tells, which no one can set back) and the cache downloads
+//!   the artifact again for itself: nothing the job does reaches the cache. Remove
+//!   a run directory after [`Fetcher::stored`] to spare that download. A smaller
+//!   body, or one written to another file system (tmpfs, where a write through a
+//!   mapping need not move the change time; a network file system), goes into the
+//!   cache as it arrives, before the job has its file.
 //! - **With a digest**: any stored copy that has it is used without asking the
 //!   origin (the content is what was asked for); the digest is checked before the
 //!   file is used, and a mismatch is an error naming the artifact and both

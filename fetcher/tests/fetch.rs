@@ -222,10 +222,8 @@ async fn a_stale_artifact_is_revalidated_and_a_304_moves_no_body() {
     let fetcher = fetcher(cache.path());
     let artifacts = [artifact(&origin, "data", "/data")];
 
-    fetcher
-        .fetch(&artifacts, tempfile::tempdir().unwrap().path())
-        .await
-        .unwrap();
+    let first_run = tempfile::tempdir().unwrap(); // kept: the cache copies from it
+    fetcher.fetch(&artifacts, first_run.path()).await.unwrap();
     let sent = origin.body_bytes_sent();
     assert_eq!(sent, data.len() as u64);
 
@@ -283,10 +281,8 @@ async fn an_artifact_with_a_digest_is_verified_and_then_needs_no_request_even_wh
     let fetcher = fetcher(cache.path());
     let artifacts = [artifact(&origin, "data", "/data").sha256(sha256(&data))];
 
-    let first = fetcher
-        .fetch(&artifacts, tempfile::tempdir().unwrap().path())
-        .await
-        .unwrap();
+    let first_run = tempfile::tempdir().unwrap(); // kept: the cache copies from it
+    let first = fetcher.fetch(&artifacts, first_run.path()).await.unwrap();
     assert_eq!(served(&first), [Served::Downloaded]);
     assert_eq!(first.artifacts[0].sha256, Some(sha256(&data)));
     for _ in 0..2 {
@@ -972,10 +968,8 @@ async fn a_second_host_gets_the_artifact_from_the_shared_tier() {
     let (cache_one, cache_two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let artifacts = [artifact(&origin, "data", "/data").sha256(sha256(&data))];
     let one = host(cache_one.path()).await;
-    let first = one
-        .fetch(&artifacts, tempfile::tempdir().unwrap().path())
-        .await
-        .unwrap();
+    let first_run = tempfile::tempdir().unwrap(); // kept: the cache copies from it
+    let first = one.fetch(&artifacts, first_run.path()).await.unwrap();
     assert_eq!(served(&first), [Served::Downloaded]);
     one.close().await.unwrap();
 
@@ -1315,7 +1309,7 @@ async fn a_large_download_is_copied_from_the_jobs_file_into_the_cache_after_the_
     let (store, gate) = gated_store_with(true);
     let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
     let artifacts = [artifact(&origin, "data.bin", "/data")];
-    let run = tempfile::tempdir().unwrap();
+    let Some(run) = hand_over_dir() else { return };
     let first = fetcher.fetch(&artifacts, run.path()).await.unwrap();
     assert_eq!(served(&first), [Served::Downloaded]);
     assert_eq!(entries(&*store).await, 0, "the cache has nothing yet");
@@ -1342,7 +1336,7 @@ async fn a_job_that_writes_its_file_before_the_cache_copied_it_has_the_cache_dow
     let (store, gate) = gated_store_with(true);
     let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
     let artifacts = [artifact(&origin, "data.bin", "/data")];
-    let run = tempfile::tempdir().unwrap();
+    let Some(run) = hand_over_dir() else { return };
     fetcher.fetch(&artifacts, run.path()).await.unwrap();
     // The job changes its copy in place, same length, before the cache reads it.
     let mut file = std::fs::OpenOptions::new()
@@ -1384,14 +1378,15 @@ async fn a_job_that_writes_its_file_at_once_never_changes_what_the_cache_gets() 
             Reply::ok(data.clone()).header("cache-control", "max-age=600"),
         );
         let artifacts = [artifact(&origin, "data.bin", &path)];
-        let run = tempfile::tempdir().unwrap();
+        let Some(run) = hand_over_dir() else { return };
         fetcher.fetch(&artifacts, run.path()).await.unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
+        // In place, at the same length: what a copy of the file's length would see.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
             .open(run.path().join("data.bin"))
-            .unwrap()
-            .write_all(b"changed by the job")
             .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, b"changed by the job", 0).unwrap();
+        drop(file);
         fetcher.stored().await;
         let again = tempfile::tempdir().unwrap();
         let second = fetcher.fetch(&artifacts, again.path()).await.unwrap();
@@ -1405,7 +1400,8 @@ async fn a_job_that_writes_its_file_at_once_never_changes_what_the_cache_gets() 
 }
 
 #[tokio::test]
-async fn a_run_directory_removed_before_the_cache_copied_its_file_still_leaves_it_cached() {
+async fn a_run_directory_removed_before_the_cache_copied_its_file_has_the_cache_download_it_again()
+{
     let origin = Origin::start().await.unwrap();
     let data = body(2 << 20, 13);
     origin.always(
@@ -1416,18 +1412,138 @@ async fn a_run_directory_removed_before_the_cache_copied_its_file_still_leaves_i
     let (store, gate) = gated_store_with(true);
     let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
     let artifacts = [artifact(&origin, "data.bin", "/data")];
-    let run = tempfile::tempdir().unwrap();
+    let Some(run) = hand_over_dir() else { return };
     fetcher.fetch(&artifacts, run.path()).await.unwrap();
-    // The job was quick, and its directory is cleaned up at once.
+    // Removed at once: a removal cannot be told from a change (a job may change
+    // the file, set its times back and remove it), so the hand-over is refused.
     drop(run);
 
-    gate.add_permits(1);
+    gate.add_permits(2);
     fetcher.stored().await;
+    assert_eq!(origin.total_hits(), 2, "downloaded again for the cache");
     let again = tempfile::tempdir().unwrap();
     let second = fetcher.fetch(&artifacts, again.path()).await.unwrap();
     assert_eq!(served(&second), [Served::Cached]);
     assert_eq!(std::fs::read(again.path().join("data.bin")).unwrap(), data);
-    assert_eq!(origin.total_hits(), 1);
+}
+
+/// A job that changes its file in place, sets its times back and removes it before
+/// the cache copied it does not get its change into the cache.
+#[tokio::test]
+async fn a_change_with_the_times_set_back_and_the_file_removed_does_not_reach_the_cache() {
+    let origin = Origin::start().await.unwrap();
+    let data = body(2 << 20, 15);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (store, gate) = gated_store_with(true);
+    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
+    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let Some(run) = hand_over_dir() else { return };
+    fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    let path = run.path().join("data.bin");
+    let times = std::fs::metadata(&path).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"changed by the job", 0).unwrap();
+    file.set_times(
+        std::fs::FileTimes::new()
+            .set_modified(times.modified().unwrap())
+            .set_accessed(times.accessed().unwrap()),
+    )
+    .unwrap();
+    drop(file);
+    drop(run);
+
+    gate.add_permits(2);
+    fetcher.stored().await;
+    let again = tempfile::tempdir().unwrap();
+    let second = fetcher.fetch(&artifacts, again.path()).await.unwrap();
+    assert_eq!(served(&second), [Served::Cached]);
+    assert!(
+        std::fs::read(again.path().join("data.bin")).unwrap() == data,
+        "the job's change is not in the cache"
+    );
+}
+
+/// On a file system whose change times do not tell every write (tmpfs: a write
+/// through a shared mapping), a large download is stored as it arrives, before the
+/// job has its file.
+#[tokio::test]
+async fn on_tmpfs_a_large_download_is_stored_as_it_arrives() {
+    let Ok(run) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("no /dev/shm here: nothing to check");
+        return;
+    };
+    let origin = Origin::start().await.unwrap();
+    let data = body(2 << 20, 16);
+    origin.always(
+        "/data",
+        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (store, gate) = gated_store_with(true);
+    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
+    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(run.path().join("data.bin"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"changed by the job", 0).unwrap();
+    drop(file);
+
+    gate.add_permits(1);
+    fetcher.stored().await;
+    assert_eq!(origin.total_hits(), 1, "stored from the download itself");
+    let again = tempfile::tempdir().unwrap();
+    let second = fetcher.fetch(&artifacts, again.path()).await.unwrap();
+    assert_eq!(served(&second), [Served::Cached]);
+    assert!(std::fs::read(again.path().join("data.bin")).unwrap() == data);
+}
+
+/// While the cache copies a downloaded file, the job can run it: no descriptor
+/// open for writing is left on it (execve refuses such a file: ETXTBSY).
+#[tokio::test]
+async fn a_downloaded_program_can_be_run_while_the_cache_copies_it() {
+    let origin = Origin::start().await.unwrap();
+    let mut script = b"#!/bin/sh\necho ran\n".to_vec();
+    script.extend(std::iter::repeat_n(b'#', 2 << 20));
+    script.push(b'\n');
+    origin.always(
+        "/tool",
+        Reply::ok(script).header("cache-control", "max-age=600"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let (store, gate) = gated_store_with(true);
+    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
+    let artifacts = [artifact(&origin, "tool", "/tool")];
+    let Some(run) = hand_over_dir() else { return };
+    fetcher.fetch(&artifacts, run.path()).await.unwrap();
+    let tool = run.path().join("tool");
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = std::process::Command::new(&tool).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ran\n");
+    gate.add_permits(2);
+    fetcher.stored().await;
+}
+
+/// A temp dir where large downloads are handed to the cache once in place: on the
+/// file system the crate is built on, when it is ext4, XFS or Btrfs; `None`, with
+/// a note, elsewhere.
+fn hand_over_dir() -> Option<tempfile::TempDir> {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let kind = rustix::fs::statfs(dir.path()).unwrap().f_type;
+    if matches!(u64::try_from(kind), Ok(0xEF53 | 0x5846_5342 | 0x9123_683E)) {
+        Some(dir)
+    } else {
+        eprintln!(
+            "{}: not ext4, XFS or Btrfs ({kind:#x}): nothing to check",
+            dir.path().display()
+        );
+        None
+    }
 }
 
 /// A fetcher over `store`, with its locks in `cache_dir` (two of them over one

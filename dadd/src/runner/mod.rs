@@ -376,6 +376,9 @@ impl Runner {
             self.after_failure(spec, &outcome, started).await;
         }
         if outcome.succeeded() && !spec.keep_dir {
+            // The cache copies the files it downloaded from this directory after the
+            // fetch: removing them first would make it download them again.
+            self.fetcher.stored().await;
             match tokio::fs::remove_dir_all(dir).await {
                 Ok(()) => outcome.kept = false,
                 Err(error) => {
