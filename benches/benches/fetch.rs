@@ -55,7 +55,8 @@ async fn fetch_artifact(
 }
 
 /// One fetch into a new run directory, timed until the directory has its file;
-/// how the file got there.
+/// how the file got there. The directory is removed once the cache is done with
+/// it (not timed), as dadd's runner does: the cache copies a download from it.
 async fn timed_fetch(
     fetcher: &Fetcher,
     artifact: Artifact,
@@ -65,6 +66,8 @@ async fn timed_fetch(
     let start = Instant::now();
     let report = fetcher.fetch(&[artifact], run.path()).await?;
     let elapsed = start.elapsed();
+    fetcher.stored().await;
+    drop(run);
     let done = &report.artifacts[0];
     anyhow::ensure!(
         done.served == expected && done.size == BODY,

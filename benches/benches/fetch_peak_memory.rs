@@ -44,6 +44,8 @@ async fn run() -> anyhow::Result<()> {
         let start = Instant::now();
         let report = fetcher.fetch(&artifacts, run.path()).await?;
         seconds.push(start.elapsed().as_secs_f64());
+        // The run directory stays until the cache has copied the download from it.
+        fetcher.stored().await;
         anyhow::ensure!(
             report.artifacts[0].served == expected && report.artifacts[0].size == BODY,
             "unexpected fetch: {report:?}"
