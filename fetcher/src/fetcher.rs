@@ -827,8 +827,9 @@ impl Fetcher {
     /// write to its file meanwhile: the copy is kept only if the file is the same
     /// after it as now ([`FileIdentity::unchanged`]). The change time is set by the
     /// kernel on any write and cannot be set back, but it moves in ticks of its
-    /// clock: the hand-over waits (a few milliseconds) until the clock has moved past
-    /// it, so that a write made after the fetch returns cannot leave it as it is.
+    /// clock: the hand-over waits until the clock has moved past it (a few
+    /// milliseconds; up to a second where times are kept to the second), so that a
+    /// write made after the fetch returns cannot leave it as it is.
     /// Returns what tells, once the cache is done, whether the job changed the file
     /// first.
     async fn hand_over(&self, artifact: &Artifact, keep: Keep) -> Option<Watch> {
@@ -1056,7 +1057,7 @@ struct Taken {
     keep: Option<Keep>,
 }
 
-/// A downloaded body's file (open on the scratch file, which becomes the
+/// A downloaded body's file (open read-only on the scratch file, which becomes the
 /// artifact), to hand to the cache.
 struct Keep {
     pending: PendingStore,
@@ -1064,10 +1065,11 @@ struct Keep {
     len: u64,
 }
 
-/// Whether files in `dir` have change times that every write moves, to the
-/// nanosecond, from this machine's clock: a local ext4, XFS or Btrfs. Not tmpfs (a
-/// write through a shared mapping need not move them), nor a network file system
-/// (the server's clock, attributes cached), nor one that keeps times to the second.
+/// Whether files in `dir` have change times that every write moves, from this
+/// machine's clock: a local ext4, XFS or Btrfs. Not tmpfs (a write through a shared
+/// mapping need not move them), nor a network file system (the server's clock,
+/// attributes cached). (An ext4 made with small inodes, or an ext2 or ext3, keeps
+/// times to the second: the hand-over then waits for the next second.)
 fn times_tell_writes(dir: &Path) -> bool {
     const EXT4: u64 = 0xEF53;
     const XFS: u64 = 0x5846_5342;
