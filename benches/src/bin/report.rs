@@ -237,13 +237,16 @@ fn fetcher_table(dir: &Path, out: &mut String) -> anyhow::Result<()> {
         )?;
     }
     for (name, ours) in [
-        ("repeat while fresh (kernel copy)", repeat),
+        (
+            "repeat while fresh (kernel copy: the library's default, without reflinks)",
+            repeat,
+        ),
         (
             "repeat while fresh, read-only with a digest (hard link)",
             linked,
         ),
         (
-            "repeat while fresh, with prepared copies (a copy made after the run before, moved in)",
+            "repeat while fresh, with prepared copies (dadd run's default: a copy made after the run before, moved in)",
             prepared,
         ),
     ] {
