@@ -25,9 +25,9 @@
 //! The files are written to the system's temp dir; each iteration's run directory is
 //! removed after it is timed.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
+use benches::floor::download_to_files;
 use benches::site::GeneratedOrigin;
 use benches::{must, runtime};
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -51,84 +51,63 @@ async fn fetch_artifact(
     artifact: Artifact,
     expected: Served,
 ) -> anyhow::Result<Duration> {
-    Ok(timed_fetch(fetcher, artifact, expected).await?.0)
+    Ok(timed_fetch(fetcher, artifact, expected).await?.to_file)
 }
 
-/// One fetch into a new run directory, timed until the directory has its file;
-/// how the file got there. The directory is removed once the cache is done with
-/// it (not timed), as dadd's runner does: the cache copies a download from it.
+/// One timed fetch: until the run directory had its file, until the cache was
+/// done with it too, and how the file got there.
+struct Timed {
+    to_file: Duration,
+    to_stored: Duration,
+    how: Materialized,
+}
+
+/// One fetch into a new run directory. The directory is removed once the cache is
+/// done with it, as dadd's runner does: the cache copies a download from it.
 async fn timed_fetch(
     fetcher: &Fetcher,
     artifact: Artifact,
     expected: Served,
-) -> anyhow::Result<(Duration, Materialized)> {
+) -> anyhow::Result<Timed> {
     let run = tempfile::Builder::new().prefix("bench-run-").tempdir()?;
     let start = Instant::now();
     let report = fetcher.fetch(&[artifact], run.path()).await?;
-    let elapsed = start.elapsed();
+    let to_file = start.elapsed();
     fetcher.stored().await;
+    let to_stored = start.elapsed();
     drop(run);
     let done = &report.artifacts[0];
     anyhow::ensure!(
         done.served == expected && done.size == BODY,
         "unexpected fetch: {report:?}"
     );
-    Ok((elapsed, done.materialized))
+    Ok(Timed {
+        to_file,
+        to_stored,
+        how: done.materialized,
+    })
 }
 
 /// A repeat fetch by a fetcher with prepared copies, timed until the run directory
 /// has its file; then, not timed, the copy for the next run is made.
 async fn prepared_once(fetcher: &Fetcher, url: &str) -> anyhow::Result<Duration> {
-    let (elapsed, how) = timed_fetch(fetcher, artifact(url)?, Served::Cached).await?;
+    let timed = timed_fetch(fetcher, artifact(url)?, Served::Cached).await?;
+    let how = timed.how;
     anyhow::ensure!(how == Materialized::Prepared, "materialized as {how:?}");
-    fetcher.stored().await;
-    Ok(elapsed)
+    Ok(timed.to_file)
 }
 
-async fn plain_once(client: &reqwest::Client, url: &str) -> anyhow::Result<Duration> {
-    let run = tempfile::Builder::new().prefix("bench-run-").tempdir()?;
-    let start = Instant::now();
-    let mut response = client.get(url).send().await?.error_for_status()?;
-    let mut file = std::fs::File::create(run.path().join("artifact.bin"))?;
-    let mut len = 0u64;
-    while let Some(chunk) = response.chunk().await? {
-        len += chunk.len() as u64;
-        file.write_all(&chunk)?;
-    }
-    drop(file);
-    let elapsed = start.elapsed();
-    anyhow::ensure!(len == BODY, "short body: {len}");
-    Ok(elapsed)
-}
-
-/// Plain reqwest writing the body to two files at once (the second by a thread of
-/// its own, from the same chunks): the least that a fetch which leaves the job a
-/// copy of its own and keeps one must write, on a file system without reflinks.
-async fn plain_two_copies_once(client: &reqwest::Client, url: &str) -> anyhow::Result<Duration> {
+/// Plain reqwest writing the body to a file in a new run directory (and, when
+/// `two_copies`, to a second file as well: see [`download_to_files`]).
+async fn plain_once(
+    client: &reqwest::Client,
+    url: &str,
+    two_copies: bool,
+) -> anyhow::Result<Duration> {
     let run = tempfile::Builder::new().prefix("bench-run-").tempdir()?;
     let kept = tempfile::Builder::new().prefix("bench-cache-").tempdir()?;
-    let start = Instant::now();
-    let mut response = client.get(url).send().await?.error_for_status()?;
-    let mut file = std::fs::File::create(run.path().join("artifact.bin"))?;
-    let mut copy = std::fs::File::create(kept.path().join("artifact.bin"))?;
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<bytes::Bytes>(32);
-    let second = std::thread::spawn(move || -> std::io::Result<()> {
-        while let Ok(chunk) = receiver.recv() {
-            copy.write_all(&chunk)?;
-        }
-        Ok(())
-    });
-    let mut len = 0u64;
-    while let Some(chunk) = response.chunk().await? {
-        len += chunk.len() as u64;
-        sender.send(chunk.clone())?;
-        file.write_all(&chunk)?;
-    }
-    drop((file, sender));
-    second
-        .join()
-        .map_err(|_| anyhow::anyhow!("the second writer panicked"))??;
-    let elapsed = start.elapsed();
+    let copy = two_copies.then(|| kept.path());
+    let (elapsed, len) = download_to_files(client, url, run.path(), copy).await?;
     anyhow::ensure!(len == BODY, "short body: {len}");
     Ok(elapsed)
 }
@@ -168,73 +147,50 @@ fn bench(criterion: &mut Criterion) {
 
     let mut first = criterion.benchmark_group("fetch_first");
     first.sample_size(10).throughput(Throughput::Bytes(BODY));
-    first.bench_function(BenchmarkId::new("fetcher", SIZE), |bencher| {
-        bencher.to_async(&runtime).iter_custom(|iterations| {
-            let url = url.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iterations {
-                    let cache = temp_dir("bench-cache-");
-                    let fetcher = fetcher_in(cache.path());
-                    total += must(fetch_once(&fetcher, &url, Served::Downloaded).await);
-                    // The cache's copy is synced and published after the fetch
-                    // returns (while the job would run): not timed, but done before
-                    // the next iteration starts.
-                    must(fetcher.close().await.map_err(Into::into));
-                    drop(cache);
-                    settle();
+    // The fetcher timed until the run directory has its file (the cache's copy is
+    // synced and published after it, while the job would run: not timed, but done
+    // before the next iteration starts), and until the cache's copy is stored too.
+    for (name, until_stored) in [("fetcher", false), ("fetcher-until-stored", true)] {
+        first.bench_function(BenchmarkId::new(name, SIZE), |bencher| {
+            bencher.to_async(&runtime).iter_custom(|iterations| {
+                let url = url.clone();
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let cache = temp_dir("bench-cache-");
+                        let fetcher = fetcher_in(cache.path());
+                        let wanted = must(artifact(&url));
+                        let timed = must(timed_fetch(&fetcher, wanted, Served::Downloaded).await);
+                        total += if until_stored {
+                            timed.to_stored
+                        } else {
+                            timed.to_file
+                        };
+                        must(fetcher.close().await.map_err(Into::into));
+                        drop(cache);
+                        settle();
+                    }
+                    total
                 }
-                total
-            }
+            });
         });
-    });
-    first.bench_function(BenchmarkId::new("fetcher-until-stored", SIZE), |bencher| {
-        bencher.to_async(&runtime).iter_custom(|iterations| {
-            let url = url.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iterations {
-                    let cache = temp_dir("bench-cache-");
-                    let fetcher = fetcher_in(cache.path());
-                    let start = Instant::now();
-                    must(fetch_once(&fetcher, &url, Served::Downloaded).await);
-                    fetcher.stored().await;
-                    total += start.elapsed();
-                    must(fetcher.close().await.map_err(Into::into));
-                    drop(cache);
-                    settle();
-                }
-                total
-            }
-        });
-    });
+    }
     let client = reqwest::Client::new();
-    first.bench_function(BenchmarkId::new("plain", SIZE), |bencher| {
-        bencher.to_async(&runtime).iter_custom(|iterations| {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iterations {
-                    total += must(plain_once(&client, &url).await);
-                    settle();
+    for (name, two_copies) in [("plain", false), ("plain-two-copies", true)] {
+        first.bench_function(BenchmarkId::new(name, SIZE), |bencher| {
+            bencher.to_async(&runtime).iter_custom(|iterations| {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iterations {
+                        total += must(plain_once(&client, &url, two_copies).await);
+                        settle();
+                    }
+                    total
                 }
-                total
-            }
+            });
         });
-    });
-    first.bench_function(BenchmarkId::new("plain-two-copies", SIZE), |bencher| {
-        bencher.to_async(&runtime).iter_custom(|iterations| {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iterations {
-                    total += must(plain_two_copies_once(&client, &url).await);
-                    settle();
-                }
-                total
-            }
-        });
-    });
+    }
     first.finish();
 
     // One cache for the repeats, primed once; the file of that first run is what
@@ -293,13 +249,12 @@ fn bench(criterion: &mut Criterion) {
     );
     // Its first fetch copies, and prepares the next; where the copy is a reflink,
     // nothing is prepared (nor needed).
-    let (_, first_repeat) = must(runtime.block_on(timed_fetch(
+    let first_repeat = must(runtime.block_on(timed_fetch(
         &preparing,
         must(artifact(&url)),
         Served::Cached,
     )));
-    runtime.block_on(preparing.stored());
-    if first_repeat == Materialized::Reflink {
+    if first_repeat.how == Materialized::Reflink {
         eprintln!("fetch_repeat/fetcher-prepared: not run, the repeat is a reflink here");
     } else {
         bench_prepared(&mut repeat, &runtime, &preparing, &url);

@@ -11,7 +11,8 @@
 //!   and nothing else.
 //!
 //! The other floors are not middleware: plain reqwest for a miss, and a bare Redis
-//! `GET` for a hit from Redis ([`crate::contender`]).
+//! `GET` for a hit from Redis ([`crate::contender`]); and for the fetcher, plain
+//! reqwest writing a body to one file or two ([`download_to_files`]).
 
 use std::path::PathBuf;
 
@@ -129,4 +130,52 @@ impl Middleware for Revalidating {
         }
         Ok(self.prepared.response(&url, self.prepared.body.clone()))
     }
+}
+
+/// Plain reqwest streaming the body of `url` to `artifact.bin` in `dir` and, with
+/// `copy_dir`, to a second `artifact.bin` there too, written by a thread of its own
+/// from the same chunks (the least a fetch that leaves the job a copy of its own and
+/// keeps one must write, on a file system without reflinks): the fetcher's floors.
+/// Returns the time from the request until the files are written, and the body's
+/// length.
+pub async fn download_to_files(
+    client: &reqwest::Client,
+    url: &str,
+    dir: &std::path::Path,
+    copy_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(std::time::Duration, u64)> {
+    use std::io::Write;
+    let start = std::time::Instant::now();
+    let mut response = client.get(url).send().await?.error_for_status()?;
+    let mut file = std::fs::File::create(dir.join("artifact.bin"))?;
+    let second = match copy_dir {
+        Some(copy_dir) => {
+            let mut copy = std::fs::File::create(copy_dir.join("artifact.bin"))?;
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Bytes>(32);
+            let writer = std::thread::spawn(move || -> std::io::Result<()> {
+                while let Ok(chunk) = receiver.recv() {
+                    copy.write_all(&chunk)?;
+                }
+                Ok(())
+            });
+            Some((sender, writer))
+        }
+        None => None,
+    };
+    let mut len = 0u64;
+    while let Some(chunk) = response.chunk().await? {
+        len += chunk.len() as u64;
+        if let Some((sender, _)) = &second {
+            sender.send(chunk.clone())?;
+        }
+        file.write_all(&chunk)?;
+    }
+    drop(file);
+    if let Some((sender, writer)) = second {
+        drop(sender);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the second writer panicked"))??;
+    }
+    Ok((start.elapsed(), len))
 }

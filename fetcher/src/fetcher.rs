@@ -329,16 +329,19 @@ impl Fetcher {
         } = taken;
         // Others may go on once the body is in the cache (when it can be stored):
         // a body being recorded already, or a file handed over once in place.
-        let mut recording = Some(recording);
-        if keep.is_none() {
-            self.release_when_stored(&mut lock, recording.take().flatten(), artifact, None);
-        }
+        let recording = match keep {
+            None => {
+                self.release_when_stored(&mut lock, recording, artifact, None);
+                None
+            }
+            Some(_) => recording,
+        };
         let materialized = self
             .put_in_place(artifact, scratch, archive, &dest, done.materialized)
             .await?;
         if let Some(keep) = keep {
             let watch = self.hand_over(artifact, keep).await;
-            self.release_when_stored(&mut lock, recording.take().flatten(), artifact, watch);
+            self.release_when_stored(&mut lock, recording, artifact, watch);
         }
         self.progress(
             artifact,
@@ -456,8 +459,9 @@ impl Fetcher {
             .with_extension(StoreInBackground);
         // The body is written where it is used, and that file handed to the cache
         // afterwards (StoreFromFile): one write while the job waits, not two. Only
-        // where the file's change time tells every write.
-        if times_tell_writes(dest.parent().unwrap_or(dest)) {
+        // where the file's change time tells every write, and only for a request
+        // that may download (not one answered by the cache alone).
+        if mode != CacheMode::OnlyIfCached && times_tell_writes(dest.parent().unwrap_or(dest)) {
             request = request.with_extension(StoreFromFile::at_least(HAND_OVER_MIN));
         }
         let mut response = request.send().await.map_err(classify)?;
@@ -825,7 +829,7 @@ impl Fetcher {
     /// Hands a downloaded file, now in place (or unpacked and gone from the run
     /// directory), to the cache, which copies it in the background. The job may
     /// write to its file meanwhile: the copy is kept only if the file is the same
-    /// after it as now ([`FileIdentity::unchanged`]). The change time is set by the
+    /// after it as now (the same [`FileIdentity`]). The change time is set by the
     /// kernel on any write and cannot be set back, but it moves in ticks of its
     /// clock: the hand-over waits until the clock has moved past it (a few
     /// milliseconds; up to a second where times are kept to the second), so that a
@@ -851,7 +855,7 @@ impl Fetcher {
         let watch = file.try_clone().ok().map(|file| Watch { file, identity });
         let unchanged = move |file: &std::fs::File| {
             file.metadata()
-                .is_ok_and(|now| identity.unchanged(&FileIdentity::of(&now)))
+                .is_ok_and(|now| FileIdentity::of(&now) == identity)
         };
         pending.store(FileBody::guarded(file, len, unchanged));
         watch
@@ -1089,7 +1093,7 @@ impl Watch {
     fn changed(&self) -> bool {
         self.file
             .metadata()
-            .is_ok_and(|now| !self.identity.unchanged(&FileIdentity::of(&now)))
+            .is_ok_and(|now| FileIdentity::of(&now) != self.identity)
     }
 }
 
@@ -1148,7 +1152,9 @@ fn read_only_again(written: &std::fs::File, path: &Path) -> std::io::Result<std:
     Ok(file)
 }
 
-/// What tells a file handed to a job apart from the same file after a write.
+/// What tells a file handed to a job apart from the same file after a write: any
+/// write moves the change time, which no one can set back (nor can a write be told
+/// from another change: a change of mode, a rename, a removal all count as one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileIdentity {
     dev: u64,
@@ -1171,13 +1177,6 @@ impl FileIdentity {
             mtime: (metadata.mtime(), metadata.mtime_nsec()),
             ctime: (metadata.ctime(), metadata.ctime_nsec()),
         }
-    }
-
-    /// Whether `now` is this file as it was: not written to since. Any write moves
-    /// the change time, which no one can set back (nor can a write be told from
-    /// another change: a change of mode, a rename, a removal all count as one).
-    fn unchanged(&self, now: &FileIdentity) -> bool {
-        self == now
     }
 
     /// Waits until the clock file times are taken from has moved past this change

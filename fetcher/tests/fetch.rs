@@ -1299,16 +1299,16 @@ async fn entries(store: &dyn cachecontrol::Cache) -> usize {
 /// the job's file after the fetch has returned, and only as it was downloaded.
 #[tokio::test]
 async fn a_large_download_is_copied_from_the_jobs_file_into_the_cache_after_the_fetch() {
-    let origin = Origin::start().await.unwrap();
-    let data = body(2 << 20, 11);
-    origin.always(
-        "/data",
-        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
-    );
-    let cache = tempfile::tempdir().unwrap();
-    let (store, gate) = gated_store_with(true);
-    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
-    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let HandOver {
+        origin,
+        store,
+        gate,
+        fetcher,
+        artifacts,
+        data,
+        _cache,
+        ..
+    } = HandOver::start("data.bin", "/data", body(2 << 20, 11)).await;
     let Some(run) = hand_over_dir() else { return };
     let first = fetcher.fetch(&artifacts, run.path()).await.unwrap();
     assert_eq!(served(&first), [Served::Downloaded]);
@@ -1326,16 +1326,16 @@ async fn a_large_download_is_copied_from_the_jobs_file_into_the_cache_after_the_
 
 #[tokio::test]
 async fn a_job_that_writes_its_file_before_the_cache_copied_it_has_the_cache_download_it_again() {
-    let origin = Origin::start().await.unwrap();
-    let data = body(2 << 20, 12);
-    origin.always(
-        "/data",
-        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
-    );
-    let cache = tempfile::tempdir().unwrap();
-    let (store, gate) = gated_store_with(true);
-    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
-    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let HandOver {
+        origin,
+        store,
+        gate,
+        fetcher,
+        artifacts,
+        data,
+        _cache,
+        ..
+    } = HandOver::start("data.bin", "/data", body(2 << 20, 12)).await;
     let Some(run) = hand_over_dir() else { return };
     fetcher.fetch(&artifacts, run.path()).await.unwrap();
     // The job changes its copy in place, same length, before the cache reads it.
@@ -1402,16 +1402,15 @@ async fn a_job_that_writes_its_file_at_once_never_changes_what_the_cache_gets() 
 #[tokio::test]
 async fn a_run_directory_removed_before_the_cache_copied_its_file_has_the_cache_download_it_again()
 {
-    let origin = Origin::start().await.unwrap();
-    let data = body(2 << 20, 13);
-    origin.always(
-        "/data",
-        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
-    );
-    let cache = tempfile::tempdir().unwrap();
-    let (store, gate) = gated_store_with(true);
-    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
-    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let HandOver {
+        origin,
+        gate,
+        fetcher,
+        artifacts,
+        data,
+        _cache,
+        ..
+    } = HandOver::start("data.bin", "/data", body(2 << 20, 13)).await;
     let Some(run) = hand_over_dir() else { return };
     fetcher.fetch(&artifacts, run.path()).await.unwrap();
     // Removed at once: a removal cannot be told from a change (a job may change
@@ -1431,16 +1430,15 @@ async fn a_run_directory_removed_before_the_cache_copied_its_file_has_the_cache_
 /// the cache copied it does not get its change into the cache.
 #[tokio::test]
 async fn a_change_with_the_times_set_back_and_the_file_removed_does_not_reach_the_cache() {
-    let origin = Origin::start().await.unwrap();
-    let data = body(2 << 20, 15);
-    origin.always(
-        "/data",
-        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
-    );
-    let cache = tempfile::tempdir().unwrap();
-    let (store, gate) = gated_store_with(true);
-    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
-    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let HandOver {
+        origin: _origin,
+        gate,
+        fetcher,
+        artifacts,
+        data,
+        _cache,
+        ..
+    } = HandOver::start("data.bin", "/data", body(2 << 20, 15)).await;
     let Some(run) = hand_over_dir() else { return };
     fetcher.fetch(&artifacts, run.path()).await.unwrap();
     let path = run.path().join("data.bin");
@@ -1476,16 +1474,15 @@ async fn on_tmpfs_a_large_download_is_stored_as_it_arrives() {
         eprintln!("no /dev/shm here: nothing to check");
         return;
     };
-    let origin = Origin::start().await.unwrap();
-    let data = body(2 << 20, 16);
-    origin.always(
-        "/data",
-        Reply::ok(data.clone()).header("cache-control", "max-age=600"),
-    );
-    let cache = tempfile::tempdir().unwrap();
-    let (store, gate) = gated_store_with(true);
-    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
-    let artifacts = [artifact(&origin, "data.bin", "/data")];
+    let HandOver {
+        origin,
+        gate,
+        fetcher,
+        artifacts,
+        data,
+        _cache,
+        ..
+    } = HandOver::start("data.bin", "/data", body(2 << 20, 16)).await;
     fetcher.fetch(&artifacts, run.path()).await.unwrap();
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -1507,18 +1504,17 @@ async fn on_tmpfs_a_large_download_is_stored_as_it_arrives() {
 /// open for writing is left on it (execve refuses such a file: ETXTBSY).
 #[tokio::test]
 async fn a_downloaded_program_can_be_run_while_the_cache_copies_it() {
-    let origin = Origin::start().await.unwrap();
     let mut script = b"#!/bin/sh\necho ran\n".to_vec();
     script.extend(std::iter::repeat_n(b'#', 2 << 20));
     script.push(b'\n');
-    origin.always(
-        "/tool",
-        Reply::ok(script).header("cache-control", "max-age=600"),
-    );
-    let cache = tempfile::tempdir().unwrap();
-    let (store, gate) = gated_store_with(true);
-    let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
-    let artifacts = [artifact(&origin, "tool", "/tool")];
+    let HandOver {
+        origin: _origin,
+        gate,
+        fetcher,
+        artifacts,
+        _cache,
+        ..
+    } = HandOver::start("tool", "/tool", script).await;
     let Some(run) = hand_over_dir() else { return };
     fetcher.fetch(&artifacts, run.path()).await.unwrap();
     let tool = run.path().join("tool");
@@ -1527,6 +1523,43 @@ async fn a_downloaded_program_can_be_run_while_the_cache_copies_it() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), "ran\n");
     gate.add_permits(2);
     fetcher.stored().await;
+}
+
+/// A loopback origin serving one fresh body, and a fetcher over a [`GatedStore`]
+/// that waits for its gate before taking a body in: what the tests of the hand-over
+/// of large downloads start from.
+struct HandOver {
+    origin: Origin,
+    data: Vec<u8>,
+    store: Arc<GatedStore>,
+    gate: Arc<tokio::sync::Semaphore>,
+    fetcher: Fetcher,
+    artifacts: [Artifact; 1],
+    _cache: tempfile::TempDir,
+}
+
+impl HandOver {
+    /// `data` served at `path`, fetched as the artifact `name`.
+    async fn start(name: &str, path: &str, data: Vec<u8>) -> HandOver {
+        let origin = Origin::start().await.unwrap();
+        origin.always(
+            path,
+            Reply::ok(data.clone()).header("cache-control", "max-age=600"),
+        );
+        let cache = tempfile::tempdir().unwrap();
+        let (store, gate) = gated_store_with(true);
+        let fetcher = gated_fetcher(cache.path(), &store, Duration::from_secs(600));
+        let artifacts = [artifact(&origin, name, path)];
+        HandOver {
+            origin,
+            data,
+            store,
+            gate,
+            fetcher,
+            artifacts,
+            _cache: cache,
+        }
+    }
 }
 
 /// A temp dir where large downloads are handed to the cache once in place: on the

@@ -14,9 +14,9 @@
 //! name may come back, to alternate contenders; the median of each is printed at
 //! the end.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
+use benches::floor::download_to_files;
 use benches::site::GeneratedOrigin;
 use fetcher::{Artifact, Fetcher};
 
@@ -130,31 +130,8 @@ async fn once(
         }
         "plain" | "plain-two-copies" => {
             let kept = tempfile::Builder::new().prefix("bench-cache-").tempdir()?;
-            let start = Instant::now();
-            let mut response = client.get(url).send().await?.error_for_status()?;
-            let mut file = std::fs::File::create(run.path().join("artifact.bin"))?;
-            let (sender, receiver) = std::sync::mpsc::sync_channel::<bytes::Bytes>(32);
-            let mut copy = std::fs::File::create(kept.path().join("artifact.bin"))?;
-            let second = std::thread::spawn(move || -> std::io::Result<()> {
-                while let Ok(chunk) = receiver.recv() {
-                    copy.write_all(&chunk)?;
-                }
-                Ok(())
-            });
-            let two = name == "plain-two-copies";
-            let mut done = 0u64;
-            while let Some(chunk) = response.chunk().await? {
-                done += chunk.len() as u64;
-                if two {
-                    sender.send(chunk.clone())?;
-                }
-                file.write_all(&chunk)?;
-            }
-            drop((file, sender));
-            second
-                .join()
-                .map_err(|_| anyhow::anyhow!("the second writer panicked"))??;
-            let elapsed = start.elapsed();
+            let copy = (name == "plain-two-copies").then(|| kept.path());
+            let (elapsed, done) = download_to_files(client, url, run.path(), copy).await?;
             anyhow::ensure!(done == len, "short body: {done}");
             Ok(elapsed)
         }

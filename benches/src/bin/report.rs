@@ -214,25 +214,24 @@ fn fetcher_table(dir: &Path, out: &mut String) -> anyhow::Result<()> {
         throughput.map_or("-".to_owned(), |t| format!("{t:.2}×")),
         verdict_of(throughput.map(|t| t >= 0.9)),
     )?;
-    if let Some(until_stored) = until_stored {
-        let throughput = plain.map(|plain| plain / until_stored);
+    for (name, other) in [
+        (
+            "(the same, until the cache's copy is synced and published too)",
+            until_stored,
+        ),
+        (
+            "(plain reqwest to two files at once: the least a fetch keeping a copy writes without reflinks)",
+            two_copies,
+        ),
+    ] {
+        let Some(other) = other else { continue };
+        let throughput = plain.map(|plain| plain / other);
         writeln!(
             out,
-            "| (the same, until the cache's copy is synced and published too) | {} | {} | {} | ({} the plain throughput) |",
-            duration(Some(until_stored)),
+            "| {name} | {} | {} | {} | ({} the plain throughput) |",
+            duration(Some(other)),
             duration(plain),
-            ratio(Some(until_stored), plain),
-            throughput.map_or("-".to_owned(), |t| format!("{t:.2}×")),
-        )?;
-    }
-    if let Some(two_copies) = two_copies {
-        let throughput = plain.map(|plain| plain / two_copies);
-        writeln!(
-            out,
-            "| (plain reqwest to two files at once: the least a fetch keeping a copy writes without reflinks) | {} | {} | {} | ({} the plain throughput) |",
-            duration(Some(two_copies)),
-            duration(plain),
-            ratio(Some(two_copies), plain),
+            ratio(Some(other), plain),
             throughput.map_or("-".to_owned(), |t| format!("{t:.2}×")),
         )?;
     }
