@@ -14,11 +14,13 @@
 //!   reqwest writing the body to two files at once, the least a fetch that leaves
 //!   the job its own copy and keeps one must write where there are no reflinks.
 //! - `fetch_repeat/fetcher` against `fetch_repeat/copy`: the next runs (fresh in the
-//!   cache: no request, the cached file copied by the kernel into a new run
-//!   directory) against copying the file (`std::fs::copy`); and a read-only artifact
-//!   with a digest, which is a hard link to the cache's file; and with prepared
-//!   copies (`fetch_repeat/fetcher-prepared`), the copy for a run made after the run
-//!   before (not timed), moved into place by the fetch.
+//!   cache: no request, a new run directory), with the fetcher's defaults: the copy
+//!   prepared after the run before (not timed) moved into place, or a reflink where
+//!   the file system shares blocks; against copying the file (`std::fs::copy`).
+//!   `fetch_repeat/fetcher-kernel-copy`: the same without prepared copies, the
+//!   cached file copied by the kernel (not run where the repeat is a reflink);
+//!   `fetch_repeat/fetcher-read-only`: a read-only artifact with a digest, which is
+//!   a hard link to the cache's file.
 //! - `fetch_peak_memory` (a target of its own) records the first fetch's peak
 //!   resident set.
 //!
@@ -40,18 +42,6 @@ const SIZE: &str = "1GiB";
 
 fn artifact(url: &str) -> anyhow::Result<Artifact> {
     Ok(Artifact::new("artifact.bin", url.parse()?))
-}
-
-async fn fetch_once(fetcher: &Fetcher, url: &str, expected: Served) -> anyhow::Result<Duration> {
-    fetch_artifact(fetcher, artifact(url)?, expected).await
-}
-
-async fn fetch_artifact(
-    fetcher: &Fetcher,
-    artifact: Artifact,
-    expected: Served,
-) -> anyhow::Result<Duration> {
-    Ok(timed_fetch(fetcher, artifact, expected).await?.to_file)
 }
 
 /// One timed fetch: until the run directory had its file, until the cache was
@@ -88,12 +78,16 @@ async fn timed_fetch(
     })
 }
 
-/// A repeat fetch by a fetcher with prepared copies, timed until the run directory
-/// has its file; then, not timed, the copy for the next run is made.
-async fn prepared_once(fetcher: &Fetcher, url: &str) -> anyhow::Result<Duration> {
-    let timed = timed_fetch(fetcher, artifact(url)?, Served::Cached).await?;
+/// A repeat fetch while fresh, timed until the run directory has its file (not
+/// timed: what the fetcher does after, such as preparing the next run's copy).
+async fn repeat_once(
+    fetcher: &Fetcher,
+    wanted: Artifact,
+    expected: Materialized,
+) -> anyhow::Result<Duration> {
+    let timed = timed_fetch(fetcher, wanted, Served::Cached).await?;
     let how = timed.how;
-    anyhow::ensure!(how == Materialized::Prepared, "materialized as {how:?}");
+    anyhow::ensure!(how == expected, "materialized as {how:?}, not {expected:?}");
     Ok(timed.to_file)
 }
 
@@ -205,20 +199,50 @@ fn bench(criterion: &mut Criterion) {
     );
     runtime.block_on(fetcher.stored());
     let source = primed.path().join("artifact.bin");
+    // The first repeat copies (or shares blocks where the file system can); with the
+    // defaults, where it copied, it prepares the copy for the next run.
+    let first_repeat =
+        must(runtime.block_on(timed_fetch(&fetcher, must(artifact(&url)), Served::Cached)));
+    let reflinks = first_repeat.how == Materialized::Reflink;
     let mut repeat = criterion.benchmark_group("fetch_repeat");
     repeat.sample_size(10).throughput(Throughput::Bytes(BODY));
-    repeat.bench_function(BenchmarkId::new("fetcher", SIZE), |bencher| {
-        bencher.to_async(&runtime).iter_custom(|iterations| {
-            let (fetcher, url) = (fetcher.clone(), url.clone());
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iterations {
-                    total += must(fetch_once(&fetcher, &url, Served::Cached).await);
-                }
-                total
-            }
-        });
-    });
+    // The defaults: each repeat moves in the copy prepared after the one before
+    // (not timed: runs of one job are apart), or shares blocks.
+    let moved_in = if reflinks {
+        Materialized::Reflink
+    } else {
+        Materialized::Prepared
+    };
+    bench_repeat(
+        &mut repeat,
+        &runtime,
+        "fetcher",
+        &fetcher,
+        must(artifact(&url)),
+        moved_in,
+    );
+    // Without prepared copies, each repeat is a copy by the kernel: where the file
+    // system shares blocks, that is the row above.
+    if reflinks {
+        eprintln!("fetch_repeat/fetcher-kernel-copy: not run, the repeat is a reflink here");
+    } else {
+        let copying = must(
+            Fetcher::builder()
+                .cache_dir(cache.path())
+                .prepared_copies(0)
+                .build()
+                .map_err(Into::into),
+        );
+        let wanted = must(artifact(&url));
+        bench_repeat(
+            &mut repeat,
+            &runtime,
+            "fetcher-kernel-copy",
+            &copying,
+            wanted,
+            Materialized::KernelCopy,
+        );
+    }
     // A read-only artifact with a digest is a hard link to the cache's file: no copy.
     let digest = must(
         std::fs::read(&source)
@@ -226,39 +250,14 @@ fn bench(criterion: &mut Criterion) {
             .map_err(Into::into),
     );
     let linked = must(artifact(&url)).read_only(true).sha256(digest);
-    repeat.bench_function(BenchmarkId::new("fetcher-read-only", SIZE), |bencher| {
-        bencher.to_async(&runtime).iter_custom(|iterations| {
-            let (fetcher, linked) = (fetcher.clone(), linked.clone());
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iterations {
-                    total += must(fetch_artifact(&fetcher, linked.clone(), Served::Cached).await);
-                }
-                total
-            }
-        });
-    });
-    // With prepared copies: the copy for a run is made after the run before (not
-    // timed: runs of one job are apart), and the fetch moves it into place.
-    let preparing = must(
-        Fetcher::builder()
-            .cache_dir(cache.path())
-            .prepared_copies(2 * BODY)
-            .build()
-            .map_err(Into::into),
+    bench_repeat(
+        &mut repeat,
+        &runtime,
+        "fetcher-read-only",
+        &fetcher,
+        linked,
+        Materialized::HardLink,
     );
-    // Its first fetch copies, and prepares the next; where the copy is a reflink,
-    // nothing is prepared (nor needed).
-    let first_repeat = must(runtime.block_on(timed_fetch(
-        &preparing,
-        must(artifact(&url)),
-        Served::Cached,
-    )));
-    if first_repeat.how == Materialized::Reflink {
-        eprintln!("fetch_repeat/fetcher-prepared: not run, the repeat is a reflink here");
-    } else {
-        bench_prepared(&mut repeat, &runtime, &preparing, &url);
-    }
     repeat.bench_function(BenchmarkId::new("copy", SIZE), |bencher| {
         bencher.iter_custom(|iterations| {
             let mut total = Duration::ZERO;
@@ -274,21 +273,23 @@ fn bench(criterion: &mut Criterion) {
     repeat.finish();
 }
 
-/// `fetch_repeat/fetcher-prepared`: each repeat moves in the copy prepared after
-/// the one before.
-fn bench_prepared(
+/// `fetch_repeat/{name}`: repeats of `wanted` while fresh, each into a new run
+/// directory, each expected to put the file there as `how`.
+fn bench_repeat(
     repeat: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     runtime: &tokio::runtime::Runtime,
-    preparing: &Fetcher,
-    url: &str,
+    name: &str,
+    fetcher: &Fetcher,
+    wanted: Artifact,
+    how: Materialized,
 ) {
-    repeat.bench_function(BenchmarkId::new("fetcher-prepared", SIZE), |bencher| {
+    repeat.bench_function(BenchmarkId::new(name, SIZE), |bencher| {
         bencher.to_async(runtime).iter_custom(|iterations| {
-            let (preparing, url) = (preparing.clone(), url.to_owned());
+            let (fetcher, wanted) = (fetcher.clone(), wanted.clone());
             async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
-                    total += must(prepared_once(&preparing, &url).await);
+                    total += must(repeat_once(&fetcher, wanted.clone(), how).await);
                 }
                 total
             }

@@ -376,8 +376,9 @@ async fn run(mut args: RunArgs) -> anyhow::Result<u8> {
         ),
         _ => None,
     };
-    let mut runner = Runner::new(build_fetcher(&args.cache, None, DEFAULT_PREPARED_COPIES).await?)
-        .kill_grace(args.kill_grace);
+    let mut runner =
+        Runner::new(build_fetcher(&args.cache, None, fetcher::DEFAULT_PREPARED_COPIES).await?)
+            .kill_grace(args.kill_grace);
     if let Some(smtp) = config.smtp {
         let mail = erroremail::ErrorEmail::new(smtp.with_default_subject(
             erroremail::SubjectTemplate::parse("dadd: {message}").map_err(anyhow::Error::msg)?,
@@ -870,11 +871,6 @@ fn load_spec(path: &Path) -> anyhow::Result<Spec> {
         Spec::from_file(path).with_context(|| format!("the spec {}", path.display()))
     }
 }
-
-/// Bytes of copies made ahead for the next runs when the host says nothing: the
-/// runs of a job repeat, and a repeat that moves a copy in costs milliseconds where
-/// copying a GiB costs a third of a second or more.
-const DEFAULT_PREPARED_COPIES: u64 = 4 << 30;
 
 /// The fetcher: this host's file cache, with the shared Redis tier behind it when
 /// one is given and reachable (without it, a run still works, only less cheaply).

@@ -34,6 +34,12 @@ use crate::verified::{Identity, Verified};
 /// The longest a download's lock waits for its body to be stored, by default.
 const DEFAULT_STORE_WAIT: Duration = Duration::from_secs(600);
 
+/// The bytes of copies made ahead for the next runs by default
+/// ([`FetcherBuilder::prepared_copies`]): 4 GiB. The runs of a job repeat, and a
+/// repeat that moves a copy in costs milliseconds where copying a GiB costs a third
+/// of a second or more.
+pub const DEFAULT_PREPARED_COPIES: u64 = 4 << 30;
+
 /// A download at least this large is written once, where it is used, and that file
 /// copied into the cache afterwards; a smaller one is written to both at once
 /// (which costs little, and the cache has it before the job has its file).
@@ -126,7 +132,8 @@ impl Fetcher {
     /// Starts configuring a fetcher. The defaults: a [`FileCache`] in
     /// [`default_cache_dir`] bounded to 20 GiB, no shared tier, 4 artifacts at a
     /// time, [`Retry::default`], [`Limits::default`] for archives, a client with a
-    /// 10 s connect timeout and a 60 s read timeout (no limit on a whole download).
+    /// 10 s connect timeout and a 60 s read timeout (no limit on a whole download),
+    /// [`DEFAULT_PREPARED_COPIES`] of copies made ahead for the next runs.
     pub fn builder() -> FetcherBuilder {
         FetcherBuilder {
             cache_dir: None,
@@ -139,7 +146,7 @@ impl Fetcher {
             limits: Limits::default(),
             progress: None,
             store_wait: DEFAULT_STORE_WAIT,
-            prepared_copies: 0,
+            prepared_copies: DEFAULT_PREPARED_COPIES,
         }
     }
 
@@ -1405,7 +1412,7 @@ impl FetcherBuilder {
     }
 
     /// Keeps copies of cached artifacts ready for the next runs, up to `max_bytes`
-    /// in all (0, the default: none).
+    /// in all ([`DEFAULT_PREPARED_COPIES`] by default; 0 for none).
     ///
     /// Where the file system cannot share blocks between files (ext4; XFS and btrfs
     /// can, and need none of this), each fetch of a writable artifact from the cache
@@ -1414,13 +1421,16 @@ impl FetcherBuilder {
     /// the background (under `prepared/` in the cache directory; synced, and named
     /// after the cached file it copies), and the next fetch of that artifact moves it
     /// into its run directory at once ([`Materialized::Prepared`]), then prepares the
-    /// next. Files under 1 MiB are simply copied. It takes the disk space of one
-    /// more copy of each artifact (those used least recently go first when the
-    /// budget is full), and the copying moves from
-    /// the start of a run to the time between runs: runs of one job that start
-    /// faster than a copy can be made copy as before. Only for a run directory on the
-    /// cache's file system (a rename); [`stored`](Fetcher::stored) and
-    /// [`close`](Fetcher::close) wait for the copies being made.
+    /// next. Only artifacts fetched from the cache are prepared for: one fetched
+    /// once costs no more disk space than the cache's copy. Files under 1 MiB are
+    /// simply copied. It takes the disk space of one more copy of each artifact
+    /// (those used least recently go first when the budget is full; none is made
+    /// that would leave less than a tenth of the file system free), and the copying
+    /// moves from the start of a run to the time between runs: runs of one job that
+    /// start faster than a copy can be made copy as before. Only for a run directory
+    /// on the cache's file system (a rename); [`stored`](Fetcher::stored) and
+    /// [`close`](Fetcher::close) wait for the copies being made, so a short-lived
+    /// process that fetches once from the cache may set 0 to exit sooner.
     pub fn prepared_copies(mut self, max_bytes: u64) -> Self {
         self.prepared_copies = max_bytes;
         self

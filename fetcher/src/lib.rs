@@ -14,10 +14,10 @@
 //! - **Fresh in the cache**: no request at all. The stored body is a file; it is put
 //!   in the run directory by the kernel (a reflink where the file system shares
 //!   blocks, else `copy_file_range`; a hard link for a read-only artifact with a
-//!   digest), never read through this process. With
-//!   [`prepared_copies`](FetcherBuilder::prepared_copies), where there are no
-//!   reflinks, the copy for the next run is made in the background after this one,
-//!   and that run renames it into place.
+//!   digest), never read through this process. Where there are no reflinks, the
+//!   copy for the next run is made in the background after this one, and that run
+//!   renames it into place ([`prepared_copies`](FetcherBuilder::prepared_copies),
+//!   on by default).
 //! - **Stale**: a conditional request; a `304` moves no body, and the stored file is
 //!   used as above.
 //! - **New or changed**: downloaded, streamed to disk as it arrives, never whole in
@@ -111,7 +111,7 @@ mod verified;
 
 pub use artifact::{Artifact, InvalidSha256, Sha256, check_name};
 pub use error::FetchError;
-pub use fetcher::{Fetcher, FetcherBuilder, default_cache_dir};
+pub use fetcher::{DEFAULT_PREPARED_COPIES, Fetcher, FetcherBuilder, default_cache_dir};
 pub use materialize::Materialized;
 pub use report::{ArtifactReport, FetchReport, Progress, ProgressEvent, Served, human_bytes};
 pub use retry::Retry;

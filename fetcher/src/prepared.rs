@@ -40,16 +40,26 @@ pub(crate) const MIN_LEN: u64 = 1 << 20;
 /// A partial copy this old was left by a process that stopped while making it.
 const ABANDONED: Duration = Duration::from_secs(3600);
 
+/// No copy is made that would leave less than this share of the file system free
+/// (in percent): a copy made ahead is only a shortcut, and must not be what fills
+/// the disk a job writes to.
+const KEEP_FREE_PERCENT: u64 = 10;
+
 /// The prepared copies, in a directory, within a budget of bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
     dir: PathBuf,
     max_bytes: u64,
+    keep_free_percent: u64,
 }
 
 impl Prepared {
     pub(crate) fn new(dir: PathBuf, max_bytes: u64) -> Prepared {
-        Prepared { dir, max_bytes }
+        Prepared {
+            dir,
+            max_bytes,
+            keep_free_percent: KEEP_FREE_PERCENT,
+        }
     }
 
     fn path_of(&self, identity: &Identity) -> PathBuf {
@@ -125,6 +135,14 @@ impl Prepared {
             Err(error) => return Err(error),
         };
         self.make_room(len)?;
+        if !self.leaves_enough_free(len)? {
+            tracing::debug!(
+                dir = %self.dir.display(),
+                len,
+                "no copy prepared: it would leave the file system too full"
+            );
+            return Ok(());
+        }
         materialize::copy(source, partial.as_file(), len)?;
         partial.as_file().sync_all()?;
         // Copied from a file that changed meanwhile: not a copy of that identity.
@@ -133,6 +151,16 @@ impl Prepared {
         }
         partial.persist(&path).map_err(|error| error.error)?;
         Ok(())
+    }
+
+    /// Whether `len` more bytes leave at least [`KEEP_FREE_PERCENT`] of the file
+    /// system free, for those who are not root.
+    fn leaves_enough_free(&self, len: u64) -> io::Result<bool> {
+        let stats = rustix::fs::statvfs(&self.dir)?;
+        let total = stats.f_blocks.saturating_mul(stats.f_frsize);
+        let available = stats.f_bavail.saturating_mul(stats.f_frsize);
+        let keep = total / 100 * self.keep_free_percent;
+        Ok(available.saturating_sub(len) >= keep && available >= len)
     }
 
     /// Removes partial copies left by processes that stopped, then the copies used
@@ -284,6 +312,30 @@ mod tests {
             prepared.prepare(&file, len, &identity).unwrap();
             assert!(!prepared.path_of(&identity).exists(), "{len} bytes");
         }
+    }
+
+    #[test]
+    fn no_copy_is_made_that_would_leave_the_file_system_too_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = file_with(dir.path(), "source", &content(b'f'));
+        let identity = Identity::of(&source).unwrap();
+        // Asked to keep the whole file system free: nothing fits.
+        let full = Prepared {
+            keep_free_percent: 100,
+            ..Prepared::new(dir.path().join("prepared"), 8 * MIN_LEN)
+        };
+        full.prepare(&source, MIN_LEN, &identity).unwrap();
+        assert!(!full.path_of(&identity).exists());
+        // Nothing left behind: a later fetch with room may make the copy.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("prepared"))
+                .unwrap()
+                .count(),
+            0
+        );
+        let roomy = Prepared::new(dir.path().join("prepared"), 8 * MIN_LEN);
+        roomy.prepare(&source, MIN_LEN, &identity).unwrap();
+        assert!(roomy.path_of(&identity).exists());
     }
 
     #[test]

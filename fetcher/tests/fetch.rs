@@ -1691,7 +1691,7 @@ fn prepared_copies(cache_dir: &Path) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn with_prepared_copies_a_repeat_moves_in_a_copy_made_after_the_run_before() {
+async fn by_default_a_repeat_moves_in_a_copy_made_after_the_run_before() {
     let origin = Origin::start().await.unwrap();
     // At least 1 MiB: smaller files are just copied.
     let data = body(2 << 20, 7);
@@ -1700,7 +1700,8 @@ async fn with_prepared_copies_a_repeat_moves_in_a_copy_made_after_the_run_before
         Reply::ok(data.clone()).header("cache-control", "max-age=600"),
     );
     let cache = tempfile::tempdir().unwrap();
-    let fetcher = preparing_fetcher(cache.path(), 64 << 20);
+    // The defaults, prepared copies included.
+    let fetcher = Fetcher::builder().cache_dir(cache.path()).build().unwrap();
     let artifacts = [artifact(&origin, "data", "/data")];
     let run = |n: usize| {
         let (fetcher, artifacts) = (fetcher.clone(), artifacts.clone());
@@ -1795,7 +1796,7 @@ async fn without_prepared_copies_nothing_is_copied_ahead() {
         Reply::ok(body(1 << 20, 3)).header("cache-control", "max-age=600"),
     );
     let cache = tempfile::tempdir().unwrap();
-    let fetcher = fetcher(cache.path());
+    let fetcher = preparing_fetcher(cache.path(), 0);
     let artifacts = [artifact(&origin, "data", "/data")];
     for _ in 0..3 {
         let run = tempfile::tempdir().unwrap();

@@ -197,7 +197,7 @@ fn fetcher_table(dir: &Path, out: &mut String) -> anyhow::Result<()> {
     let two_copies = time("fetch_first", "plain-two-copies");
     let repeat = time("fetch_repeat", "fetcher");
     let linked = time("fetch_repeat", "fetcher-read-only");
-    let prepared = time("fetch_repeat", "fetcher-prepared");
+    let kernel_copy = time("fetch_repeat", "fetcher-kernel-copy");
     let copy = time("fetch_repeat", "copy");
     writeln!(
         out,
@@ -235,29 +235,44 @@ fn fetcher_table(dir: &Path, out: &mut String) -> anyhow::Result<()> {
             throughput.map_or("-".to_owned(), |t| format!("{t:.2}×")),
         )?;
     }
-    for (name, ours) in [
+    // The aim is for the defaults; the other rows say what other settings cost.
+    for (name, ours, aimed) in [
         (
-            "repeat while fresh (kernel copy: the library's default, without reflinks)",
+            "repeat while fresh (the defaults: a copy prepared after the run before, moved in; a reflink where the file system shares blocks)",
             repeat,
+            true,
         ),
         (
             "repeat while fresh, read-only with a digest (hard link)",
             linked,
+            true,
         ),
         (
-            "repeat while fresh, with prepared copies (dadd run's default: a copy made after the run before, moved in)",
-            prepared,
+            "repeat while fresh, without prepared copies (`prepared_copies(0)`: a kernel copy)",
+            kernel_copy,
+            false,
         ),
     ] {
+        // Not run (where the repeat is a reflink, it is the defaults' row).
+        if ours.is_none() && !aimed {
+            continue;
+        }
         let speedup = first.zip(ours).map(|(first, ours)| first / ours);
+        let speedup_text = speedup.map_or("-".to_owned(), |s| format!("{s:.1}×"));
+        let aim = if aimed {
+            format!(
+                "≥ 10× faster than the first ({speedup_text}): {}",
+                verdict_of(speedup.map(|s| s >= 10.0))
+            )
+        } else {
+            format!("({speedup_text} faster than the first)")
+        };
         writeln!(
             out,
-            "| {name} | {} | {} (`std::fs::copy`) | {} | ≥ 10× faster than the first ({}): {} |",
+            "| {name} | {} | {} (`std::fs::copy`) | {} | {aim} |",
             duration(ours),
             duration(copy),
             ratio(ours, copy),
-            speedup.map_or("-".to_owned(), |s| format!("{s:.1}×")),
-            verdict_of(speedup.map(|s| s >= 10.0)),
         )?;
     }
     let peak = std::fs::read_to_string(dir.join("fetch_peak_memory.json"))
