@@ -21,7 +21,6 @@ use std::io::Write;
 use url::Url;
 
 use crate::artifact::{Artifact, Sha256, check_names};
-use crate::buffers;
 use crate::error::FetchError;
 use crate::lock::{LockFile, UrlLock};
 use crate::materialize::{self, Materialized, READ_ONLY, WRITABLE};
@@ -712,7 +711,6 @@ impl Fetcher {
     ) -> Result<(u64, Option<Keep>), Failure> {
         let total = response.content_length();
         let recording = response.extensions().get::<Recording>().cloned();
-        let (mut filler, mut drain) = buffers::pair();
         let guard = scratch.clone();
         let hash = artifact.sha256.is_some();
         let mode = if artifact.read_only {
@@ -721,77 +719,95 @@ impl Fetcher {
             WRITABLE
         };
         let keep = pending.is_some();
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<Written> {
+        let (fetcher, named) = (self.clone(), artifact.clone());
+        let runtime = tokio::runtime::Handle::current();
+        // Dropped with this future: a fetch that is given up stops its download.
+        let (_going_on, mut given_up) = tokio::sync::oneshot::channel::<()>();
+        let body = response.bytes_stream();
+        // The body is read and written by one thread, off the async ones, as it
+        // arrives: each chunk is written, then dropped before the next read, so that
+        // the HTTP client reuses its read buffer, and no byte is copied twice.
+        let download = tokio::task::spawn_blocking(move || -> Result<Written, Broken> {
             use std::os::unix::fs::OpenOptionsExt;
             let path = guard.path();
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(mode | 0o200)
-                .open(path)?;
+                .open(path)
+                .map_err(Broken::Writing)?;
             let mut hasher = hash.then(sha2::Sha256::new);
-            while let Some(buffer) = drain.next_blocking() {
+            let mut body = std::pin::pin!(body);
+            let (mut done, mut reported) = (0u64, 0u64);
+            loop {
+                let next = runtime.block_on(async {
+                    tokio::select! {
+                        biased;
+                        _ = &mut given_up => None,
+                        chunk = body.next() => Some(chunk),
+                    }
+                });
+                let chunk = match next {
+                    None => return Err(Broken::GivenUp),
+                    Some(None) => break,
+                    Some(Some(Ok(chunk))) => chunk,
+                    Some(Some(Err(error))) => return Err(Broken::Network(error)),
+                };
                 if let Some(hasher) = hasher.as_mut() {
-                    hasher.update(&buffer);
+                    hasher.update(&chunk);
                 }
-                (&file).write_all(&buffer)?;
-                drain.give_back(buffer);
+                (&file).write_all(&chunk).map_err(Broken::Writing)?;
+                done += chunk.len() as u64;
+                drop(chunk);
+                if done - reported >= 1 << 20 {
+                    reported = done;
+                    fetcher.progress(&named, ProgressEvent::Bytes { done, total });
+                }
             }
             // For the cache, the file opened again read-only, and the writer's
             // descriptor closed: no descriptor open for writing may outlive the
             // fetch, or the job could not run the file (execve: ETXTBSY).
             let file = if keep {
-                Some(read_only_again(&file, path)?)
+                Some(read_only_again(&file, path).map_err(Broken::Writing)?)
             } else {
                 None
             };
             Ok(Written {
                 file,
+                len: done,
                 digest: hasher.map(|hasher| Sha256(hasher.finalize().into())),
             })
         });
-        let mut body = response.bytes_stream();
-        let mut done = 0u64;
-        let mut reported = 0u64;
-        let mut failure = None;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    done += chunk.len() as u64;
-                    if filler.push(&chunk).await.is_err() {
-                        // The writer stopped: its error says why.
-                        break;
-                    }
-                    // Dropped before the next read: the client reuses its buffer.
-                    drop(chunk);
-                    if done - reported >= 1 << 20 {
-                        reported = done;
-                        self.progress(artifact, ProgressEvent::Bytes { done, total });
-                    }
-                }
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
-            }
-        }
-        if failure.is_none() {
-            // A writer that stopped says why below.
-            let _ = filler.finish().await;
-        } else {
-            drop(filler);
-        }
-        let written = writer
+        let written = download
             .await
-            .map_err(std::io::Error::other)
+            .map_err(|error| Broken::Writing(std::io::Error::other(error)))
             .and_then(|result| result);
-        if let Some(error) = failure {
-            return Err(Failure::Transient(Transient::Request(
-                reqwest_middleware::Error::Reqwest(error),
-            )));
-        }
-        let Written { file, digest } = written
-            .map_err(|error| Failure::Final(FetchError::io("writing", scratch.path(), error)))?;
+        let Written {
+            file,
+            len: done,
+            digest,
+        } = match written {
+            Ok(written) => written,
+            Err(Broken::Network(error)) => {
+                return Err(Failure::Transient(Transient::Request(
+                    reqwest_middleware::Error::Reqwest(error),
+                )));
+            }
+            Err(Broken::Writing(error)) => {
+                return Err(Failure::Final(FetchError::io(
+                    "writing",
+                    scratch.path(),
+                    error,
+                )));
+            }
+            Err(Broken::GivenUp) => {
+                return Err(Failure::Final(FetchError::io(
+                    "writing",
+                    scratch.path(),
+                    std::io::Error::other("the fetch was given up"),
+                )));
+            }
+        };
         self.progress(artifact, ProgressEvent::Bytes { done, total });
         if let (Some(expected), Some(actual)) = (artifact.sha256, digest)
             && actual != expected
@@ -1140,7 +1156,18 @@ async fn download_for_the_cache(client: &ClientWithMiddleware, url: &Url) {
 /// to the cache), and the body's digest when asked.
 struct Written {
     file: Option<std::fs::File>,
+    len: u64,
     digest: Option<Sha256>,
+}
+
+/// Why a download's body did not reach its file.
+enum Broken {
+    /// The network's error, which may pass if tried again.
+    Network(reqwest::Error),
+    /// Creating or writing the file.
+    Writing(std::io::Error),
+    /// The fetch was dropped while its body arrived.
+    GivenUp,
 }
 
 /// `path`, which `written` is open on, opened again read-only (the same file, or an
@@ -1457,8 +1484,8 @@ impl FetcherBuilder {
         self
     }
 
-    /// Calls `progress` as artifacts are fetched (from the fetching tasks: keep it
-    /// quick).
+    /// Calls `progress` as artifacts are fetched (from the fetching tasks, and from
+    /// the threads that write the downloads: keep it quick).
     pub fn on_progress(mut self, progress: impl Fn(&Progress<'_>) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(progress));
         self

@@ -98,7 +98,6 @@
 #![allow(clippy::result_large_err)]
 
 mod artifact;
-mod buffers;
 mod error;
 mod fetcher;
 mod lock;

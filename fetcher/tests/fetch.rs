@@ -563,6 +563,35 @@ async fn a_slow_origin_times_out_and_is_retried_then_reported() {
     assert_eq!(origin.hits("/slow"), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_given_up_while_its_body_arrives_stops_and_leaves_nothing() {
+    let origin = Origin::start().await.unwrap();
+    // The first chunk comes, the rest never does (the gate stays shut).
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    origin.always(
+        "/stalled",
+        Reply::ok(body(4 << 20, 5)).chunked(64).gate(gate),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let run = tempfile::tempdir().unwrap();
+    let artifacts = [artifact(&origin, "data", "/stalled")];
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        fetcher.fetch(&artifacts, run.path()),
+    )
+    .await;
+    assert!(given_up.is_err(), "the body never ends: {given_up:?}");
+    // Its download stops with it (not at the client's read timeout, a minute away):
+    // the part written is removed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !listing(run.path()).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listing(run.path()), Vec::<String>::new());
+    assert_eq!(origin.hits("/stalled"), 1);
+}
+
 #[tokio::test]
 async fn a_refused_connection_is_retried_then_reported() {
     let port = testbed::net::free_port().unwrap();

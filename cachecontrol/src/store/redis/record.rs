@@ -13,7 +13,7 @@
 //! update or remove an entry compare them with what the client read, so that they
 //! never touch an entry that was replaced in between. The fields after them let a
 //! listing describe an entry without decoding its metadata. The metadata carries its
-//! own checksum ([`format`](crate::store::format)); the fields here are checked for
+//! own checksum ([`format`](mod@crate::store::format)); the fields here are checked for
 //! consistency, and a reader checks every chunk's length against them.
 //!
 //! A body of at most [`INLINE_MAX`] bytes, shorter than a chunk, is *inline*: its
