@@ -800,6 +800,7 @@ impl Fetcher {
                     error,
                 )));
             }
+            // Not seen here: it means this future was dropped.
             Err(Broken::GivenUp) => {
                 return Err(Failure::Final(FetchError::io(
                     "writing",
