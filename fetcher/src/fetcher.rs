@@ -748,7 +748,8 @@ impl Fetcher {
                     }
                 });
                 let chunk = match next {
-                    None => return Err(Broken::GivenUp),
+                    // No one waits for this result any more.
+                    None => return Err(Broken::Writing(std::io::ErrorKind::Interrupted.into())),
                     Some(None) => break,
                     Some(Some(Ok(chunk))) => chunk,
                     Some(Some(Err(error))) => return Err(Broken::Network(error)),
@@ -798,14 +799,6 @@ impl Fetcher {
                     "writing",
                     scratch.path(),
                     error,
-                )));
-            }
-            // Not seen here: it means this future was dropped.
-            Err(Broken::GivenUp) => {
-                return Err(Failure::Final(FetchError::io(
-                    "writing",
-                    scratch.path(),
-                    std::io::Error::other("the fetch was given up"),
                 )));
             }
         };
@@ -1165,10 +1158,9 @@ struct Written {
 enum Broken {
     /// The network's error, which may pass if tried again.
     Network(reqwest::Error),
-    /// Creating or writing the file.
+    /// Creating or writing the file (or the fetch was dropped while its body
+    /// arrived: then no one sees this).
     Writing(std::io::Error),
-    /// The fetch was dropped while its body arrived.
-    GivenUp,
 }
 
 /// `path`, which `written` is open on, opened again read-only (the same file, or an

@@ -160,7 +160,7 @@ impl Prepared {
         let total = stats.f_blocks.saturating_mul(stats.f_frsize);
         let available = stats.f_bavail.saturating_mul(stats.f_frsize);
         let keep = total / 100 * self.keep_free_percent;
-        Ok(available.saturating_sub(len) >= keep && available >= len)
+        Ok(available >= len.saturating_add(keep))
     }
 
     /// Removes partial copies left by processes that stopped, then the copies used
